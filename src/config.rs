@@ -1,0 +1,488 @@
+//! Configuration: the command line, the environment and the TOML file, merged into one validated
+//! [`Config`]. Precedence is CLI > environment > file > built-in default; every error names where
+//! the bad value came from (file and key, or flag) and what was expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// Default client listen address of a route.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
+/// Default admin HTTP listen address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9121";
+/// Config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "proxy.toml";
+
+/// Command line of `redis-failover-proxy`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "redis-failover-proxy",
+    version,
+    about = "One fixed local address for the current master of a Redis Sentinel group",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: run the proxy).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options for running the proxy.
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration, ask every sentinel, verify the master with ROLE and print the
+    /// topology. Exits 0 when every route has a verified master, 64 on bad configuration, 69 when
+    /// a route has no verified master.
+    Check(Overrides),
+}
+
+/// Flags (and their environment variables) that override the config file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct Overrides {
+    /// Config file (TOML). Default: ./proxy.toml if it exists, else built-in defaults.
+    #[arg(
+        long,
+        short = 'c',
+        env = "REDIS_FAILOVER_PROXY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Client listen address of the route (needs exactly one route).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Sentinel master name of the route (needs exactly one route).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_MASTER", value_name = "NAME")]
+    pub master: Option<String>,
+    /// Sentinel address; repeat for each sentinel. Replaces `[sentinel] addresses`.
+    #[arg(
+        long = "sentinel",
+        env = "REDIS_FAILOVER_PROXY_SENTINELS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub sentinels: Vec<String>,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz, /status).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// A configuration error: names the source (file and key, or flag) and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Location, key and expectation, as rendered for a one-line message.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{source_name}: {key}: {message}")]
+    Invalid {
+        /// The file, or "command line".
+        source_name: String,
+        /// The key (e.g. `route[0].listen`).
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// One fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Admin HTTP server address.
+    pub admin_listen: SocketAddr,
+    /// How long shutdown waits for sessions before closing them.
+    pub shutdown_grace: Duration,
+    /// The routes; at least one.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route: a listen address bound to a sentinel master name.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name used in metrics, logs and /status (defaults to the master name).
+    pub name: String,
+    /// Sentinel master name (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// Client listen address.
+    pub listen: SocketAddr,
+    /// Sentinels asked for this route's master.
+    pub sentinel: SentinelConfig,
+    /// How long a client accepted while no master is known waits for one.
+    pub hold_timeout: Duration,
+    /// Maximum client connections (sessions + held) at once; further clients are closed.
+    pub max_connections: usize,
+    /// Timeout for connecting to the master.
+    pub connect_timeout: Duration,
+    /// TCP keepalive idle time on master sockets (probes every idle/3, 3 probes).
+    pub keepalive: Duration,
+    /// TCP_USER_TIMEOUT on master sockets: unacknowledged data older than this drops the session.
+    pub tcp_user_timeout: Duration,
+}
+
+/// How to reach the sentinels.
+#[derive(Debug, Clone)]
+pub struct SentinelConfig {
+    /// `host:port` of every sentinel; hostnames are resolved on every connect.
+    pub addresses: Vec<String>,
+    /// How often each sentinel is asked for the master.
+    pub poll_interval: Duration,
+    /// Connect and reply timeout of one sentinel or ROLE query.
+    pub timeout: Duration,
+}
+
+// ---- file schema ------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default, with = "humantime_serde::option")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    sentinel: FileSentinel,
+    #[serde(default, rename = "route")]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSentinel {
+    addresses: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    name: Option<String>,
+    master: Option<String>,
+    listen: Option<SocketAddr>,
+    sentinels: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    hold_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    keepalive: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    tcp_user_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Loads the file named by `overrides.config` (or `./proxy.toml` if present) and applies the
+    /// overrides on top.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let path = match &overrides.config {
+            Some(p) => Some(p.clone()),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                p.is_file().then_some(p)
+            }
+        };
+        let (text, source_name) = match &path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "command line".to_string()),
+        };
+        Self::from_toml(&text, path.as_deref(), &source_name, overrides)
+    }
+
+    /// Parses TOML text (from `path`, for messages) and applies the overrides.
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        source_name: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+            message: one_line_toml_error(text, &e),
+        })?;
+        build(file, source_name, overrides)
+    }
+}
+
+/// Renders a TOML error as `line L, column C: key ...: message` on one line.
+fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn build(
+    file: FileConfig,
+    source_name: &str,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        source_name: source_name.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let cli_invalid = |key: &str, message: String| ConfigError::Invalid {
+        source_name: "command line".to_string(),
+        key: key.to_string(),
+        message,
+    };
+
+    let mut sentinel = file.sentinel.clone();
+    if !overrides.sentinels.is_empty() {
+        sentinel.addresses = Some(overrides.sentinels.clone());
+    }
+    let poll_interval = sentinel.poll_interval.unwrap_or(Duration::from_secs(1));
+    let timeout = sentinel.timeout.unwrap_or(Duration::from_secs(1));
+    check_positive(poll_interval, "sentinel.poll_interval", &invalid)?;
+    check_positive(timeout, "sentinel.timeout", &invalid)?;
+
+    let mut file_routes = file.routes;
+    if file_routes.is_empty() {
+        file_routes.push(FileRoute::default());
+    }
+    if file_routes.len() > 1 && (overrides.listen.is_some() || overrides.master.is_some()) {
+        return Err(cli_invalid(
+            "--listen/--master",
+            format!(
+                "these flags apply to a single route, but the file defines {} [[route]] tables",
+                file_routes.len()
+            ),
+        ));
+    }
+
+    let mut routes = Vec::with_capacity(file_routes.len());
+    for (i, r) in file_routes.into_iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let master_name = match overrides.master.clone().or(r.master) {
+            Some(m) => m,
+            None => "redis-ha".to_string(),
+        };
+        if master_name.is_empty() || master_name.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                &key("master"),
+                format!("expected a sentinel master name without spaces, got {master_name:?}"),
+            ));
+        }
+        let listen = overrides
+            .listen
+            .or(r.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let addresses = r
+            .sentinels
+            .or_else(|| sentinel.addresses.clone())
+            .unwrap_or_default();
+        if addresses.is_empty() {
+            return Err(invalid(
+                "sentinel.addresses",
+                "expected at least one sentinel HOST:PORT (set [sentinel] addresses or pass --sentinel)"
+                    .to_string(),
+            ));
+        }
+        for a in &addresses {
+            parse_host_port(a).map_err(|m| invalid("sentinel.addresses", m))?;
+        }
+        let hold_timeout = r.hold_timeout.unwrap_or(Duration::from_secs(10));
+        let connect_timeout = r.connect_timeout.unwrap_or(Duration::from_secs(1));
+        let keepalive = r.keepalive.unwrap_or(Duration::from_secs(15));
+        let tcp_user_timeout = r.tcp_user_timeout.unwrap_or(Duration::from_secs(30));
+        check_positive(connect_timeout, &key("connect_timeout"), &invalid)?;
+        check_positive(keepalive, &key("keepalive"), &invalid)?;
+        check_positive(tcp_user_timeout, &key("tcp_user_timeout"), &invalid)?;
+        let max_connections = r.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(invalid(
+                &key("max_connections"),
+                "expected a positive number".to_string(),
+            ));
+        }
+        routes.push(RouteConfig {
+            name: r.name.unwrap_or_else(|| master_name.clone()),
+            master_name,
+            listen,
+            sentinel: SentinelConfig {
+                addresses,
+                poll_interval,
+                timeout,
+            },
+            hold_timeout,
+            max_connections,
+            connect_timeout,
+            keepalive,
+            tcp_user_timeout,
+        });
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(j) = routes[..i].iter().position(|o| o.listen == r.listen) {
+            return Err(invalid(
+                &format!("route[{i}].listen"),
+                format!("{} is already the listen address of route[{j}]", r.listen),
+            ));
+        }
+        if routes[..i].iter().any(|o| o.name == r.name) {
+            return Err(invalid(
+                &format!("route[{i}].name"),
+                format!("route names must be unique; {:?} is used twice", r.name),
+            ));
+        }
+    }
+
+    let admin_listen = overrides
+        .admin
+        .or(file.admin.listen)
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"));
+    if routes.iter().any(|r| r.listen == admin_listen) {
+        return Err(invalid(
+            "admin.listen",
+            format!("{admin_listen} is also a route's listen address"),
+        ));
+    }
+    Ok(Config {
+        admin_listen,
+        shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        routes,
+    })
+}
+
+fn check_positive(
+    d: Duration,
+    key: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(
+            key,
+            "expected a duration above zero, e.g. \"1s\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `host:port` (or `[v6]:port`), with a message naming the value on failure.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let expected = || format!("expected HOST:PORT, got {s:?}");
+    let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(expected());
+    }
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    if port == 0 {
+        return Err(expected());
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Some(Path::new("t.toml")),
+            "t.toml",
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_with_flags_only() {
+        let o = Overrides {
+            sentinels: vec!["a:1".into(), "b:2".into()],
+            ..Default::default()
+        };
+        let c = Config::from_toml("", None, "command line", &o).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].master_name, "redis-ha");
+        assert_eq!(c.routes[0].listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.routes[0].sentinel.addresses, vec!["a:1", "b:2"]);
+        assert_eq!(c.routes[0].hold_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let e = parse("[sentinel]\naddresses = [\"a:1\"]\npoll = \"1s\"\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml: line 3"), "{s}");
+        assert!(s.contains("poll"), "{s}");
+    }
+
+    #[test]
+    fn bad_duration_and_address() {
+        let e = parse("[sentinel]\naddresses = [\"a:1\"]\ntimeout = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = parse("[sentinel]\naddresses = [\"nohostport\"]\n").unwrap_err();
+        assert!(e.to_string().contains("sentinel.addresses"), "{e}");
+        let e = parse("[sentinel]\naddresses = []\n").unwrap_err();
+        assert!(e.to_string().contains("at least one sentinel"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_and_need_one_route() {
+        let text = "[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nmaster=\"m1\"\nlisten=\"127.0.0.1:7001\"\n[[route]]\nmaster=\"m2\"\nlisten=\"127.0.0.1:7002\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.routes[1].name, "m2");
+        let o = Overrides {
+            master: Some("x".into()),
+            ..Default::default()
+        };
+        let e = Config::from_toml(text, None, "f", &o).unwrap_err();
+        assert!(e.to_string().contains("--listen/--master"), "{e}");
+        let dup =
+            "[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nmaster=\"m1\"\n[[route]]\nmaster=\"m2\"\n";
+        assert!(parse(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("already the listen"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("redis1:16355").unwrap(),
+            ("redis1".into(), 16355)
+        );
+        assert_eq!(parse_host_port("[::1]:5").unwrap(), ("::1".into(), 5));
+        assert!(parse_host_port("x:0").is_err());
+        assert!(parse_host_port(":5").is_err());
+    }
+}

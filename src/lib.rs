@@ -1,0 +1,159 @@
+//! redis-failover-proxy: one fixed local address per route for the current master of a Redis
+//! Sentinel group. [`run`] wires the pieces: per route a watcher ([`sentinel`]) that is the only
+//! writer of the route's master state ([`route`]) and an accept loop ([`proxy`]) that only reads
+//! it; plus the admin HTTP server ([`admin`]). The binary is a thin shell around [`run`].
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod check;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod sentinel;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use proxy::Shutdown;
+
+/// The sockets a configuration needs, bound before [`run`] (so tests can bind port 0 and
+/// callers learn of bind errors before anything starts).
+#[derive(Debug)]
+pub struct Listeners {
+    /// One per route, in `config.routes` order.
+    pub routes: Vec<TcpListener>,
+    /// The admin HTTP server's.
+    pub admin: TcpListener,
+}
+
+/// Binding a listen address failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which listener (`route NAME` or `admin`).
+    pub what: String,
+    /// Why.
+    pub source: io::Error,
+}
+
+/// Binds every listen address of `config`.
+pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        routes.push(bind_one(r.listen, format!("route {}", r.name)).await?);
+    }
+    let admin = bind_one(config.admin_listen, "admin".to_string()).await?;
+    Ok(Listeners { routes, admin })
+}
+
+async fn bind_one(addr: SocketAddr, what: String) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, what, source })
+}
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::FENCE_DURATION.into()),
+            metrics::FENCE_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(metrics::HOLD_DURATION.into()),
+                metrics::HOLD_BUCKETS,
+            )
+        })
+        .ok()?
+        .install_recorder()
+        .ok()?;
+    metrics::describe();
+    Some(handle)
+}
+
+/// Runs the proxy until `shutdown.drain` is cancelled, then stops accepting, lets sessions
+/// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    metrics: Option<PrometheusHandle>,
+    shutdown: Shutdown,
+) {
+    let tasks = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    let mut routes = Vec::new();
+    for (rc, listener) in config.routes.iter().cloned().zip(listeners.routes) {
+        let route = route::Route::new(rc);
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!(
+            route = route.name(),
+            listen = %addr,
+            master = %route.config.master_name,
+            sentinels = ?route.config.sentinel.addresses,
+            "route listening"
+        );
+        tokio::spawn(sentinel::watch(route.clone(), stop_background.clone()));
+        tasks.spawn(proxy::listener::serve(
+            listener,
+            route.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        routes.push(route);
+    }
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(listen = %admin_addr, "admin server listening");
+    let admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin::AdminState {
+            routes,
+            metrics,
+            draining: shutdown.drain.clone(),
+        },
+        stop_background.clone(),
+    ));
+
+    shutdown.drain.cancelled().await;
+    tasks.close();
+    info!(
+        sessions = tasks.len().saturating_sub(0),
+        grace = %humantime::format_duration(config.shutdown_grace),
+        "shutting down: stopped accepting, waiting for sessions"
+    );
+    tokio::select! {
+        _ = tasks.wait() => {}
+        _ = tokio::time::sleep(config.shutdown_grace) => {
+            warn!(sessions = tasks.len(), "grace period over; closing the remaining sessions");
+        }
+        _ = shutdown.close.cancelled() => {}
+    }
+    shutdown.close.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(sessions = tasks.len(), "sessions did not close in time");
+    }
+    stop_background.cancel();
+    let _ = admin.await;
+    info!("shutdown complete");
+}

@@ -1,0 +1,102 @@
+//! The binary: parse the command line, set up logging, load the config, handle signals and
+//! map outcomes to exit codes. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use redis_failover_proxy::config::{Cli, Command, Config};
+use redis_failover_proxy::{bind, check, install_metrics, run, Shutdown};
+use tracing_subscriber::EnvFilter;
+
+/// Bad command line or configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// `check` found a route without a verified master (sysexits EX_UNAVAILABLE).
+const EXIT_NO_MASTER: u8 = 69;
+/// A runtime failure such as a listen address in use.
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (overrides, checking) = match &cli.command {
+        Some(Command::Check(o)) => (o, true),
+        None => (&cli.overrides, false),
+    };
+    let config = match Config::load(overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redis-failover-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redis-failover-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    if checking {
+        let (report, ok) = runtime.block_on(check::check(&config));
+        print!("{report}");
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_NO_MASTER)
+        };
+    }
+    runtime.block_on(async move {
+        let listeners = match bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("redis-failover-proxy: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let shutdown = Shutdown::default();
+        tokio::spawn(signals(shutdown.clone()));
+        run(config, listeners, install_metrics(), shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// First SIGTERM/SIGINT: drain (stop accepting, let sessions finish within the grace period).
+/// Second: close every session now.
+async fn signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for (stage, token) in [("drain", &shutdown.drain), ("close", &shutdown.close)] {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(stage, "signal received");
+        token.cancel();
+    }
+}

@@ -1,0 +1,216 @@
+//! Metric names, their descriptions, and the closed sets of label values. Every metric the proxy
+//! exports is named here and nowhere else; README's metrics reference mirrors this file.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Client connections accepted by a route's listener. Labels: `route`.
+pub const CONNECTIONS_ACCEPTED: &str = "redis_failover_proxy_connections_accepted_total";
+/// Client connections currently open (held or in a session). Labels: `route`.
+pub const CONNECTIONS_ACTIVE: &str = "redis_failover_proxy_connections_active";
+/// Client connections closed without a session. Labels: `route`, `reason` ([`Rejected`]).
+pub const CONNECTIONS_REJECTED: &str = "redis_failover_proxy_connections_rejected_total";
+/// Client connections currently held waiting for a verified master. Labels: `route`.
+pub const CONNECTIONS_HELD: &str = "redis_failover_proxy_connections_held";
+/// Holds that ended, by outcome (`routed`, `timed_out`, `client_closed`, `shutdown`). Labels: `route`, `outcome`.
+pub const HOLDS: &str = "redis_failover_proxy_holds_total";
+/// Time a client spent held before its session started or it was closed. Labels: `route`.
+pub const HOLD_DURATION: &str = "redis_failover_proxy_hold_duration_seconds";
+/// Sessions ended, by reason ([`Closed`]). Labels: `route`, `reason`.
+pub const SESSIONS_CLOSED: &str = "redis_failover_proxy_sessions_closed_total";
+/// Bytes spliced. Labels: `route`, `direction` (`client_to_master`, `master_to_client`).
+pub const BYTES: &str = "redis_failover_proxy_bytes_total";
+/// Failed attempts to connect to the verified master. Labels: `route`.
+pub const MASTER_CONNECT_ERRORS: &str = "redis_failover_proxy_master_connect_errors_total";
+/// Accept errors (EMFILE and the like). Labels: `route`, `kind` (`fd_limit`, `other`).
+pub const ACCEPT_ERRORS: &str = "redis_failover_proxy_accept_errors_total";
+/// Times a new master was installed. Labels: `route`.
+pub const MASTER_SWITCHES: &str = "redis_failover_proxy_master_switches_total";
+/// Times an epoch was ended because its master was no longer trusted. Labels: `route`, `reason` ([`FenceReason`]).
+pub const FENCES: &str = "redis_failover_proxy_fences_total";
+/// From the evidence (switch event or poll) to the last session of the fenced epoch closed. Labels: `route`.
+pub const FENCE_DURATION: &str = "redis_failover_proxy_fence_duration_seconds";
+/// 1 for the route's current verified master address, 0 for earlier ones. Labels: `route`, `addr`.
+pub const MASTER_INFO: &str = "redis_failover_proxy_master_info";
+/// 1 while the route has a verified master. Labels: `route`.
+pub const MASTER_VERIFIED: &str = "redis_failover_proxy_master_verified";
+/// The route's current epoch. Labels: `route`.
+pub const EPOCH: &str = "redis_failover_proxy_epoch";
+/// Sentinels that answered the last poll. Labels: `route`.
+pub const SENTINELS_REACHABLE: &str = "redis_failover_proxy_sentinels_reachable";
+/// Sentinels configured. Labels: `route`.
+pub const SENTINELS_CONFIGURED: &str = "redis_failover_proxy_sentinels_configured";
+/// Sentinel query or subscription errors. Labels: `route`, `sentinel`, `kind` ([`SentinelErrorKind`]).
+pub const SENTINEL_ERRORS: &str = "redis_failover_proxy_sentinel_errors_total";
+/// `+switch-master` events received for the route's master. Labels: `route`.
+pub const SWITCH_EVENTS: &str = "redis_failover_proxy_switch_events_total";
+/// ROLE checks, by result (`master`, `replica`, `error`). Labels: `route`, `result`.
+pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
+
+/// Why a client connection was closed without a session.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejected {
+    /// `max_connections` reached.
+    Limit,
+    /// Held for `hold_timeout` without a usable master.
+    HoldTimeout,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+impl Rejected {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Limit => "limit",
+            Rejected::HoldTimeout => "hold_timeout",
+            Rejected::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Both directions reached EOF, the client's first (or the client went away).
+    ClientClosed,
+    /// The master closed its side first.
+    MasterClosed,
+    /// Reading from or writing to the client failed.
+    ClientError,
+    /// Reading from or writing to the master failed.
+    MasterError,
+    /// The session's epoch was fenced (master changed or no longer trusted).
+    MasterSwitch,
+    /// The process shut down and the grace period ran out.
+    Shutdown,
+}
+
+impl Closed {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closed::ClientClosed => "client_closed",
+            Closed::MasterClosed => "master_closed",
+            Closed::ClientError => "client_error",
+            Closed::MasterError => "master_error",
+            Closed::MasterSwitch => "master_switch",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why an epoch was fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceReason {
+    /// A `+switch-master` event named the current master as the old one.
+    SwitchEvent,
+    /// The sentinels (highest config-epoch, then majority) name another address.
+    SentinelsNameOther,
+    /// The master answered ROLE as a replica.
+    RoleReplica,
+}
+
+impl FenceReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceReason::SwitchEvent => "switch_event",
+            FenceReason::SentinelsNameOther => "sentinels_name_other",
+            FenceReason::RoleReplica => "role_replica",
+        }
+    }
+}
+
+/// What went wrong talking to a sentinel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentinelErrorKind {
+    /// Could not connect (refused, unresolvable, timed out connecting).
+    Connect,
+    /// Connected, but no reply in time.
+    Timeout,
+    /// The reply was an error or not what a sentinel sends.
+    Protocol,
+    /// The sentinel does not monitor the route's master name.
+    UnknownMaster,
+    /// The `+switch-master` subscription broke.
+    Subscription,
+}
+
+impl SentinelErrorKind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentinelErrorKind::Connect => "connect",
+            SentinelErrorKind::Timeout => "timeout",
+            SentinelErrorKind::Protocol => "protocol",
+            SentinelErrorKind::UnknownMaster => "unknown_master",
+            SentinelErrorKind::Subscription => "subscription",
+        }
+    }
+}
+
+/// Fence durations are short by design; these buckets resolve 100 µs to 10 s.
+pub const FENCE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Hold durations span the failover window.
+pub const HOLD_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Registers descriptions of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted");
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Client connections open (held or in a session)"
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Client connections closed without a session, by reason"
+    );
+    describe_gauge!(
+        CONNECTIONS_HELD,
+        "Client connections waiting for a verified master"
+    );
+    describe_counter!(HOLDS, "Holds ended, by outcome");
+    describe_histogram!(HOLD_DURATION, Unit::Seconds, "Time clients spent held");
+    describe_counter!(SESSIONS_CLOSED, "Sessions ended, by reason");
+    describe_counter!(BYTES, Unit::Bytes, "Bytes spliced, by direction");
+    describe_counter!(
+        MASTER_CONNECT_ERRORS,
+        "Failed connects to the verified master"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Accept errors on the client listener, by kind"
+    );
+    describe_counter!(MASTER_SWITCHES, "New masters installed");
+    describe_counter!(
+        FENCES,
+        "Epochs ended because the master was no longer trusted, by reason"
+    );
+    describe_histogram!(
+        FENCE_DURATION,
+        Unit::Seconds,
+        "From evidence of a master change to the last session of the fenced epoch closed"
+    );
+    describe_gauge!(
+        MASTER_INFO,
+        "1 for the current verified master address, 0 for earlier ones"
+    );
+    describe_gauge!(MASTER_VERIFIED, "1 while the route has a verified master");
+    describe_gauge!(EPOCH, "Current epoch of the route");
+    describe_gauge!(SENTINELS_REACHABLE, "Sentinels that answered the last poll");
+    describe_gauge!(SENTINELS_CONFIGURED, "Sentinels configured for the route");
+    describe_counter!(
+        SENTINEL_ERRORS,
+        "Sentinel query or subscription errors, by kind"
+    );
+    describe_counter!(
+        SWITCH_EVENTS,
+        "+switch-master events received for the route's master"
+    );
+    describe_counter!(ROLE_CHECKS, "ROLE checks of master candidates, by result");
+}

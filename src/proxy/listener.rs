@@ -1,0 +1,94 @@
+//! The accept loop of one route. It never dies: accept errors are counted, logged at most once
+//! a second, and backed off (EMFILE would otherwise spin, since the pending connection stays
+//! queued). The connection limit is a semaphore; a client over the limit is closed at once.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error};
+
+use super::{session, Shutdown};
+use crate::metrics::{self as m, Rejected};
+use crate::route::Route;
+
+/// Accepts clients of `route` on `listener` until `shutdown.drain`; spawns sessions on `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    route: Arc<Route>,
+    tasks: TaskTracker,
+    shutdown: Shutdown,
+) {
+    let limit = Arc::new(Semaphore::new(route.config.max_connections));
+    let mut backoff = Duration::ZERO;
+    let mut last_log: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.drain.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (client, peer) = match accepted {
+            Ok(c) => {
+                backoff = Duration::ZERO;
+                c
+            }
+            Err(e) => {
+                let fd_limit = e.raw_os_error().is_some_and(is_resource_errno);
+                let kind = if fd_limit { "fd_limit" } else { "other" };
+                counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => kind)
+                    .increment(1);
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    error!(route = route.name(), error = %e, kind, suppressed, "accept failed; backing off");
+                    last_log = Some(Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                if fd_limit || !is_per_connection(&e) {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = shutdown.drain.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        route.metrics.accepted.increment(1);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => Rejected::Limit.as_str())
+                .increment(1);
+            debug!(route = route.name(), client.addr = %peer, "connection limit reached; closing client");
+            drop(client);
+            continue;
+        };
+        tasks.spawn(session::run(
+            client,
+            peer,
+            route.clone(),
+            permit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is out of something; retrying at
+/// once would spin.
+fn is_resource_errno(errno: i32) -> bool {
+    matches!(errno, 24 | 23 | 105 | 12)
+}
+
+/// Errors about one pending connection (it went away before we accepted it).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,278 @@
+//! One client connection: hold it until the route has a usable master, connect to exactly the
+//! verified address (socket options below), splice both directions, and end with the epoch.
+//! Held clients are released when the client goes away, the hold timeout passes, or shutdown
+//! starts; a master that refuses connections is retried within the same hold.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, Counter};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, field, Instrument};
+
+use super::Shutdown;
+use crate::config::RouteConfig;
+use crate::metrics::{self as m, Closed, Rejected};
+use crate::route::{ClientGuard, HeldGuard, Master, Route};
+
+/// Per-direction splice buffer. Allocated on first data, so idle sessions hold none.
+const BUF_SIZE: usize = 16 * 1024;
+/// Retry pause bounds while the verified master refuses connections.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// Serves one accepted client until it, its master or its epoch ends.
+pub async fn run(
+    client: TcpStream,
+    peer: SocketAddr,
+    route: Arc<Route>,
+    permit: OwnedSemaphorePermit,
+    shutdown: Shutdown,
+) {
+    let span = tracing::debug_span!(
+        "session",
+        route = route.name(),
+        client.addr = %peer,
+        master.addr = field::Empty,
+        epoch = field::Empty,
+    );
+    serve(client, route, permit, shutdown)
+        .instrument(span)
+        .await
+}
+
+enum HoldEnd {
+    Rejected(Rejected),
+    ClientGone,
+}
+
+async fn serve(
+    client: TcpStream,
+    route: Arc<Route>,
+    _permit: OwnedSemaphorePermit,
+    shutdown: Shutdown,
+) {
+    let _client_guard = ClientGuard::new(&route);
+    let _ = client.set_nodelay(true);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + route.config.hold_timeout;
+    let mut held: Option<HeldGuard> = None;
+    let mut retry = RETRY_MIN;
+
+    let established = loop {
+        let master = match route.current() {
+            Some(m) => m,
+            None => {
+                held.get_or_insert_with(|| HeldGuard::new(&route));
+                let waited = tokio::select! {
+                    m = route.wait_for_master(deadline) => m.ok_or(HoldEnd::Rejected(Rejected::HoldTimeout)),
+                    _ = client_gone(&client) => Err(HoldEnd::ClientGone),
+                    _ = shutdown.drain.cancelled() => Err(HoldEnd::Rejected(Rejected::Shutdown)),
+                };
+                match waited {
+                    Ok(m) => m,
+                    Err(end) => break Err(end),
+                }
+            }
+        };
+        let guard = master.session_guard();
+        let attempt = tokio::select! {
+            r = connect(master.addr, &route.config) => Some(r),
+            _ = master.fenced().cancelled() => None,
+            _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
+        };
+        match attempt {
+            // Fenced while connecting: never use a connection of an ended epoch.
+            None => continue,
+            Some(Ok(conn)) if !master.fenced().is_cancelled() => break Ok((master, guard, conn)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
+                    .increment(1);
+                debug!(master.addr = %master.addr, error = %e, "connect to master failed; holding client");
+                drop(guard);
+                held.get_or_insert_with(|| HeldGuard::new(&route));
+                if tokio::time::Instant::now() >= deadline {
+                    break Err(HoldEnd::Rejected(Rejected::HoldTimeout));
+                }
+                let gone = tokio::select! {
+                    _ = route.changed() => false,
+                    _ = tokio::time::sleep(retry) => false,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                    _ = client_gone(&client) => true,
+                    _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
+                };
+                if gone {
+                    break Err(HoldEnd::ClientGone);
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    };
+
+    if let Some(h) = held.take() {
+        let outcome = match &established {
+            Ok(_) => "routed",
+            Err(HoldEnd::Rejected(Rejected::HoldTimeout)) => "timed_out",
+            Err(HoldEnd::Rejected(_)) => "shutdown",
+            Err(HoldEnd::ClientGone) => "client_closed",
+        };
+        h.finish(outcome, started.elapsed());
+    }
+    let (master, _epoch_guard, conn) = match established {
+        Ok(e) => e,
+        Err(HoldEnd::Rejected(reason)) => {
+            counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => reason.as_str())
+                .increment(1);
+            debug!(reason = reason.as_str(), "client closed without a session");
+            return;
+        }
+        Err(HoldEnd::ClientGone) => {
+            debug!("client went away while held");
+            return;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("master.addr", field::display(master.addr));
+    span.record("epoch", master.epoch);
+    debug!("session open");
+    let reason = splice(&client, &conn, &master, &shutdown, &route).await;
+    counter!(m::SESSIONS_CLOSED, "route" => route.name().to_string(), "reason" => reason.as_str())
+        .increment(1);
+    debug!(reason = reason.as_str(), "session closed");
+}
+
+/// Resolves when the client has closed (EOF or error). If the client has sent data, it is
+/// still there: pend forever, leaving the data to the session.
+async fn client_gone(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    match client.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Connects to the verified master with a timeout, TCP_NODELAY, keepalive and
+/// TCP_USER_TIMEOUT, so a partitioned master cannot hang a session forever.
+async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_keepalive(true)?;
+    let stream = tokio::time::timeout(cfg.connect_timeout, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let sock = SockRef::from(&stream);
+    let interval = (cfg.keepalive / 3).max(Duration::from_secs(1));
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(cfg.keepalive)
+            .with_interval(interval)
+            .with_retries(3),
+    )?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(cfg.tcp_user_timeout))?;
+    Ok(stream)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Master,
+}
+
+/// Splices until both directions reached EOF, either side fails, the epoch is fenced, or
+/// shutdown's grace period ends. Half-close propagates: EOF from one side shuts down writing
+/// to the other, and the other direction keeps flowing.
+async fn splice(
+    client: &TcpStream,
+    master_conn: &TcpStream,
+    master: &Master,
+    shutdown: &Shutdown,
+    route: &Route,
+) -> Closed {
+    let c2m = pump(
+        client,
+        master_conn,
+        &route.metrics.bytes_client_to_master,
+        Side::Client,
+        Side::Master,
+    );
+    let m2c = pump(
+        master_conn,
+        client,
+        &route.metrics.bytes_master_to_client,
+        Side::Master,
+        Side::Client,
+    );
+    tokio::pin!(c2m, m2c);
+    let (mut c2m_done, mut m2c_done) = (false, false);
+    let mut first_eof: Option<Side> = None;
+    loop {
+        let (side, result) = tokio::select! {
+            biased;
+            _ = master.fenced().cancelled() => return Closed::MasterSwitch,
+            _ = shutdown.close.cancelled() => return Closed::Shutdown,
+            r = &mut c2m, if !c2m_done => { c2m_done = true; (Side::Client, r) }
+            r = &mut m2c, if !m2c_done => { m2c_done = true; (Side::Master, r) }
+        };
+        match result {
+            Ok(()) => {
+                first_eof.get_or_insert(side);
+            }
+            Err(Side::Client) => return Closed::ClientError,
+            Err(Side::Master) => return Closed::MasterError,
+        }
+        if c2m_done && m2c_done {
+            return match first_eof {
+                Some(Side::Master) => Closed::MasterClosed,
+                _ => Closed::ClientClosed,
+            };
+        }
+    }
+}
+
+/// Copies `from` -> `to` until EOF (then shuts down writing to `to`); the error names the side
+/// that failed.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &Counter,
+    from_side: Side,
+    to_side: Side,
+) -> Result<(), Side> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await.map_err(|_| from_side)?;
+        if buf.is_empty() {
+            buf = vec![0; BUF_SIZE];
+        }
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                // The peer may already be gone; then the other direction reports it.
+                let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(from_side),
+        };
+        let mut written = 0;
+        while written < n {
+            to.writable().await.map_err(|_| to_side)?;
+            match to.try_write(&buf[written..n]) {
+                Ok(k) => written += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(to_side),
+            }
+        }
+        bytes.increment(n as u64);
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-route master state: the only shared mutable state of the proxy.
+//!
+//! The watcher is the single writer: it installs a verified [`Master`] (a new epoch) or fences
+//! the current one. The accept path only reads, lock-free, through [`Route::current`]. Fencing
+//! stores "no master" first and then cancels the old epoch's token, so a session that loads the
+//! master after the fence never sees the old one, and one that loaded it before sees the token
+//! cancelled.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use metrics::{counter, gauge, Counter, Gauge};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RouteConfig;
+use crate::metrics as m;
+
+/// The verified master of one epoch.
+#[derive(Debug)]
+pub struct Master {
+    /// The resolved address that passed `ROLE` = master; sessions connect exactly here.
+    pub addr: SocketAddr,
+    /// The address as the sentinels name it (`ip:port` or `host:port`).
+    pub announced: String,
+    /// Our local epoch number.
+    pub epoch: u64,
+    /// The sentinels' config-epoch when it was verified.
+    pub config_epoch: u64,
+    /// When it was verified (wall clock, for /status).
+    pub verified_at: SystemTime,
+    token: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl Master {
+    /// Cancelled when this epoch ends; every session of the epoch selects on it.
+    pub fn fenced(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Registers a session with this epoch; the epoch's fence waits for every guard to drop.
+    pub fn session_guard(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.sessions.token()
+    }
+
+    /// Sessions of this epoch still open.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// What the watcher last learned from one sentinel, for /status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SentinelStatus {
+    /// Address as configured.
+    pub address: String,
+    /// Whether the last query succeeded.
+    pub reachable: bool,
+    /// Master address it named at the last successful query.
+    pub master: Option<String>,
+    /// Its config-epoch for the master at the last successful query.
+    pub config_epoch: Option<u64>,
+    /// Its flags for the master (e.g. `master`, `master,s_down`).
+    pub flags: Option<String>,
+    /// Other sentinels it knows.
+    pub other_sentinels: Option<u64>,
+    /// Replicas it knows.
+    pub replicas: Option<u64>,
+    /// Seconds since the Unix epoch of the last successful query.
+    pub last_ok_unix: Option<f64>,
+    /// The last error, if the last query failed.
+    pub last_error: Option<String>,
+    /// Whether the `+switch-master` subscription is established.
+    pub subscribed: bool,
+}
+
+/// Pre-resolved metric handles of one route, so the hot path does no label lookups.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Bytes client -> master.
+    pub bytes_client_to_master: Counter,
+    /// Bytes master -> client.
+    pub bytes_master_to_client: Counter,
+    /// Accepted connections.
+    pub accepted: Counter,
+    /// Open client connections.
+    pub active: Gauge,
+    /// Held client connections.
+    pub held: Gauge,
+}
+
+/// One route: its configuration, its master state and the notifier held clients wait on.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's configuration.
+    pub config: RouteConfig,
+    /// Metric handles labelled with this route.
+    pub metrics: RouteMetrics,
+    master: ArcSwapOption<Master>,
+    last_epoch: AtomicU64,
+    changed: Notify,
+    sentinels: Mutex<Vec<SentinelStatus>>,
+    last_master_label: Mutex<Option<String>>,
+    open_clients: AtomicUsize,
+    held_clients: AtomicUsize,
+}
+
+impl Route {
+    /// A route with no master yet.
+    pub fn new(config: RouteConfig) -> Arc<Route> {
+        let name = config.name.clone();
+        let metrics = RouteMetrics {
+            bytes_client_to_master: counter!(m::BYTES, "route" => name.clone(), "direction" => "client_to_master"),
+            bytes_master_to_client: counter!(m::BYTES, "route" => name.clone(), "direction" => "master_to_client"),
+            accepted: counter!(m::CONNECTIONS_ACCEPTED, "route" => name.clone()),
+            active: gauge!(m::CONNECTIONS_ACTIVE, "route" => name.clone()),
+            held: gauge!(m::CONNECTIONS_HELD, "route" => name.clone()),
+        };
+        gauge!(m::MASTER_VERIFIED, "route" => name.clone()).set(0.0);
+        gauge!(m::SENTINELS_CONFIGURED, "route" => name.clone())
+            .set(config.sentinel.addresses.len() as f64);
+        let sentinels = config
+            .sentinel
+            .addresses
+            .iter()
+            .map(|a| SentinelStatus {
+                address: a.clone(),
+                ..Default::default()
+            })
+            .collect();
+        Arc::new(Route {
+            config,
+            metrics,
+            master: ArcSwapOption::empty(),
+            last_epoch: AtomicU64::new(0),
+            changed: Notify::new(),
+            sentinels: Mutex::new(sentinels),
+            last_master_label: Mutex::new(None),
+            open_clients: AtomicUsize::new(0),
+            held_clients: AtomicUsize::new(0),
+        })
+    }
+
+    /// The route's name (metric label).
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The current verified master, if any and not fenced.
+    pub fn current(&self) -> Option<Arc<Master>> {
+        self.master.load_full().filter(|m| !m.token.is_cancelled())
+    }
+
+    /// Waits until a master is installed or `deadline` passes.
+    pub async fn wait_for_master(&self, deadline: tokio::time::Instant) -> Option<Arc<Master>> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Register interest before looking, so an install between the look and the wait
+            // is not missed.
+            notified.as_mut().enable();
+            if let Some(m) = self.current() {
+                return Some(m);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Waits until the route's master state changes (install or fence).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Installs a newly verified master as a new epoch (watcher only). Any previous master
+    /// must have been fenced first; if not, it is fenced here.
+    pub fn install(&self, addr: SocketAddr, announced: String, config_epoch: u64) -> Arc<Master> {
+        let epoch = self.last_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let master = Arc::new(Master {
+            addr,
+            announced,
+            epoch,
+            config_epoch,
+            verified_at: SystemTime::now(),
+            token: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        });
+        let old = self.master.swap(Some(master.clone()));
+        if let Some(old) = old {
+            old.token.cancel();
+            old.sessions.close();
+        }
+        let route = self.name().to_string();
+        gauge!(m::EPOCH, "route" => route.clone()).set(epoch as f64);
+        gauge!(m::MASTER_VERIFIED, "route" => route.clone()).set(1.0);
+        counter!(m::MASTER_SWITCHES, "route" => route.clone()).increment(1);
+        let label = addr.to_string();
+        let mut last = self
+            .last_master_label
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(prev) = last.replace(label.clone()) {
+            if prev != label {
+                gauge!(m::MASTER_INFO, "route" => route.clone(), "addr" => prev).set(0.0);
+            }
+        }
+        gauge!(m::MASTER_INFO, "route" => route, "addr" => label).set(1.0);
+        self.changed.notify_waiters();
+        master
+    }
+
+    /// Ends the current epoch (watcher only): no master is routed to until the next install.
+    /// Returns the fenced master so the caller can wait for its sessions to close.
+    pub fn fence(&self) -> Option<Arc<Master>> {
+        let old = self.master.swap(None)?;
+        old.token.cancel();
+        old.sessions.close();
+        gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
+        self.changed.notify_waiters();
+        Some(old)
+    }
+
+    /// Client connections open (held or in a session).
+    pub fn open_clients(&self) -> usize {
+        self.open_clients.load(Ordering::Relaxed)
+    }
+
+    /// Client connections held waiting for a master.
+    pub fn held_clients(&self) -> usize {
+        self.held_clients.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot of what each sentinel last said.
+    pub fn sentinel_status(&self) -> Vec<SentinelStatus> {
+        self.sentinels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Updates what one sentinel last said (watcher and subscription tasks).
+    pub fn update_sentinel(&self, index: usize, f: impl FnOnce(&mut SentinelStatus)) {
+        let mut all = self.sentinels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = all.get_mut(index) {
+            f(s);
+        }
+    }
+}
+
+/// Waits for every session of a fenced epoch to close and returns how long that took from
+/// `since` (the moment evidence arrived).
+pub async fn drained(master: &Master, since: Instant) -> std::time::Duration {
+    master.sessions.wait().await;
+    since.elapsed()
+}
+
+/// Counts one open client connection for as long as it lives.
+pub struct ClientGuard<'a>(&'a Route);
+
+impl<'a> ClientGuard<'a> {
+    /// Counts a new client of `route`.
+    pub fn new(route: &'a Route) -> Self {
+        route.open_clients.fetch_add(1, Ordering::Relaxed);
+        route.metrics.active.increment(1.0);
+        ClientGuard(route)
+    }
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open_clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active.decrement(1.0);
+    }
+}
+
+/// Counts one held client for as long as it is held.
+pub struct HeldGuard<'a>(&'a Route);
+
+impl<'a> HeldGuard<'a> {
+    /// Counts a newly held client of `route`.
+    pub fn new(route: &'a Route) -> Self {
+        route.held_clients.fetch_add(1, Ordering::Relaxed);
+        route.metrics.held.increment(1.0);
+        HeldGuard(route)
+    }
+
+    /// Ends the hold, recording its outcome (`routed`, `timed_out`, `client_closed`, `shutdown`).
+    pub fn finish(self, outcome: &'static str, waited: std::time::Duration) {
+        metrics::counter!(m::HOLDS, "route" => self.0.name().to_string(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::HOLD_DURATION, "route" => self.0.name().to_string())
+            .record(waited.as_secs_f64());
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held_clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.held.decrement(1.0);
+    }
+}

@@ -1,0 +1,528 @@
+//! Discovery: the watcher of one route. It polls every sentinel, listens to `+switch-master` on
+//! each, ranks what they say ([`arbiter`]), proves the winner with `ROLE`, and is the only writer
+//! of the route's master state: it fences the current epoch on evidence of demotion and installs
+//! the next master only after `ROLE` says master.
+
+pub mod arbiter;
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use metrics::{counter, gauge, histogram};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
+use crate::route::{self, Route};
+use client::{join_host_port, role, MasterReport, Role, Sentinel, SentinelError, Timeouts};
+
+/// How often an idle `+switch-master` subscription is pinged, so a dead link is noticed.
+const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
+/// Longest pause between reconnect attempts to a failing sentinel.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a subscription task tells the watcher.
+#[derive(Debug)]
+enum Event {
+    /// `+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>` for our master name.
+    Switch {
+        sentinel: usize,
+        old: String,
+        new: String,
+        at: Instant,
+    },
+    /// A subscription was (re)established; events may have been missed, so re-query.
+    Subscribed,
+}
+
+/// Runs the watcher of `route` until `shutdown`.
+pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
+    let cfg = route.config.sentinel.clone();
+    let timeouts = Timeouts {
+        timeout: cfg.timeout,
+    };
+    let sentinels: Vec<Sentinel> = cfg
+        .addresses
+        .iter()
+        .map(|a| Sentinel::new(a, timeouts))
+        .collect();
+    let (tx, rx) = mpsc::channel(64);
+    for (i, s) in sentinels.iter().enumerate() {
+        let client = match s.client() {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                error!(route = route.name(), %e, "cannot subscribe to sentinel");
+                continue;
+            }
+        };
+        tokio::spawn(subscribe(
+            i,
+            s.addr.clone(),
+            client,
+            route.clone(),
+            tx.clone(),
+            timeouts,
+            shutdown.clone(),
+        ));
+    }
+    let n = sentinels.len();
+    let mut w = Watcher {
+        route,
+        timeouts,
+        poll_interval: cfg.poll_interval,
+        sentinels,
+        retry_at: vec![None; n],
+        failures: vec![0; n],
+        blind: false,
+        fenced_at: None,
+        previous: None,
+    };
+    w.run(rx, shutdown).await;
+}
+
+struct Watcher {
+    route: Arc<Route>,
+    timeouts: Timeouts,
+    poll_interval: Duration,
+    sentinels: Vec<Sentinel>,
+    /// Per sentinel: not asked again before this instant (reconnect backoff).
+    retry_at: Vec<Option<Instant>>,
+    failures: Vec<u32>,
+    /// No sentinel answered the last round.
+    blind: bool,
+    /// When the current fence started (for the failover log line).
+    fenced_at: Option<Instant>,
+    /// The last installed master address (for the failover log line).
+    previous: Option<SocketAddr>,
+}
+
+enum Wake {
+    Event(Event),
+    Done(Duration),
+    Stop,
+}
+
+impl Watcher {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        loop {
+            // A round is abandoned when an event arrives: what it learned may predate the switch.
+            let wake = {
+                let round = self.round();
+                tokio::pin!(round);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Wake::Stop,
+                    Some(ev) = rx.recv() => Wake::Event(ev),
+                    d = &mut round => Wake::Done(d),
+                }
+            };
+            let delay = match wake {
+                Wake::Stop => return,
+                Wake::Event(ev) => {
+                    self.on_event(ev);
+                    continue;
+                }
+                Wake::Done(d) => d,
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                Some(ev) = rx.recv() => self.on_event(ev),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let Event::Switch {
+            sentinel,
+            old,
+            new,
+            at,
+        } = ev
+        else {
+            return;
+        };
+        let route = self.route.name().to_string();
+        counter!(m::SWITCH_EVENTS, "route" => route.clone()).increment(1);
+        info!(
+            route,
+            sentinel = %self.sentinels[sentinel].addr,
+            old.addr = %old,
+            new.addr = %new,
+            "+switch-master received"
+        );
+        if let Some(cur) = self.route.current() {
+            if names(&old, &cur.announced, cur.addr) {
+                self.fence(FenceReason::SwitchEvent, at);
+            }
+        }
+    }
+
+    /// Ends the current epoch and reports, in the background, when its last session closed.
+    fn fence(&mut self, reason: FenceReason, since: Instant) {
+        let Some(old) = self.route.fence() else {
+            return;
+        };
+        let route = self.route.name().to_string();
+        counter!(m::FENCES, "route" => route.clone(), "reason" => reason.as_str()).increment(1);
+        self.fenced_at = Some(since);
+        info!(
+            route,
+            master.addr = %old.addr,
+            epoch = old.epoch,
+            reason = reason.as_str(),
+            sessions = old.sessions(),
+            "master fenced; holding new clients"
+        );
+        tokio::spawn(async move {
+            let took = route::drained(&old, since).await;
+            histogram!(m::FENCE_DURATION, "route" => route.clone()).record(took.as_secs_f64());
+            info!(
+                route,
+                master.addr = %old.addr,
+                epoch = old.epoch,
+                fence_ms = took.as_secs_f64() * 1000.0,
+                "fenced epoch's sessions all closed"
+            );
+        });
+    }
+
+    /// One poll of every sentinel and the action it calls for; returns the delay to the next.
+    async fn round(&mut self) -> Duration {
+        let name = self.route.config.master_name.clone();
+        let now = Instant::now();
+        let due: Vec<bool> = self
+            .retry_at
+            .iter()
+            .map(|r| r.is_none_or(|t| t <= now))
+            .collect();
+        let queries = self.sentinels.iter_mut().zip(&due).map(|(s, due)| {
+            let name = name.clone();
+            async move {
+                if *due {
+                    Some(s.master(&name).await)
+                } else {
+                    None
+                }
+            }
+        });
+        let results = futures_util::future::join_all(queries).await;
+        let mut reports: Vec<MasterReport> = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Some(Ok(r)) => {
+                    self.record_ok(i, &r);
+                    reports.push(r);
+                }
+                Some(Err(e)) => self.record_err(i, e),
+                None => {}
+            }
+        }
+        let route = self.route.name().to_string();
+        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(reports.len() as f64);
+
+        if reports.is_empty() {
+            if !self.blind {
+                self.blind = true;
+                error!(
+                    route,
+                    sentinels = self.sentinels.len(),
+                    "no sentinel reachable; keeping the last verified master and re-checking it with ROLE"
+                );
+            }
+            if let Some(cur) = self.route.current() {
+                // Unreachable is not evidence of demotion: sessions fail on their own, and the
+                // sentinels, when back, decide. A replica answer is.
+                if let Some(Role::Replica(_) | Role::Other(_)) =
+                    self.verify(cur.addr, &cur.announced).await
+                {
+                    self.fence(FenceReason::RoleReplica, Instant::now());
+                }
+            }
+            return self.poll_interval;
+        }
+        if self.blind {
+            self.blind = false;
+            info!(
+                route,
+                reachable = reports.len(),
+                "sentinels reachable again"
+            );
+        }
+
+        let current = self.route.current();
+        let ranked = arbiter::rank(&reports, current.as_ref().map(|c| c.announced.as_str()));
+        if let Some(cur) = &current {
+            if ranked
+                .first()
+                .is_some_and(|top| top.announced() == cur.announced)
+            {
+                match self.verify(cur.addr, &cur.announced).await {
+                    Some(Role::Master) | None => return self.poll_interval,
+                    Some(_) => {
+                        self.fence(FenceReason::RoleReplica, Instant::now());
+                        return self.fast_retry();
+                    }
+                }
+            }
+            self.fence(FenceReason::SentinelsNameOther, Instant::now());
+        }
+
+        for cand in &ranked {
+            let announced = cand.announced();
+            let Some(addr) = self.resolve(&cand.host, cand.port).await else {
+                continue;
+            };
+            if self.verify(addr, &announced).await == Some(Role::Master) {
+                let previous = self.previous.replace(addr);
+                let master = self.route.install(addr, announced, cand.config_epoch);
+                let outage_ms = self
+                    .fenced_at
+                    .take()
+                    .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+                info!(
+                    route,
+                    master.addr = %master.addr,
+                    master.announced = %master.announced,
+                    previous = ?previous,
+                    epoch = master.epoch,
+                    config_epoch = cand.config_epoch,
+                    votes = cand.votes,
+                    reachable = reports.len(),
+                    no_master_ms = ?outage_ms,
+                    "master verified; routing"
+                );
+                return self.poll_interval;
+            }
+        }
+        self.fast_retry()
+    }
+
+    fn fast_retry(&self) -> Duration {
+        (self.poll_interval / 4).clamp(Duration::from_millis(50), self.poll_interval)
+    }
+
+    /// `ROLE` of a candidate; `None` when it could not be asked.
+    async fn verify(&mut self, addr: SocketAddr, announced: &str) -> Option<Role> {
+        let route = self.route.name().to_string();
+        let result = role(addr, self.timeouts).await;
+        let label = match &result {
+            Ok(Role::Master) => "master",
+            Ok(_) => "replica",
+            Err(_) => "error",
+        };
+        counter!(m::ROLE_CHECKS, "route" => route.clone(), "result" => label).increment(1);
+        match result {
+            Ok(Role::Master) => Some(Role::Master),
+            Ok(other) => {
+                warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
+                Some(other)
+            }
+            Err(e) => {
+                warn!(route, master.addr = %addr, master.announced = announced, error = %e, "ROLE check failed");
+                None
+            }
+        }
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        client::resolve(host, port, self.timeouts.timeout)
+            .await
+            .map_err(|e| {
+                warn!(route = self.route.name(), master.announced = %join_host_port(host, port), error = %e, "not routing to a master address the sentinels announce");
+            })
+            .ok()
+    }
+
+    fn record_ok(&mut self, i: usize, r: &MasterReport) {
+        self.failures[i] = 0;
+        self.retry_at[i] = None;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
+        self.route.update_sentinel(i, |s| {
+            if !s.reachable && s.last_error.is_some() {
+                info!(route = %self.route.name(), sentinel = %s.address, "sentinel answers again");
+            }
+            s.reachable = true;
+            s.master = Some(r.announced());
+            s.config_epoch = Some(r.config_epoch);
+            s.flags = Some(r.flags.clone());
+            s.other_sentinels = Some(r.other_sentinels);
+            s.replicas = Some(r.replicas);
+            s.last_ok_unix = now;
+            s.last_error = None;
+        });
+    }
+
+    fn record_err(&mut self, i: usize, e: SentinelError) {
+        let route = self.route.name().to_string();
+        counter!(m::SENTINEL_ERRORS, "route" => route.clone(), "sentinel" => e.addr.clone(), "kind" => e.kind.as_str())
+            .increment(1);
+        self.failures[i] = self.failures[i].saturating_add(1);
+        if e.kind != SentinelErrorKind::UnknownMaster && e.kind != SentinelErrorKind::Protocol {
+            self.sentinels[i].disconnect();
+            let backoff = (self.poll_interval * 2u32.saturating_pow(self.failures[i].min(6) - 1))
+                .min(MAX_BACKOFF.max(self.poll_interval));
+            self.retry_at[i] = Some(Instant::now() + backoff);
+        }
+        let first = self.failures[i] == 1;
+        let message = e.to_string();
+        self.route.update_sentinel(i, |s| {
+            s.reachable = false;
+            s.last_error = Some(message);
+        });
+        // Log the first failure in a row loudly, the rest at debug: a dead sentinel polled every
+        // second must not flood the log.
+        if first {
+            if e.kind == SentinelErrorKind::UnknownMaster {
+                error!(route, sentinel = %e.addr, master = %self.route.config.master_name, "sentinel does not monitor this master name");
+            } else {
+                warn!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e.message, "sentinel query failed");
+            }
+        } else {
+            debug!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e.message, "sentinel query failed again");
+        }
+    }
+}
+
+/// Whether the `ip port` of an event names the master announced as `announced` / resolved to `addr`.
+fn names(event_addr: &str, announced: &str, addr: SocketAddr) -> bool {
+    if event_addr == announced {
+        return true;
+    }
+    event_addr.parse::<SocketAddr>().is_ok_and(|a| a == addr)
+}
+
+/// Keeps a `+switch-master` subscription to one sentinel alive and forwards our master's events.
+async fn subscribe(
+    index: usize,
+    addr: String,
+    client: redis::Client,
+    route: Arc<Route>,
+    tx: mpsc::Sender<Event>,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+) {
+    let name = route.name().to_string();
+    let master_name = route.config.master_name.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut failed_before = false;
+    loop {
+        let connect = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let pubsub = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(timeouts.timeout * 2, connect) => match r {
+                Ok(Ok(ps)) => Some(ps),
+                Ok(Err(e)) => { if !failed_before { warn!(route = name, sentinel = %addr, error = %e, "cannot subscribe to +switch-master"); } None }
+                Err(_) => { if !failed_before { warn!(route = name, sentinel = %addr, "subscribing to +switch-master timed out"); } None }
+            }
+        };
+        let Some(pubsub) = pubsub else {
+            failed_before = true;
+            counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        if failed_before {
+            info!(route = name, sentinel = %addr, "subscribed to +switch-master again");
+        }
+        failed_before = false;
+        backoff = Duration::from_millis(100);
+        route.update_sentinel(index, |s| s.subscribed = true);
+        let _ = tx.try_send(Event::Subscribed);
+
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+        ping.tick().await;
+        let why = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break "connection closed" };
+                    let payload: String = match msg.get_payload() {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    match parse_switch(&payload) {
+                        Some((n, old, new)) if n == master_name => {
+                            // The channel is bounded: if the watcher is that far behind, one
+                            // queued event already makes it re-query.
+                            let _ = tx.try_send(Event::Switch { sentinel: index, old, new, at: Instant::now() });
+                        }
+                        Some(_) => {}
+                        None => {
+                            warn!(route = name, sentinel = %addr, payload, "malformed +switch-master event ignored");
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(timeouts.timeout * 2, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => break "ping failed",
+                        Err(_) => break "ping timed out",
+                    }
+                }
+            }
+        };
+        route.update_sentinel(index, |s| s.subscribed = false);
+        counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
+        warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+    }
+}
+
+/// Parses `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+fn parse_switch(payload: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = payload.split_whitespace().collect();
+    let [name, old_ip, old_port, new_ip, new_port] = parts.as_slice() else {
+        return None;
+    };
+    let old_port: u16 = old_port.parse().ok()?;
+    let new_port: u16 = new_port.parse().ok()?;
+    Some((
+        name.to_string(),
+        join_host_port(old_ip, old_port),
+        join_host_port(new_ip, new_port),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_payload() {
+        assert_eq!(
+            parse_switch("redis-ha 127.0.0.1 16300 127.0.0.1 36300"),
+            Some((
+                "redis-ha".into(),
+                "127.0.0.1:16300".into(),
+                "127.0.0.1:36300".into()
+            ))
+        );
+        assert_eq!(parse_switch("redis-ha 127.0.0.1 x 127.0.0.1 1"), None);
+        assert_eq!(parse_switch("too few"), None);
+    }
+
+    #[test]
+    fn event_names_master() {
+        let addr: SocketAddr = "127.0.0.1:16300".parse().unwrap();
+        assert!(names("127.0.0.1:16300", "redis1:16300", addr));
+        assert!(names("redis1:16300", "redis1:16300", addr));
+        assert!(!names("127.0.0.1:26300", "redis1:16300", addr));
+    }
+}

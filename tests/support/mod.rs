@@ -1,0 +1,667 @@
+//! Test harness: real `redis-server` and `redis-sentinel` processes on free ports in temp dirs,
+//! the proxy binary as a child process, and wait-until helpers (no fixed sleeps).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const MASTER_NAME: &str = "redis-ha";
+pub const BIN: &str = env!("CARGO_BIN_EXE_redis-failover-proxy");
+
+/// Panics (with `what`) unless `cond` becomes true within `timeout`; returns the time it took.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port below the ephemeral range (so outgoing connections never take it) that is free now.
+pub fn free_port() -> u16 {
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(20000 + (std::process::id() % 1000) as u16 * 12));
+    loop {
+        let mut p = next.fetch_add(1, Ordering::Relaxed);
+        if p >= 32000 {
+            next.store(20000, Ordering::Relaxed);
+            p = 20000;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Skips the calling test (with the reason printed) when a binary is missing.
+pub fn require(bin: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("SKIPPED: {bin} is not installed (run .ci/run or scripts/test.sh to install it)");
+    }
+    found
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rfp-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One `redis-server`.
+pub struct Node {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn start(dir: &Path, replica_of: Option<u16>) -> Node {
+        let port = free_port();
+        let dir = dir.join(format!("node-{port}"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let mut n = Node {
+            port,
+            dir,
+            child: None,
+        };
+        n.spawn(replica_of);
+        n
+    }
+
+    fn spawn(&mut self, replica_of: Option<u16>) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"));
+        if let Some(m) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+        }
+        self.child = Some(
+            cmd.stdout(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server"),
+        );
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "redis-server answers PING", || {
+            redis_cmd(port, &["PING"]).is_ok()
+        });
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    /// Starts the node again on the same port (as a master unless `replica_of`).
+    pub fn restart(&mut self, replica_of: Option<u16>) {
+        self.kill();
+        self.spawn(replica_of);
+    }
+
+    pub fn role(&self) -> String {
+        role_of(self.port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One `redis-sentinel`.
+pub struct Sentinel {
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sentinel {
+    /// Starts a sentinel monitoring `127.0.0.1:master_port` as `redis-ha` with quorum 2.
+    pub fn start(dir: &Path, master_port: u16, down_after_ms: u64) -> Sentinel {
+        let port = free_port();
+        let dir = dir.join(format!("sentinel-{port}"));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
+                 sentinel failover-timeout {MASTER_NAME} 6000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 2\n",
+                dir = dir.display()
+            ),
+        )
+        .expect("sentinel conf");
+        let mut s = Sentinel {
+            port,
+            conf,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-sentinel")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-sentinel");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "sentinel answers PING", || {
+            redis_cmd(port, &["PING"]).is_ok()
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `SENTINEL MASTER redis-ha` as a field map.
+    pub fn master_fields(&self) -> Option<std::collections::HashMap<String, String>> {
+        let v = redis_cmd(self.port, &["SENTINEL", "MASTER", MASTER_NAME]).ok()?;
+        let redis::Value::Array(items) = v else {
+            return None;
+        };
+        let mut map = std::collections::HashMap::new();
+        for kv in items.chunks(2) {
+            if let [redis::Value::BulkString(k), redis::Value::BulkString(v)] = kv {
+                map.insert(
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                );
+            }
+        }
+        Some(map)
+    }
+
+    /// The master port this sentinel names.
+    pub fn master_port(&self) -> Option<u16> {
+        self.master_fields()?.get("port")?.parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three nodes (the first is master) and three sentinels, converged.
+pub struct Topology {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub sentinels: Vec<Sentinel>,
+}
+
+impl Topology {
+    pub fn start(down_after_ms: u64) -> Topology {
+        let dir = tempdir();
+        let master = Node::start(dir.path(), None);
+        let mp = master.port;
+        let mut nodes = vec![master];
+        for _ in 0..2 {
+            nodes.push(Node::start(dir.path(), Some(mp)));
+        }
+        for n in &nodes[1..] {
+            let p = n.port;
+            wait_until(Duration::from_secs(10), "replica linked to master", || {
+                redis_cmd(p, &["INFO", "replication"])
+                    .map(|v| value_text(&v).contains("master_link_status:up"))
+                    .unwrap_or(false)
+            });
+        }
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start(dir.path(), mp, down_after_ms))
+            .collect();
+        let t = Topology {
+            dir,
+            nodes,
+            sentinels,
+        };
+        t.wait_converged();
+        t
+    }
+
+    /// Every sentinel knows the two others and both replicas.
+    pub fn wait_converged(&self) {
+        for s in &self.sentinels {
+            wait_until(
+                Duration::from_secs(20),
+                "sentinels discover each other and the replicas",
+                || {
+                    s.master_fields().is_some_and(|f| {
+                        f.get("num-other-sentinels").map(String::as_str) == Some("2")
+                            && f.get("num-slaves").map(String::as_str) == Some("2")
+                    })
+                },
+            );
+        }
+    }
+
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    pub fn node_by_port(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("node with that port")
+    }
+
+    /// The master port a majority of live sentinels name.
+    pub fn master_port(&self) -> Option<u16> {
+        let named: Vec<u16> = self
+            .sentinels
+            .iter()
+            .filter_map(|s| s.master_port())
+            .collect();
+        named
+            .iter()
+            .copied()
+            .find(|p| named.iter().filter(|q| *q == p).count() >= 2)
+    }
+
+    /// `SENTINEL FAILOVER` and wait until the sentinels name a new master that says ROLE master.
+    pub fn failover(&self) -> u16 {
+        let old = self.master_port().expect("a master");
+        let s = &self.sentinels[0];
+        wait_until(
+            Duration::from_secs(20),
+            "SENTINEL FAILOVER accepted",
+            || redis_cmd(s.port, &["SENTINEL", "FAILOVER", MASTER_NAME]).is_ok(),
+        );
+        self.wait_new_master(old)
+    }
+
+    /// Waits until a majority of sentinels name a master other than `old` that says ROLE master.
+    pub fn wait_new_master(&self, old: u16) -> u16 {
+        let mut new = 0;
+        wait_until(
+            Duration::from_secs(30),
+            "sentinels name a new master",
+            || match self.master_port() {
+                Some(p) if p != old && role_of(p) == "master" => {
+                    new = p;
+                    true
+                }
+                _ => false,
+            },
+        );
+        new
+    }
+}
+
+/// One command on a fresh connection.
+pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    con.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut con)
+}
+
+/// First element of `ROLE` (`master`, `slave`, `sentinel`) or `error`.
+pub fn role_of(port: u16) -> String {
+    match redis_cmd(port, &["ROLE"]) {
+        Ok(redis::Value::Array(items)) => items.first().map(value_text).unwrap_or_default(),
+        _ => "error".into(),
+    }
+}
+
+pub fn value_text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::VerbatimString { text, .. } => text.clone(),
+        redis::Value::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A raw client connection through the proxy, speaking inline RESP.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        Client { stream }
+    }
+
+    /// Sends one command and reads one reply line (plus a bulk body if any).
+    pub fn cmd(&mut self, args: &[&str]) -> std::io::Result<String> {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        self.stream.write_all(req.as_bytes())?;
+        let line = self.read_line()?;
+        if let Some(len) = line.strip_prefix('$') {
+            let len: i64 = len.parse().unwrap_or(-1);
+            if len < 0 {
+                return Ok("(nil)".into());
+            }
+            let mut body = vec![0u8; len as usize + 2];
+            self.stream.read_exact(&mut body)?;
+            body.truncate(len as usize);
+            return Ok(String::from_utf8_lossy(&body).into_owned());
+        }
+        Ok(line)
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            let n = self.stream.read(&mut b)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "EOF",
+                ));
+            }
+            out.push(b[0]);
+            if out.ends_with(b"\r\n") {
+                out.truncate(out.len() - 2);
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+        }
+    }
+
+    /// The port of the Redis node this connection reaches (INFO server's tcp_port).
+    pub fn node_port(&mut self) -> std::io::Result<u16> {
+        let info = self.cmd(&["INFO", "server"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("tcp_port:"))
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no tcp_port in {info:?}")))
+    }
+
+    /// Whether the proxy closed this connection (EOF or reset) within `timeout`; data that
+    /// arrives meanwhile is discarded.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut b = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// The proxy binary as a child process.
+pub struct Proxy {
+    pub port: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Options of a test proxy beyond the sentinels.
+#[derive(Clone)]
+pub struct ProxyOpts {
+    pub hold_timeout: &'static str,
+    pub poll_interval: &'static str,
+    pub max_connections: usize,
+    pub shutdown_grace: &'static str,
+    pub master: &'static str,
+}
+
+impl Default for ProxyOpts {
+    fn default() -> Self {
+        ProxyOpts {
+            hold_timeout: "10s",
+            poll_interval: "250ms",
+            max_connections: 10_000,
+            shutdown_grace: "10s",
+            master: MASTER_NAME,
+        }
+    }
+}
+
+impl Proxy {
+    pub fn start(sentinel_ports: &[u16]) -> Proxy {
+        Proxy::start_with(sentinel_ports, ProxyOpts::default())
+    }
+
+    pub fn start_with(sentinel_ports: &[u16], o: ProxyOpts) -> Proxy {
+        let dir = tempdir();
+        let port = free_port();
+        let admin = free_port();
+        let sentinels: Vec<String> = sentinel_ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let conf = dir.path().join("proxy.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "shutdown_grace = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                 [sentinel]\naddresses = [{}]\npoll_interval = \"{}\"\ntimeout = \"500ms\"\n\
+                 [[route]]\nmaster = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nhold_timeout = \"{}\"\nmax_connections = {}\n",
+                o.shutdown_grace,
+                sentinels.join(", "),
+                o.poll_interval,
+                o.master,
+                o.hold_timeout,
+                o.max_connections
+            ),
+        )
+        .expect("proxy.toml");
+        let log = dir.path().join("proxy.log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&conf)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info,redis_failover_proxy=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn proxy");
+        let p = Proxy {
+            port,
+            admin,
+            dir,
+            child: Some(child),
+            log,
+        };
+        wait_until(Duration::from_secs(10), "proxy /healthz answers", || {
+            p.http("/healthz").is_some_and(|(code, _)| code == 200)
+        });
+        p
+    }
+
+    /// GET `path` on the admin server: (status code, body).
+    pub fn http(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin, path)
+    }
+
+    pub fn wait_ready(&self) {
+        wait_until(Duration::from_secs(15), "proxy /readyz is 200", || {
+            self.http("/readyz").is_some_and(|(c, _)| c == 200)
+        });
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (_, body) = self.http("/status").expect("/status");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// The route's epoch and master address from /status.
+    pub fn master(&self) -> Option<(u64, String)> {
+        let s = self.status();
+        let m = &s["routes"][0]["master"];
+        Some((m["epoch"].as_u64()?, m["addr"].as_str()?.to_string()))
+    }
+
+    /// Sum of the samples of metric `name` whose labels contain every `label=value` in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.http("/metrics").expect("/metrics");
+        metric_sum(&body, name, labels)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (e.g. "TERM") to the proxy.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the proxy to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > timeout {
+                kill(&mut child);
+                panic!("proxy did not exit within {timeout:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c);
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- proxy log (last 80 lines) ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Some((code, body))
+}
+
+pub fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match key.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (key, ""),
+            };
+            if n != name {
+                return None;
+            }
+            if !labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Runs the proxy binary with `args` in `dir`; returns (exit code, stdout, stderr).
+pub fn run_bin(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run proxy binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
