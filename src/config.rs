@@ -236,17 +236,35 @@ impl Config {
     }
 }
 
-/// Renders a TOML error as `line L, column C: key ...: message` on one line.
+/// Renders a TOML error as `line L, column C: key T.K: message` on one line.
 fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim().replace('\n', " ");
-    match err.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message,
+    let Some(span) = err.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    // Name the key whose line the error points at, qualified by its table.
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = text
+        .lines()
+        .take(line - 1)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("[[")
+                .and_then(|r| r.strip_suffix("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+        })
+        .last();
+    match (table, key) {
+        (Some(t), Some(k)) => format!("line {line}, column {column}: key {t}.{k}: {message}"),
+        (None, Some(k)) => format!("line {line}, column {column}: key {k}: {message}"),
+        _ => format!("line {line}, column {column}: {message}"),
     }
 }
 

@@ -132,3 +132,137 @@ fn clients_connecting_while_the_master_is_dead_are_held_then_served() {
         0.0
     );
 }
+
+#[test]
+fn one_sentinel_down_still_follows_a_failover() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let mut t = Topology::start(5000);
+    let proxy = Proxy::start(&t.sentinel_ports());
+    proxy.wait_ready();
+    t.sentinels[0].kill();
+    wait_until(Duration::from_secs(10), "proxy sees 2 sentinels", || {
+        proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 2.0
+    });
+    let mut old_session = Client::connect(proxy.port);
+    assert_eq!(old_session.cmd(&["PING"]).unwrap(), "+PONG");
+    let new = t.failover_via(1);
+    assert!(old_session.closed_within(Duration::from_secs(5)));
+    wait_until(
+        Duration::from_secs(10),
+        "proxy routes to the new master",
+        || {
+            proxy
+                .master()
+                .is_some_and(|(_, a)| a == format!("127.0.0.1:{new}"))
+        },
+    );
+    assert_eq!(Client::connect(proxy.port).node_port().unwrap(), new);
+    assert!(
+        proxy.metric(
+            "redis_failover_proxy_sentinel_errors_total",
+            &[("sentinel", &format!("127.0.0.1:{}", t.sentinels[0].port))]
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn old_master_restarting_is_never_routed_to() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let mut t = Topology::start(2000);
+    let proxy = Proxy::start(&t.sentinel_ports());
+    proxy.wait_ready();
+    let old = t.nodes[0].port;
+    t.nodes[0].kill();
+    let new = t.wait_new_master(old);
+    wait_until(
+        Duration::from_secs(10),
+        "proxy routes to the new master",
+        || {
+            proxy
+                .master()
+                .is_some_and(|(_, a)| a == format!("127.0.0.1:{new}"))
+        },
+    );
+
+    // The old master comes back the way its config says: as an empty master (ROLE says
+    // master) until the sentinels turn it into a replica of the new one.
+    t.nodes[0].restart(None);
+    let mut probes = 0;
+    wait_until(
+        Duration::from_secs(30),
+        "sentinels turn the old master into a replica",
+        || {
+            let mut c = Client::connect(proxy.port);
+            let reached = c.node_port();
+            // The sentinels may, rarely, fail over again and pick the old node once it is a
+            // replica; only then may a client reach it.
+            if reached.as_ref().is_ok_and(|p| *p == old) {
+                assert_eq!(
+                    t.master_port(),
+                    Some(old),
+                    "a client reached the old master"
+                );
+            }
+            probes += 1;
+            role_of(old) == "slave"
+        },
+    );
+    for _ in 0..20 {
+        let reached = Client::connect(proxy.port).node_port().unwrap();
+        assert_eq!(Some(reached), t.master_port());
+    }
+    eprintln!("{probes} probes during the old master's return never reached it as master");
+}
+
+#[test]
+fn all_sentinels_down_keeps_the_last_master_and_rechecks_role() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let mut t = Topology::start(5000);
+    let proxy = Proxy::start(&t.sentinel_ports());
+    proxy.wait_ready();
+    let mut session = Client::connect(proxy.port);
+    assert_eq!(session.cmd(&["PING"]).unwrap(), "+PONG");
+    for s in &mut t.sentinels {
+        s.kill();
+    }
+    wait_until(Duration::from_secs(10), "proxy sees no sentinel", || {
+        proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 0.0
+    });
+    let (code, body) = proxy.http("/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("no sentinel reachable"), "{body}");
+    assert_eq!(
+        session.cmd(&["PING"]).unwrap(),
+        "+PONG",
+        "existing session kept"
+    );
+    assert_eq!(
+        Client::connect(proxy.port).node_port().unwrap(),
+        t.nodes[0].port
+    );
+    assert!(proxy.log().contains("no sentinel reachable"));
+
+    // With no sentinel to ask, ROLE is the only evidence: demote the master by hand.
+    let replica_of = t.nodes[1].port.to_string();
+    redis_cmd(t.nodes[0].port, &["REPLICAOF", "127.0.0.1", &replica_of]).unwrap();
+    assert!(
+        session.closed_within(Duration::from_secs(5)),
+        "session to a demoted master kept"
+    );
+    wait_until(Duration::from_secs(5), "readyz turns 503", || {
+        proxy.http("/readyz").is_some_and(|(c, _)| c == 503)
+    });
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_fences_total",
+            &[("reason", "role_replica")]
+        ),
+        1.0
+    );
+}

@@ -234,12 +234,22 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Three nodes and three sentinels, as in the seed.
     pub fn start(down_after_ms: u64) -> Topology {
+        Topology::start_sized(3, 3, down_after_ms)
+    }
+
+    /// One node and one sentinel: for tests that never fail over.
+    pub fn single() -> Topology {
+        Topology::start_sized(1, 1, 60_000)
+    }
+
+    fn start_sized(n_nodes: usize, n_sentinels: usize, down_after_ms: u64) -> Topology {
         let dir = tempdir();
         let master = Node::start(dir.path(), None);
         let mp = master.port;
         let mut nodes = vec![master];
-        for _ in 0..2 {
+        for _ in 1..n_nodes {
             nodes.push(Node::start(dir.path(), Some(mp)));
         }
         for n in &nodes[1..] {
@@ -250,7 +260,7 @@ impl Topology {
                     .unwrap_or(false)
             });
         }
-        let sentinels: Vec<Sentinel> = (0..3)
+        let sentinels: Vec<Sentinel> = (0..n_sentinels)
             .map(|_| Sentinel::start(dir.path(), mp, down_after_ms))
             .collect();
         let t = Topology {
@@ -262,16 +272,18 @@ impl Topology {
         t
     }
 
-    /// Every sentinel knows the two others and both replicas.
+    /// Every sentinel knows the others and the replicas.
     pub fn wait_converged(&self) {
+        let others = (self.sentinels.len() - 1).to_string();
+        let replicas = (self.nodes.len() - 1).to_string();
         for s in &self.sentinels {
             wait_until(
                 Duration::from_secs(20),
                 "sentinels discover each other and the replicas",
                 || {
                     s.master_fields().is_some_and(|f| {
-                        f.get("num-other-sentinels").map(String::as_str) == Some("2")
-                            && f.get("num-slaves").map(String::as_str) == Some("2")
+                        f.get("num-other-sentinels") == Some(&others)
+                            && f.get("num-slaves") == Some(&replicas)
                     })
                 },
             );
@@ -299,13 +311,18 @@ impl Topology {
         named
             .iter()
             .copied()
-            .find(|p| named.iter().filter(|q| *q == p).count() >= 2)
+            .find(|p| named.iter().filter(|q| *q == p).count() > named.len() / 2)
     }
 
     /// `SENTINEL FAILOVER` and wait until the sentinels name a new master that says ROLE master.
     pub fn failover(&self) -> u16 {
+        self.failover_via(0)
+    }
+
+    /// `SENTINEL FAILOVER` sent to sentinel `i`.
+    pub fn failover_via(&self, i: usize) -> u16 {
         let old = self.master_port().expect("a master");
-        let s = &self.sentinels[0];
+        let s = &self.sentinels[i];
         wait_until(
             Duration::from_secs(20),
             "SENTINEL FAILOVER accepted",
@@ -470,6 +487,8 @@ pub struct ProxyOpts {
     pub max_connections: usize,
     pub shutdown_grace: &'static str,
     pub master: &'static str,
+    /// Run under `prlimit --nofile=N:N`.
+    pub nofile: Option<u32>,
 }
 
 impl Default for ProxyOpts {
@@ -480,6 +499,7 @@ impl Default for ProxyOpts {
             max_connections: 10_000,
             shutdown_grace: "10s",
             master: MASTER_NAME,
+            nofile: None,
         }
     }
 }
@@ -513,10 +533,36 @@ impl Proxy {
             ),
         )
         .expect("proxy.toml");
+        let mut cmd = match o.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("--config").arg(&conf);
+        Proxy::spawn(cmd, dir, port, admin)
+    }
+
+    /// Runs the proxy with flags only (no config file anywhere).
+    pub fn start_flags(sentinel_ports: &[u16]) -> Proxy {
+        let dir = tempdir();
+        let port = free_port();
+        let admin = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--master", MASTER_NAME]);
+        for p in sentinel_ports {
+            cmd.args(["--sentinel", &format!("127.0.0.1:{p}")]);
+        }
+        Proxy::spawn(cmd, dir, port, admin)
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, admin: u16) -> Proxy {
         let log = dir.path().join("proxy.log");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&conf)
+        let child = cmd
             .current_dir(dir.path())
             .env("RUST_LOG", "info,redis_failover_proxy=debug")
             .stdout(Stdio::null())

@@ -1,0 +1,279 @@
+//! Client-side behaviour against one real node and sentinel: holds, limits, half-close,
+//! shutdown, flags-only runs, and sentinels that name a replica.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn runs_from_flags_alone() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let t = Topology::single();
+    let proxy = Proxy::start_flags(&t.sentinel_ports());
+    proxy.wait_ready();
+    let mut c = Client::connect(proxy.port);
+    assert_eq!(c.cmd(&["SET", "a", "1"]).unwrap(), "+OK");
+    assert_eq!(c.node_port().unwrap(), t.nodes[0].port);
+    let (code, body) = proxy.http("/readyz").unwrap();
+    assert_eq!((code, body.trim()), (200, "ready"));
+}
+
+#[test]
+fn half_close_still_gets_the_full_reply() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let t = Topology::single();
+    let proxy = Proxy::start(&t.sentinel_ports());
+    proxy.wait_ready();
+    let big = "x".repeat(1 << 20);
+    assert_eq!(
+        Client::connect(proxy.port)
+            .cmd(&["SET", "big", &big])
+            .unwrap(),
+        "+OK"
+    );
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let header = format!("${}\r\n", big.len());
+    assert_eq!(reply.len(), header.len() + big.len() + 2, "reply truncated");
+    assert!(reply.starts_with(header.as_bytes()));
+}
+
+#[test]
+fn connection_limit_closes_extra_clients_and_recovers() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let t = Topology::single();
+    let proxy = Proxy::start_with(
+        &t.sentinel_ports(),
+        ProxyOpts {
+            max_connections: 2,
+            ..Default::default()
+        },
+    );
+    proxy.wait_ready();
+    let mut a = Client::connect(proxy.port);
+    let mut b = Client::connect(proxy.port);
+    assert_eq!(a.cmd(&["PING"]).unwrap(), "+PONG");
+    assert_eq!(b.cmd(&["PING"]).unwrap(), "+PONG");
+    let mut c = Client::connect(proxy.port);
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "third client not closed"
+    );
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_connections_rejected_total",
+            &[("reason", "limit")]
+        ),
+        1.0
+    );
+    drop(a);
+    wait_until(Duration::from_secs(5), "a slot frees up", || {
+        let mut d = Client::connect(proxy.port);
+        d.cmd(&["PING"]).is_ok_and(|r| r == "+PONG")
+    });
+    assert_eq!(b.cmd(&["PING"]).unwrap(), "+PONG");
+}
+
+#[test]
+fn sentinel_naming_a_replica_is_not_routed_to_and_held_clients_time_out() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let dir = tempdir();
+    let master = Node::start(dir.path(), None);
+    let replica = Node::start(dir.path(), Some(master.port));
+    // A sentinel told that the replica is the master keeps saying so.
+    let sentinel = Sentinel::start(dir.path(), replica.port, 60_000);
+    wait_until(
+        Duration::from_secs(10),
+        "sentinel names the replica",
+        || sentinel.master_port() == Some(replica.port),
+    );
+    let proxy = Proxy::start_with(
+        &[sentinel.port],
+        ProxyOpts {
+            hold_timeout: "1s",
+            ..Default::default()
+        },
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "proxy has checked the candidate's ROLE",
+        || {
+            proxy.metric(
+                "redis_failover_proxy_role_checks_total",
+                &[("result", "replica")],
+            ) >= 1.0
+        },
+    );
+    let (code, body) = proxy.http("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no verified master"), "{body}");
+    assert!(proxy.status()["routes"][0]["master"].is_null());
+
+    let start = Instant::now();
+    let mut c = Client::connect(proxy.port);
+    c.stream.write_all(b"PING\r\n").unwrap();
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "held client not released"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the hold timeout"
+    );
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_connections_rejected_total",
+            &[("reason", "hold_timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_holds_total",
+            &[("outcome", "timed_out")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_verified", &[]),
+        0.0
+    );
+}
+
+#[test]
+fn sigterm_drains_then_closes_and_exits_zero() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let t = Topology::single();
+    let mut proxy = Proxy::start_with(
+        &t.sentinel_ports(),
+        ProxyOpts {
+            shutdown_grace: "1500ms",
+            ..Default::default()
+        },
+    );
+    proxy.wait_ready();
+    let mut session = Client::connect(proxy.port);
+    assert_eq!(session.cmd(&["PING"]).unwrap(), "+PONG");
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    wait_until(Duration::from_secs(5), "listener closed", || {
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err()
+    });
+    // Within the grace period the session keeps working.
+    assert_eq!(session.cmd(&["PING"]).unwrap(), "+PONG");
+    assert!(
+        session.closed_within(Duration::from_secs(5)),
+        "session outlived the grace period"
+    );
+    assert!(signalled.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(proxy.log().contains("shutdown complete"));
+}
+
+#[test]
+fn sigterm_with_no_sessions_exits_at_once() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let t = Topology::single();
+    let mut proxy = Proxy::start(&t.sentinel_ports());
+    proxy.wait_ready();
+    let start = Instant::now();
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn accept_loop_survives_fd_exhaustion() {
+    if !require("redis-sentinel") || !require("prlimit") {
+        return;
+    }
+    let t = Topology::single();
+    let proxy = Proxy::start_with(
+        &t.sentinel_ports(),
+        ProxyOpts {
+            nofile: Some(64),
+            hold_timeout: "2s",
+            ..Default::default()
+        },
+    );
+    proxy.wait_ready();
+    let mut first = Client::connect(proxy.port);
+    assert_eq!(first.cmd(&["PING"]).unwrap(), "+PONG");
+    // Each session takes two descriptors: 64 is exhausted well before 80 clients.
+    let flood: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", proxy.port)).ok())
+        .collect();
+    // The admin server shares the exhausted descriptor table, so watch the log instead.
+    wait_until(Duration::from_secs(10), "descriptor exhaustion hit", || {
+        proxy.log().contains("Too many open files")
+    });
+    let cpu_before = cpu_ticks(proxy.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1)); // measuring CPU over a wall-clock second
+    let ticks = cpu_ticks(proxy.pid()) - cpu_before;
+    let hz = 100.0;
+    let cpu = ticks as f64 / hz / t0.elapsed().as_secs_f64();
+    assert!(
+        cpu < 0.5,
+        "proxy spins while out of descriptors: {:.0}% CPU",
+        cpu * 100.0
+    );
+    assert_eq!(
+        first.cmd(&["PING"]).unwrap(),
+        "+PONG",
+        "existing session affected"
+    );
+    drop(flood);
+    wait_until(Duration::from_secs(15), "new clients served again", || {
+        let mut c = Client::connect(proxy.port);
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        c.cmd(&["PING"]).is_ok_and(|r| r == "+PONG")
+    });
+    assert!(
+        proxy.log().contains("accept failed"),
+        "no accept error logged"
+    );
+    assert!(
+        proxy.metric(
+            "redis_failover_proxy_accept_errors_total",
+            &[("kind", "fd_limit")]
+        ) >= 1.0
+    );
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
