@@ -564,7 +564,11 @@ impl Proxy {
         let log = dir.path().join("proxy.log");
         let child = cmd
             .current_dir(dir.path())
-            .env("RUST_LOG", "info,redis_failover_proxy=debug")
+            // Per-session debug lines would slow fencing tests; RFP_TEST_LOG=debug shows them.
+            .env(
+                "RUST_LOG",
+                std::env::var("RFP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
