@@ -62,10 +62,18 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         problems.push("shutting down".to_string());
     }
     for r in &s.routes {
+        let blind = !r.sentinel_status().iter().any(|st| st.reachable);
         if r.current().is_none() {
-            problems.push(format!("route {}: no verified master", r.name()));
-        }
-        if !r.sentinel_status().iter().any(|st| st.reachable) {
+            problems.push(format!(
+                "route {}: no verified master{}",
+                r.name(),
+                if blind {
+                    " and no sentinel reachable"
+                } else {
+                    ""
+                }
+            ));
+        } else if blind {
             notes.push(format!(
                 "route {}: no sentinel reachable, serving the last verified master",
                 r.name()

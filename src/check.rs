@@ -75,36 +75,45 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             "  warning: no majority of the configured sentinels answered; their view may be stale"
         );
     }
-    for cand in arbiter::rank(&reports, None) {
-        let announced = cand.announced();
-        let addr = match resolve(&cand.host, cand.port, timeouts.timeout).await {
-            Ok(a) => a,
+    let ranked = arbiter::rank(&reports, None);
+    for other in ranked.iter().skip(1) {
+        let _ = writeln!(
+            out,
+            "  also named: {} by {}/{} sentinels at config-epoch {} (lower rank, not a candidate)",
+            other.announced(),
+            other.votes,
+            n,
+            other.config_epoch
+        );
+    }
+    if let Some(top) = ranked.first() {
+        let announced = top.announced();
+        match resolve(&top.host, top.port, timeouts.timeout).await {
             Err(e) => {
                 let _ = writeln!(out, "  candidate {announced}: rejected: {e}");
-                continue;
             }
-        };
-        match role(addr, timeouts).await {
-            Ok(Role::Master) => {
-                let _ = writeln!(
-                    out,
-                    "  master: {announced} ({addr}) verified by ROLE; named by {}/{} sentinels at config-epoch {}",
-                    cand.votes, n, cand.config_epoch
-                );
-                return true;
-            }
-            Ok(other) => {
-                let _ = writeln!(
-                    out,
-                    "  candidate {announced} ({addr}): rejected: ROLE says {other:?}"
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "  candidate {announced} ({addr}): rejected: ROLE failed: {e}"
-                );
-            }
+            Ok(addr) => match role(addr, timeouts).await {
+                Ok(Role::Master) => {
+                    let _ = writeln!(
+                        out,
+                        "  master: {announced} ({addr}) verified by ROLE; named by {}/{} sentinels at config-epoch {}",
+                        top.votes, n, top.config_epoch
+                    );
+                    return true;
+                }
+                Ok(other) => {
+                    let _ = writeln!(
+                        out,
+                        "  candidate {announced} ({addr}): rejected: ROLE says {other:?}"
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "  candidate {announced} ({addr}): rejected: ROLE failed: {e}"
+                    );
+                }
+            },
         }
     }
     let _ = writeln!(out, "  master: NONE verified");

@@ -135,7 +135,7 @@ pub async fn run(
     shutdown.drain.cancelled().await;
     tasks.close();
     info!(
-        sessions = tasks.len().saturating_sub(0),
+        sessions = tasks.len(),
         grace = %humantime::format_duration(config.shutdown_grace),
         "shutting down: stopped accepting, waiting for sessions"
     );

@@ -1,7 +1,7 @@
 //! The binary: parse the command line, set up logging, load the config, handle signals and
 //! map outcomes to exit codes. Everything else lives in the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Its fallback is eprintln!, which panics when stderr is gone (e.g. a closed pipe) and
+        // would take the signal task with it.
+        .log_internal_errors(false)
         .init();
 
     let (overrides, checking) = match &cli.command {
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
     let config = match Config::load(overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("redis-failover-proxy: configuration error: {e}");
+            complain(format_args!("configuration error: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -54,13 +57,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("redis-failover-proxy: cannot start the runtime: {e}");
+            complain(format_args!("cannot start the runtime: {e}"));
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
     if checking {
         let (report, ok) = runtime.block_on(check::check(&config));
-        print!("{report}");
+        // A closed stdout must not turn a verdict into a panic.
+        let _ = std::io::stdout().write_all(report.as_bytes());
         return if ok {
             ExitCode::SUCCESS
         } else {
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
         let listeners = match bind(&config).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("redis-failover-proxy: {e}");
+                complain(format_args!("{e}"));
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
@@ -101,4 +105,9 @@ async fn signals(shutdown: Shutdown) {
         tracing::info!(stage, "signal received");
         token.cancel();
     }
+}
+
+/// One line on stderr, ignoring a closed stderr.
+fn complain(msg: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "redis-failover-proxy: {msg}");
 }

@@ -86,6 +86,21 @@ pub enum Closed {
 }
 
 impl Closed {
+    /// Every reason, in [`Closed::index`] order.
+    pub const ALL: [Closed; 6] = [
+        Closed::ClientClosed,
+        Closed::MasterClosed,
+        Closed::ClientError,
+        Closed::MasterError,
+        Closed::MasterSwitch,
+        Closed::Shutdown,
+    ];
+
+    /// Position in [`Closed::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {

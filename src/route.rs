@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RouteConfig;
-use crate::metrics as m;
+use crate::metrics::{self as m, Closed};
 
 /// The verified master of one epoch.
 #[derive(Debug)]
@@ -92,6 +92,8 @@ pub struct RouteMetrics {
     pub active: Gauge,
     /// Held client connections.
     pub held: Gauge,
+    /// Sessions closed, indexed by [`Closed::index`].
+    pub closed: [Counter; Closed::ALL.len()],
 }
 
 /// One route: its configuration, its master state and the notifier held clients wait on.
@@ -120,6 +122,9 @@ impl Route {
             accepted: counter!(m::CONNECTIONS_ACCEPTED, "route" => name.clone()),
             active: gauge!(m::CONNECTIONS_ACTIVE, "route" => name.clone()),
             held: gauge!(m::CONNECTIONS_HELD, "route" => name.clone()),
+            closed: Closed::ALL.map(
+                |r| counter!(m::SESSIONS_CLOSED, "route" => name.clone(), "reason" => r.as_str()),
+            ),
         };
         gauge!(m::MASTER_VERIFIED, "route" => name.clone()).set(0.0);
         gauge!(m::SENTINELS_CONFIGURED, "route" => name.clone())

@@ -277,3 +277,37 @@ fn cpu_ticks(pid: u32) -> u64 {
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_signal_handling() {
+    let dir = tempdir();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--sentinel", "127.0.0.1:1"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    wait_until(Duration::from_secs(10), "admin answers", || {
+        http_get(admin, "/healthz").is_some()
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("proxy ignored SIGTERM after its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}

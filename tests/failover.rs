@@ -284,7 +284,10 @@ fn a_thousand_sessions_are_fenced_promptly() {
     });
     t.failover();
     for s in &mut sessions {
-        assert!(s.closed_within(Duration::from_secs(5)), "old session not closed");
+        assert!(
+            s.closed_within(Duration::from_secs(5)),
+            "old session not closed"
+        );
     }
     wait_until(Duration::from_secs(5), "fence duration recorded", || {
         proxy.metric("redis_failover_proxy_fence_duration_seconds_count", &[]) >= 1.0
@@ -297,5 +300,10 @@ fn a_thousand_sessions_are_fenced_promptly() {
     // The 100 ms target is for release builds (bench/); a debug build under a parallel test
     // run gets headroom, but closing must still be prompt.
     assert!(mean_ms < 250.0, "fencing took {mean_ms} ms");
-    assert!(proxy.metric("redis_failover_proxy_sessions_closed_total", &[("reason", "master_switch")]) >= 1000.0);
+    assert!(
+        proxy.metric(
+            "redis_failover_proxy_sessions_closed_total",
+            &[("reason", "master_switch")]
+        ) >= 1000.0
+    );
 }

@@ -141,8 +141,7 @@ async fn serve(
     span.record("epoch", master.epoch);
     debug!("session open");
     let reason = splice(&client, &conn, &master, &shutdown, &route).await;
-    counter!(m::SESSIONS_CLOSED, "route" => route.name().to_string(), "reason" => reason.as_str())
-        .increment(1);
+    route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
 }
 

@@ -257,50 +257,50 @@ impl Watcher {
 
         let current = self.route.current();
         let ranked = arbiter::rank(&reports, current.as_ref().map(|c| c.announced.as_str()));
+        // Only the winner is a candidate: falling back to a runner-up (often the old master,
+        // still answering ROLE master) would re-route to a node the newest config has left.
+        let Some(top) = ranked.into_iter().next() else {
+            return self.poll_interval;
+        };
         if let Some(cur) = &current {
-            if ranked
-                .first()
-                .is_some_and(|top| top.announced() == cur.announced)
-            {
-                match self.verify(cur.addr, &cur.announced).await {
-                    Some(Role::Master) | None => return self.poll_interval,
+            if top.announced() == cur.announced {
+                return match self.verify(cur.addr, &cur.announced).await {
+                    Some(Role::Master) | None => self.poll_interval,
                     Some(_) => {
                         self.fence(FenceReason::RoleReplica, Instant::now());
-                        return self.fast_retry();
+                        self.fast_retry()
                     }
-                }
+                };
             }
             self.fence(FenceReason::SentinelsNameOther, Instant::now());
         }
 
-        for cand in &ranked {
-            let announced = cand.announced();
-            let Some(addr) = self.resolve(&cand.host, cand.port).await else {
-                continue;
-            };
-            if self.verify(addr, &announced).await == Some(Role::Master) {
-                let previous = self.previous.replace(addr);
-                let master = self.route.install(addr, announced, cand.config_epoch);
-                let outage_ms = self
-                    .fenced_at
-                    .take()
-                    .map(|t| t.elapsed().as_secs_f64() * 1000.0);
-                info!(
-                    route,
-                    master.addr = %master.addr,
-                    master.announced = %master.announced,
-                    previous = ?previous,
-                    epoch = master.epoch,
-                    config_epoch = cand.config_epoch,
-                    votes = cand.votes,
-                    reachable = reports.len(),
-                    no_master_ms = ?outage_ms,
-                    "master verified; routing"
-                );
-                return self.poll_interval;
-            }
+        let announced = top.announced();
+        let Some(addr) = self.resolve(&top.host, top.port).await else {
+            return self.fast_retry();
+        };
+        if self.verify(addr, &announced).await != Some(Role::Master) {
+            return self.fast_retry();
         }
-        self.fast_retry()
+        let previous = self.previous.replace(addr);
+        let master = self.route.install(addr, announced, top.config_epoch);
+        let no_master_ms = self
+            .fenced_at
+            .take()
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        info!(
+            route,
+            master.addr = %master.addr,
+            master.announced = %master.announced,
+            previous = ?previous,
+            epoch = master.epoch,
+            config_epoch = top.config_epoch,
+            votes = top.votes,
+            reachable = reports.len(),
+            no_master_ms = ?no_master_ms,
+            "master verified; routing"
+        );
+        self.poll_interval
     }
 
     fn fast_retry(&self) -> Duration {

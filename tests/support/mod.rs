@@ -2,6 +2,8 @@
 //! the proxy binary as a child process, and wait-until helpers (no fixed sleeps).
 #![allow(dead_code)]
 
+pub mod fake_sentinel;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
