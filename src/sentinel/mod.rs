@@ -6,6 +6,7 @@
 pub mod arbiter;
 pub mod client;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -80,6 +81,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         blind: false,
         fenced_at: None,
         previous: None,
+        role_failing: HashSet::new(),
     };
     w.run(rx, shutdown).await;
 }
@@ -98,6 +100,8 @@ struct Watcher {
     fenced_at: Option<Instant>,
     /// The last installed master address (for the failover log line).
     previous: Option<SocketAddr>,
+    /// Addresses whose last ROLE check failed (to log a failing streak once).
+    role_failing: HashSet<SocketAddr>,
 }
 
 enum Wake {
@@ -317,6 +321,9 @@ impl Watcher {
             Err(_) => "error",
         };
         counter!(m::ROLE_CHECKS, "route" => route.clone(), "result" => label).increment(1);
+        if result.is_ok() && self.role_failing.remove(&addr) {
+            info!(route, master.addr = %addr, "ROLE check answers again");
+        }
         match result {
             Ok(Role::Master) => Some(Role::Master),
             Ok(other) => {
@@ -324,7 +331,13 @@ impl Watcher {
                 Some(other)
             }
             Err(e) => {
-                warn!(route, master.addr = %addr, master.announced = announced, error = %e, "ROLE check failed");
+                // Once per failing streak: a dead master is asked every poll until the
+                // sentinels replace it.
+                if self.role_failing.insert(addr) {
+                    warn!(route, master.addr = %addr, master.announced = announced, error = %e, "ROLE check failed");
+                } else {
+                    debug!(route, master.addr = %addr, error = %e, "ROLE check failed again");
+                }
                 None
             }
         }
