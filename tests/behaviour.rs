@@ -311,3 +311,31 @@ fn a_closed_stderr_does_not_stop_signal_handling() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_master_announced_by_hostname_is_resolved_and_verified() {
+    if !require("redis-sentinel") {
+        return;
+    }
+    let dir = tempdir();
+    let master = Node::start(dir.path(), None);
+    let sentinel = Sentinel::start_named(dir.path(), "localhost", master.port, 60_000);
+    wait_until(
+        Duration::from_secs(10),
+        "sentinel announces the hostname",
+        || sentinel.master_fields().and_then(|f| f.get("ip").cloned()) == Some("localhost".into()),
+    );
+    let proxy = Proxy::start_flags(&[sentinel.port]);
+    proxy.wait_ready();
+    let status = proxy.status();
+    let m = &status["routes"][0]["master"];
+    assert_eq!(m["announced"], format!("localhost:{}", master.port));
+    assert!(m["addr"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{}", master.port)));
+    assert_eq!(
+        Client::connect(proxy.port).node_port().unwrap(),
+        master.port
+    );
+}

@@ -149,7 +149,18 @@ pub struct Sentinel {
 impl Sentinel {
     /// Starts a sentinel monitoring `127.0.0.1:master_port` as `redis-ha` with quorum 2.
     pub fn start(dir: &Path, master_port: u16, down_after_ms: u64) -> Sentinel {
+        Sentinel::start_named(dir, "127.0.0.1", master_port, down_after_ms)
+    }
+
+    /// Like [`Sentinel::start`], naming the master by `host`; a hostname turns on the
+    /// sentinel's `resolve-hostnames` and `announce-hostnames`.
+    pub fn start_named(dir: &Path, host: &str, master_port: u16, down_after_ms: u64) -> Sentinel {
         let port = free_port();
+        let hostnames = if host.parse::<std::net::IpAddr>().is_err() {
+            "sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n"
+        } else {
+            ""
+        };
         let dir = dir.join(format!("sentinel-{port}"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
         let conf = dir.join("sentinel.conf");
@@ -157,7 +168,7 @@ impl Sentinel {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 {hostnames}sentinel monitor {MASTER_NAME} {host} {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
                  sentinel failover-timeout {MASTER_NAME} 6000\n\
                  sentinel parallel-syncs {MASTER_NAME} 2\n",
@@ -557,7 +568,8 @@ impl Proxy {
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--master", MASTER_NAME]);
         for p in sentinel_ports {
-            cmd.args(["--sentinel", &format!("127.0.0.1:{p}")]);
+            // A hostname, as in the seed (redis1:16355).
+            cmd.args(["--sentinel", &format!("localhost:{p}")]);
         }
         Proxy::spawn(cmd, dir, port, admin)
     }
