@@ -26,12 +26,9 @@ fn runs_from_flags_alone() {
 
 #[test]
 fn half_close_still_gets_the_full_reply() {
-    if !require("redis-sentinel") {
+    let Some((_t, proxy)) = ready_lab(Topology::single, ProxyOpts::default()) else {
         return;
-    }
-    let t = Topology::single();
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let big = "x".repeat(1 << 20);
     assert_eq!(
         Client::connect(proxy.port)
@@ -192,12 +189,9 @@ fn sigterm_drains_then_closes_and_exits_zero() {
 
 #[test]
 fn sigterm_with_no_sessions_exits_at_once() {
-    if !require("redis-sentinel") {
+    let Some((_t, mut proxy)) = ready_lab(Topology::single, ProxyOpts::default()) else {
         return;
-    }
-    let t = Topology::single();
-    let mut proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let start = Instant::now();
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));

@@ -8,12 +8,9 @@ use support::*;
 
 #[test]
 fn traffic_flows_to_the_master() {
-    if !require("redis-sentinel") {
+    let Some((t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
         return;
-    }
-    let t = Topology::start(5000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let mut c = Client::connect(proxy.port);
     assert_eq!(c.cmd(&["SET", "k", "v"]).unwrap(), "+OK");
     assert_eq!(c.cmd(&["GET", "k"]).unwrap(), "v");
@@ -33,12 +30,9 @@ fn traffic_flows_to_the_master() {
 
 #[test]
 fn sentinel_failover_fences_old_sessions_and_routes_to_the_new_master() {
-    if !require("redis-sentinel") {
+    let Some((t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
         return;
-    }
-    let t = Topology::start(5000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let old = t.nodes[0].port;
     let mut writer = Client::connect(proxy.port);
     assert_eq!(writer.cmd(&["SET", "before", "failover"]).unwrap(), "+OK");
@@ -135,12 +129,9 @@ fn clients_connecting_while_the_master_is_dead_are_held_then_served() {
 
 #[test]
 fn one_sentinel_down_still_follows_a_failover() {
-    if !require("redis-sentinel") {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
         return;
-    }
-    let mut t = Topology::start(5000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     t.sentinels[0].kill();
     wait_until(Duration::from_secs(10), "proxy sees 2 sentinels", || {
         proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 2.0
@@ -169,12 +160,9 @@ fn one_sentinel_down_still_follows_a_failover() {
 
 #[test]
 fn old_master_restarting_is_never_routed_to() {
-    if !require("redis-sentinel") {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(2000), ProxyOpts::default()) else {
         return;
-    }
-    let mut t = Topology::start(2000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let old = t.nodes[0].port;
     t.nodes[0].kill();
     let new = t.wait_new_master(old);
@@ -220,12 +208,9 @@ fn old_master_restarting_is_never_routed_to() {
 
 #[test]
 fn all_sentinels_down_keeps_the_last_master_and_rechecks_role() {
-    if !require("redis-sentinel") {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
         return;
-    }
-    let mut t = Topology::start(5000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let mut session = Client::connect(proxy.port);
     assert_eq!(session.cmd(&["PING"]).unwrap(), "+PONG");
     for s in &mut t.sentinels {
@@ -269,12 +254,9 @@ fn all_sentinels_down_keeps_the_last_master_and_rechecks_role() {
 
 #[test]
 fn a_thousand_sessions_are_fenced_promptly() {
-    if !require("redis-sentinel") {
+    let Some((t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
         return;
-    }
-    let t = Topology::start(5000);
-    let proxy = Proxy::start(&t.sentinel_ports());
-    proxy.wait_ready();
+    };
     let mut sessions: Vec<Client> = (0..1000).map(|_| Client::connect(proxy.port)).collect();
     for s in &mut sessions {
         assert_eq!(s.cmd(&["PING"]).unwrap(), "+PONG");

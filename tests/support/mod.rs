@@ -362,6 +362,21 @@ impl Topology {
     }
 }
 
+/// The common start of a test: skip (printing why) without `redis-sentinel`, else a
+/// converged topology and a ready proxy in front of it.
+pub fn ready_lab(
+    topology: impl FnOnce() -> Topology,
+    opts: ProxyOpts,
+) -> Option<(Topology, Proxy)> {
+    if !require("redis-sentinel") {
+        return None;
+    }
+    let t = topology();
+    let proxy = Proxy::start_with(&t.sentinel_ports(), opts);
+    proxy.wait_ready();
+    Some((t, proxy))
+}
+
 /// One command on a fresh connection.
 pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
