@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fake_sentinel;
+pub mod net;
+pub mod workload;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,1 @@
+//! The write-loss workload: being written.
