@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::route::{Route, SentinelStatus};
+use crate::route::{FenceRecord, Route, SentinelStatus};
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -62,7 +62,9 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         problems.push("shutting down".to_string());
     }
     for r in &s.routes {
-        let blind = !r.sentinel_status().iter().any(|st| st.reachable);
+        let status = r.sentinel_status();
+        let reachable = status.iter().filter(|st| st.reachable).count();
+        let blind = reachable == 0;
         if r.current().is_none() {
             problems.push(format!(
                 "route {}: no verified master{}",
@@ -77,6 +79,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             notes.push(format!(
                 "route {}: no sentinel reachable, serving the last verified master",
                 r.name()
+            ));
+        } else if reachable <= status.len() / 2 {
+            notes.push(format!(
+                "route {}: only {reachable}/{} sentinels reachable",
+                r.name(),
+                status.len()
             ));
         }
     }
@@ -113,7 +121,9 @@ struct RouteDoc {
     master: Option<MasterDoc>,
     clients_open: usize,
     clients_held: usize,
+    last_fence: Option<FenceRecord>,
     sentinels_reachable: usize,
+    sentinel_majority: bool,
     sentinels: Vec<SentinelStatus>,
 }
 
@@ -157,7 +167,10 @@ async fn status(State(s): State<AdminState>) -> Response {
                 master,
                 clients_open: r.open_clients(),
                 clients_held: r.held_clients(),
+                last_fence: r.last_fence(),
                 sentinels_reachable: sentinels.iter().filter(|s| s.reachable).count(),
+                sentinel_majority: sentinels.iter().filter(|s| s.reachable).count()
+                    > sentinels.len() / 2,
                 sentinels,
             }
         })

@@ -146,6 +146,25 @@ pub struct SentinelConfig {
     pub poll_interval: Duration,
     /// Connect and reply timeout of one sentinel or ROLE query.
     pub timeout: Duration,
+    /// What to do while fewer than a majority of the sentinels answer.
+    pub on_minority: MinorityPolicy,
+    /// How long a minority must last before `on_minority = "fence"` fences.
+    pub minority_grace: Duration,
+}
+
+/// What the proxy does while it hears from fewer than a majority of its sentinels (it may be
+/// on the minority side of a partition, where the others may already have elected a new
+/// master).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MinorityPolicy {
+    /// Keep routing to the last verified master while `ROLE` still says master (availability
+    /// first; writes may go to a master the majority has replaced).
+    #[default]
+    Keep,
+    /// After `minority_grace`, fence the master and hold clients until a majority answers
+    /// again (consistency first, like stolon-proxy's self-fencing).
+    Fence,
 }
 
 // ---- file schema ------------------------------------------------------------------------------
@@ -177,6 +196,9 @@ struct FileSentinel {
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    on_minority: Option<MinorityPolicy>,
+    #[serde(default, with = "humantime_serde::option")]
+    minority_grace: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +314,8 @@ fn build(
     let timeout = sentinel.timeout.unwrap_or(Duration::from_secs(1));
     check_positive(poll_interval, "sentinel.poll_interval", &invalid)?;
     check_positive(timeout, "sentinel.timeout", &invalid)?;
+    let on_minority = sentinel.on_minority.unwrap_or_default();
+    let minority_grace = sentinel.minority_grace.unwrap_or(Duration::from_secs(5));
 
     let mut file_routes = file.routes;
     if file_routes.is_empty() {
@@ -360,6 +384,8 @@ fn build(
                 addresses,
                 poll_interval,
                 timeout,
+                on_minority,
+                minority_grace,
             },
             hold_timeout,
             max_connections,
@@ -491,6 +517,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already the listen"));
+    }
+
+    #[test]
+    fn minority_policy() {
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
+        assert_eq!(c.routes[0].sentinel.on_minority, MinorityPolicy::Keep);
+        let c = parse(
+            "[sentinel]\naddresses=[\"a:1\"]\non_minority=\"fence\"\nminority_grace=\"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].sentinel.on_minority, MinorityPolicy::Fence);
+        assert_eq!(c.routes[0].sentinel.minority_grace, Duration::from_secs(2));
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\non_minority=\"panic\"\n").unwrap_err();
+        assert!(e.to_string().contains("sentinel.on_minority"), "{e}");
     }
 
     #[test]

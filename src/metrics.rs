@@ -37,6 +37,8 @@ pub const MASTER_VERIFIED: &str = "redis_failover_proxy_master_verified";
 pub const EPOCH: &str = "redis_failover_proxy_epoch";
 /// Sentinels that answered the last poll. Labels: `route`.
 pub const SENTINELS_REACHABLE: &str = "redis_failover_proxy_sentinels_reachable";
+/// 1 while a majority of the configured sentinels answered the last poll. Labels: `route`.
+pub const SENTINEL_MAJORITY: &str = "redis_failover_proxy_sentinel_majority";
 /// Sentinels configured. Labels: `route`.
 pub const SENTINELS_CONFIGURED: &str = "redis_failover_proxy_sentinels_configured";
 /// Sentinel query or subscription errors. Labels: `route`, `sentinel`, `kind` ([`SentinelErrorKind`]).
@@ -123,6 +125,9 @@ pub enum FenceReason {
     SentinelsNameOther,
     /// The master answered ROLE as a replica.
     RoleReplica,
+    /// Fewer than a majority of the sentinels answered for `minority_grace`, with
+    /// `on_minority = "fence"`.
+    NoMajority,
 }
 
 impl FenceReason {
@@ -132,6 +137,7 @@ impl FenceReason {
             FenceReason::SwitchEvent => "switch_event",
             FenceReason::SentinelsNameOther => "sentinels_name_other",
             FenceReason::RoleReplica => "role_replica",
+            FenceReason::NoMajority => "no_sentinel_majority",
         }
     }
 }
@@ -219,6 +225,10 @@ pub fn describe() {
     describe_gauge!(EPOCH, "Current epoch of the route");
     describe_gauge!(SENTINELS_REACHABLE, "Sentinels that answered the last poll");
     describe_gauge!(SENTINELS_CONFIGURED, "Sentinels configured for the route");
+    describe_gauge!(
+        SENTINEL_MAJORITY,
+        "1 while a majority of the sentinels answered the last poll"
+    );
     describe_counter!(
         SENTINEL_ERRORS,
         "Sentinel query or subscription errors, by kind"

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RouteConfig;
-use crate::metrics::{self as m, Closed};
+use crate::metrics::{self as m, Closed, FenceReason};
 
 /// The verified master of one epoch.
 #[derive(Debug)]
@@ -110,6 +110,28 @@ pub struct Route {
     last_master_label: Mutex<Option<String>>,
     open_clients: AtomicUsize,
     held_clients: AtomicUsize,
+    last_fence: Mutex<Option<FenceRecord>>,
+}
+
+/// The route's most recent fence, for /status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FenceRecord {
+    /// When (seconds since the Unix epoch).
+    pub unix: f64,
+    /// Why ([`FenceReason`] label).
+    pub reason: &'static str,
+    /// The epoch that ended.
+    pub epoch: u64,
+    /// Its master.
+    pub master: String,
+}
+
+/// Seconds since the Unix epoch, as a float (0 if the clock is before 1970).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Route {
@@ -148,6 +170,7 @@ impl Route {
             last_master_label: Mutex::new(None),
             open_clients: AtomicUsize::new(0),
             held_clients: AtomicUsize::new(0),
+            last_fence: Mutex::new(None),
         })
     }
 
@@ -222,13 +245,27 @@ impl Route {
 
     /// Ends the current epoch (watcher only): no master is routed to until the next install.
     /// Returns the fenced master so the caller can wait for its sessions to close.
-    pub fn fence(&self) -> Option<Arc<Master>> {
+    pub fn fence(&self, reason: FenceReason) -> Option<Arc<Master>> {
         let old = self.master.swap(None)?;
         old.token.cancel();
         old.sessions.close();
+        *self.last_fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(FenceRecord {
+            unix: unix_now(),
+            reason: reason.as_str(),
+            epoch: old.epoch,
+            master: old.addr.to_string(),
+        });
         gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
         self.changed.notify_waiters();
         Some(old)
+    }
+
+    /// The most recent fence, if any.
+    pub fn last_fence(&self) -> Option<FenceRecord> {
+        self.last_fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Client connections open (held or in a session).

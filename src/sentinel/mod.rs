@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::config::MinorityPolicy;
 use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
 use crate::route::{self, Route};
 use client::{join_host_port, role, MasterReport, Role, Sentinel, SentinelError, Timeouts};
@@ -82,6 +83,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         fenced_at: None,
         previous: None,
         role_failing: HashSet::new(),
+        minority_since: None,
     };
     w.run(rx, shutdown).await;
 }
@@ -102,6 +104,8 @@ struct Watcher {
     previous: Option<SocketAddr>,
     /// Addresses whose last ROLE check failed (to log a failing streak once).
     role_failing: HashSet<SocketAddr>,
+    /// Since when fewer than a majority of the sentinels answer.
+    minority_since: Option<Instant>,
 }
 
 enum Wake {
@@ -169,7 +173,7 @@ impl Watcher {
 
     /// Ends the current epoch and reports, in the background, when its last session closed.
     fn fence(&mut self, reason: FenceReason, since: Instant) {
-        let Some(old) = self.route.fence() else {
+        let Some(old) = self.route.fence(reason) else {
             return;
         };
         let route = self.route.name().to_string();
@@ -229,6 +233,10 @@ impl Watcher {
         }
         let route = self.route.name().to_string();
         gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(reports.len() as f64);
+        if self.minority(reports.len()) {
+            // Self-fenced: no routing on a minority's word until a majority answers again.
+            return self.poll_interval;
+        }
 
         if reports.is_empty() {
             if !self.blind {
@@ -305,6 +313,54 @@ impl Watcher {
             "master verified; routing"
         );
         self.poll_interval
+    }
+
+    /// Tracks whether a majority answered; with `on_minority = "fence"`, fences once a
+    /// minority has lasted `minority_grace` and returns true while that holds.
+    fn minority(&mut self, reachable: usize) -> bool {
+        let route = self.route.name().to_string();
+        let n = self.sentinels.len();
+        let majority = reachable > n / 2;
+        gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
+            1.0
+        } else {
+            0.0
+        });
+        if majority {
+            if self.minority_since.take().is_some() {
+                info!(
+                    route,
+                    reachable,
+                    sentinels = n,
+                    "a majority of the sentinels answers again"
+                );
+            }
+            return false;
+        }
+        let since = *self.minority_since.get_or_insert_with(|| {
+            warn!(
+                route,
+                reachable,
+                sentinels = n,
+                "fewer than a majority of the sentinels answer"
+            );
+            Instant::now()
+        });
+        let cfg = &self.route.config.sentinel;
+        if cfg.on_minority != MinorityPolicy::Fence || since.elapsed() < cfg.minority_grace {
+            return false;
+        }
+        if self.route.current().is_some() {
+            warn!(
+                route,
+                reachable,
+                sentinels = n,
+                grace = %humantime::format_duration(cfg.minority_grace),
+                "no sentinel majority for the grace period; fencing (on_minority = \"fence\")"
+            );
+            self.fence(FenceReason::NoMajority, Instant::now());
+        }
+        true
     }
 
     fn fast_retry(&self) -> Duration {
