@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use metrics::{counter, gauge, Counter, Gauge};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,24 @@ pub struct Master {
     pub verified_at: SystemTime,
     token: CancellationToken,
     sessions: TaskTracker,
+    health: watch::Sender<Health>,
+}
+
+/// What is known about a master's process since it was verified: a refused connect means it may
+/// have restarted as something else (a replica, an empty master), so it is not connected to
+/// again until a `ROLE` check that started after the failure says master.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    /// Start of the latest `ROLE` check that answered master.
+    confirmed: Instant,
+    /// The latest failed connect, if any.
+    failed: Option<Instant>,
+}
+
+impl Health {
+    fn trusted(&self) -> bool {
+        self.failed.is_none_or(|f| self.confirmed > f)
+    }
 }
 
 impl Master {
@@ -51,6 +69,40 @@ impl Master {
     /// Sessions of this epoch still open.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Records that a `ROLE` check started at `checked` found this master still a master
+    /// (watcher only).
+    pub fn confirm(&self, checked: Instant) {
+        self.health.send_if_modified(|h| {
+            let newer = checked > h.confirmed;
+            if newer {
+                h.confirmed = checked;
+            }
+            newer
+        });
+    }
+
+    /// Records a failed connect: new connects wait for the next confirmation.
+    pub fn connect_failed(&self, at: Instant) {
+        self.health
+            .send_modify(|h| h.failed = Some(h.failed.map_or(at, |f| f.max(at))));
+    }
+
+    /// Whether no connect failed since the last confirmation.
+    pub fn is_trusted(&self) -> bool {
+        self.health.borrow().trusted()
+    }
+
+    /// Resolves at once unless a connect failed since the last confirmation; then when a
+    /// `ROLE` check started after that failure confirms this master.
+    pub async fn trusted(&self) {
+        if self.health.borrow().trusted() {
+            return;
+        }
+        let mut rx = self.health.subscribe();
+        // The sender lives as long as `self`, so this only ends when the condition holds.
+        let _ = rx.wait_for(Health::trusted).await;
     }
 }
 
@@ -106,6 +158,7 @@ pub struct Route {
     master: ArcSwapOption<Master>,
     last_epoch: AtomicU64,
     changed: Notify,
+    recheck: Notify,
     sentinels: Mutex<Vec<SentinelStatus>>,
     last_master_label: Mutex<Option<String>>,
     open_clients: AtomicUsize,
@@ -166,6 +219,7 @@ impl Route {
             master: ArcSwapOption::empty(),
             last_epoch: AtomicU64::new(0),
             changed: Notify::new(),
+            recheck: Notify::new(),
             sentinels: Mutex::new(sentinels),
             last_master_label: Mutex::new(None),
             open_clients: AtomicUsize::new(0),
@@ -206,6 +260,16 @@ impl Route {
         self.changed.notified().await;
     }
 
+    /// Asks the watcher to check the master soon (a session could not connect to it).
+    pub fn request_recheck(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Resolves when a session has asked for a check (watcher only).
+    pub async fn recheck_requested(&self) {
+        self.recheck.notified().await;
+    }
+
     /// Installs a newly verified master as a new epoch (watcher only). Any previous master
     /// must have been fenced first; if not, it is fenced here.
     pub fn install(&self, addr: SocketAddr, announced: String, config_epoch: u64) -> Arc<Master> {
@@ -218,6 +282,10 @@ impl Route {
             verified_at: SystemTime::now(),
             token: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            health: watch::Sender::new(Health {
+                confirmed: Instant::now(),
+                failed: None,
+            }),
         });
         let old = self.master.swap(Some(master.clone()));
         if let Some(old) = old {

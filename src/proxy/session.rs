@@ -1,7 +1,9 @@
 //! One client connection: hold it until the route has a usable master, connect to exactly the
 //! verified address (socket options below), splice both directions, and end with the epoch.
 //! Held clients are released when the client goes away, the hold timeout passes, or shutdown
-//! starts; a master that refuses connections is retried within the same hold.
+//! starts. A master that refuses a connection is retried within the same hold, but only once a
+//! `ROLE` check started after the refusal says master again: a node that restarted fast, as a
+//! replica, must not get the clients that were waiting for it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,9 +23,6 @@ use crate::route::{ClientGuard, HeldGuard, Master, Route};
 
 /// Per-direction splice buffer. Allocated on first data, so idle sessions hold none.
 const BUF_SIZE: usize = 16 * 1024;
-/// Retry pause bounds while the verified master refuses connections.
-const RETRY_MIN: Duration = Duration::from_millis(20);
-const RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Serves one accepted client until it, its master or its epoch ends.
 pub async fn run(
@@ -61,7 +60,6 @@ async fn serve(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + route.config.hold_timeout;
     let mut held: Option<HeldGuard> = None;
-    let mut retry = RETRY_MIN;
 
     let established = loop {
         let master = match route.current() {
@@ -79,6 +77,13 @@ async fn serve(
                 }
             }
         };
+        if !master.is_trusted() {
+            held.get_or_insert_with(|| HeldGuard::new(&route));
+            match recheck(&master, &route, &client, &shutdown, deadline).await {
+                Ok(()) => continue,
+                Err(end) => break Err(end),
+            }
+        }
         let guard = master.session_guard();
         let attempt = tokio::select! {
             r = connect(master.addr, &route.config) => Some(r),
@@ -94,22 +99,10 @@ async fn serve(
                 counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
                     .increment(1);
                 debug!(master.addr = %master.addr, error = %e, "connect to master failed; holding client");
-                drop(guard);
-                held.get_or_insert_with(|| HeldGuard::new(&route));
-                if tokio::time::Instant::now() >= deadline {
-                    break Err(HoldEnd::Rejected(Rejected::HoldTimeout));
-                }
-                let gone = tokio::select! {
-                    _ = route.changed() => false,
-                    _ = tokio::time::sleep(retry) => false,
-                    _ = tokio::time::sleep_until(deadline) => false,
-                    _ = client_gone(&client) => true,
-                    _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
-                };
-                if gone {
-                    break Err(HoldEnd::ClientGone);
-                }
-                retry = (retry * 2).min(RETRY_MAX);
+                // Whatever listens there next may be a restarted node that is no longer the
+                // master: no session connects again before `ROLE` says master once more.
+                master.connect_failed(Instant::now());
+                route.request_recheck();
             }
         }
     };
@@ -143,6 +136,28 @@ async fn serve(
     let reason = splice(&client, &conn, &master, &shutdown, &route).await;
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
+}
+
+/// Holds a client while `master` waits for a fresh `ROLE` confirmation; `Ok` when it is worth
+/// looking at the route again (confirmed, fenced, or a new master).
+async fn recheck(
+    master: &Master,
+    route: &Route,
+    client: &TcpStream,
+    shutdown: &Shutdown,
+    deadline: tokio::time::Instant,
+) -> Result<(), HoldEnd> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(HoldEnd::Rejected(Rejected::HoldTimeout));
+    }
+    tokio::select! {
+        _ = master.trusted() => Ok(()),
+        _ = master.fenced().cancelled() => Ok(()),
+        _ = route.changed() => Ok(()),
+        _ = tokio::time::sleep_until(deadline) => Err(HoldEnd::Rejected(Rejected::HoldTimeout)),
+        _ = client_gone(client) => Err(HoldEnd::ClientGone),
+        _ = shutdown.drain.cancelled() => Err(HoldEnd::Rejected(Rejected::Shutdown)),
+    }
 }
 
 /// Resolves when the client has closed (EOF or error). If the client has sent data, it is

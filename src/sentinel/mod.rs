@@ -136,11 +136,18 @@ impl Watcher {
                 }
                 Wake::Done(d) => d,
             };
+            let (route, soon) = (self.route.clone(), self.fast_retry());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
                 Some(ev) = rx.recv() => self.on_event(ev),
                 _ = tokio::time::sleep(delay) => {}
+                // A session could not connect to the master: look again soon, not at once, so
+                // a stream of refused clients cannot make the watcher spin.
+                _ = async {
+                    route.recheck_requested().await;
+                    tokio::time::sleep(soon).await
+                } => {}
             }
         }
     }
@@ -250,10 +257,11 @@ impl Watcher {
             if let Some(cur) = self.route.current() {
                 // Unreachable is not evidence of demotion: sessions fail on their own, and the
                 // sentinels, when back, decide. A replica answer is.
-                if let Some(Role::Replica(_) | Role::Other(_)) =
-                    self.verify(cur.addr, &cur.announced).await
-                {
-                    self.fence(FenceReason::RoleReplica, Instant::now());
+                let checked = Instant::now();
+                match self.verify(cur.addr, &cur.announced).await {
+                    Some(Role::Master) => cur.confirm(checked),
+                    Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
+                    None => {}
                 }
             }
             return self.poll_interval;
@@ -276,8 +284,13 @@ impl Watcher {
         };
         if let Some(cur) = &current {
             if top.announced() == cur.announced {
+                let checked = Instant::now();
                 return match self.verify(cur.addr, &cur.announced).await {
-                    Some(Role::Master) | None => self.poll_interval,
+                    Some(Role::Master) => {
+                        cur.confirm(checked);
+                        self.poll_interval
+                    }
+                    None => self.poll_interval,
                     Some(_) => {
                         self.fence(FenceReason::RoleReplica, Instant::now());
                         self.fast_retry()
