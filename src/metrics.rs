@@ -125,6 +125,9 @@ pub enum FenceReason {
     SentinelsNameOther,
     /// The master answered ROLE as a replica.
     RoleReplica,
+    /// A sentinel started promoting a replica of the current master
+    /// (`+failover-state-send-slaveof-noone`, or `failover_in_progress` in a poll).
+    FailoverStarted,
     /// Fewer than a majority of the sentinels answered for `minority_grace`, with
     /// `on_minority = "fence"`.
     NoMajority,
@@ -137,6 +140,7 @@ impl FenceReason {
             FenceReason::SwitchEvent => "switch_event",
             FenceReason::SentinelsNameOther => "sentinels_name_other",
             FenceReason::RoleReplica => "role_replica",
+            FenceReason::FailoverStarted => "failover_started",
             FenceReason::NoMajority => "no_sentinel_majority",
         }
     }

@@ -37,9 +37,23 @@ enum Event {
         new: String,
         at: Instant,
     },
-    /// A subscription was (re)established; events may have been missed, so re-query.
-    Subscribed,
+    /// `+failover-state-send-slaveof-noone` for our master name: a sentinel is about to
+    /// promote a replica of `master`. From here on, writes to `master` may be lost.
+    Promoting {
+        sentinel: usize,
+        master: String,
+        at: Instant,
+    },
+    /// A subscription was (re)established or a replica was promoted: re-query.
+    Hint,
 }
+
+/// The sentinel channels each subscription listens on.
+const CHANNELS: [&str; 3] = [
+    "+switch-master",
+    "+failover-state-send-slaveof-noone",
+    "+promoted-slave",
+];
 
 /// Runs the watcher of `route` until `shutdown`.
 pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
@@ -153,14 +167,32 @@ impl Watcher {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let Event::Switch {
-            sentinel,
-            old,
-            new,
-            at,
-        } = ev
-        else {
-            return;
+        let (sentinel, old, new, at) = match ev {
+            Event::Switch {
+                sentinel,
+                old,
+                new,
+                at,
+            } => (sentinel, old, new, at),
+            Event::Promoting {
+                sentinel,
+                master,
+                at,
+            } => {
+                info!(
+                    route = self.route.name(),
+                    sentinel = %self.sentinels[sentinel].addr,
+                    master.addr = %master,
+                    "sentinel is promoting a replica"
+                );
+                if let Some(cur) = self.route.current() {
+                    if names(&master, &cur.announced, cur.addr) {
+                        self.fence(FenceReason::FailoverStarted, at);
+                    }
+                }
+                return;
+            }
+            Event::Hint => return,
         };
         let route = self.route.name().to_string();
         counter!(m::SWITCH_EVENTS, "route" => route.clone()).increment(1);
@@ -282,6 +314,22 @@ impl Watcher {
         let Some(top) = ranked.into_iter().next() else {
             return self.poll_interval;
         };
+        // A sentinel that is failing over an address may promote a replica at any moment:
+        // writes to that address from then on can be lost, so it is not routed to.
+        let failing_over: Vec<String> = reports
+            .iter()
+            .filter(|r| r.flags.split(',').any(|f| f == "failover_in_progress"))
+            .map(MasterReport::announced)
+            .collect();
+        if let Some(cur) = &current {
+            if failing_over.contains(&cur.announced) {
+                self.fence(FenceReason::FailoverStarted, Instant::now());
+                return self.fast_retry();
+            }
+        }
+        if failing_over.contains(&top.announced()) {
+            return self.fast_retry();
+        }
         if let Some(cur) = &current {
             if top.announced() == cur.announced {
                 let checked = Instant::now();
@@ -499,7 +547,7 @@ async fn subscribe(
     loop {
         let connect = async {
             let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe("+switch-master").await?;
+            ps.subscribe(&CHANNELS[..]).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         let pubsub = tokio::select! {
@@ -526,7 +574,7 @@ async fn subscribe(
         failed_before = false;
         backoff = Duration::from_millis(100);
         route.update_sentinel(index, |s| s.subscribed = true);
-        let _ = tx.try_send(Event::Subscribed);
+        let _ = tx.try_send(Event::Hint);
 
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
@@ -540,15 +588,14 @@ async fn subscribe(
                         Ok(p) => p,
                         Err(_) => continue,
                     };
-                    match parse_switch(&payload) {
-                        Some((n, old, new)) if n == master_name => {
-                            // The channel is bounded: if the watcher is that far behind, one
-                            // queued event already makes it re-query.
-                            let _ = tx.try_send(Event::Switch { sentinel: index, old, new, at: Instant::now() });
-                        }
-                        Some(_) => {}
-                        None => {
-                            warn!(route = name, sentinel = %addr, payload, "malformed +switch-master event ignored");
+                    let channel = msg.get_channel_name().to_string();
+                    match parse_event(&channel, &payload, index, &master_name) {
+                        // The channel is bounded: if the watcher is that far behind, one
+                        // queued event already makes it re-query.
+                        Ok(Some(ev)) => { let _ = tx.try_send(ev); }
+                        Ok(None) => {}
+                        Err(()) => {
+                            warn!(route = name, sentinel = %addr, channel, payload, "malformed sentinel event ignored");
                         }
                     }
                 }
@@ -565,6 +612,48 @@ async fn subscribe(
         counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
         warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
     }
+}
+
+/// Turns a message on one of [`CHANNELS`] into an event for our master name (`Ok(None)` for
+/// another master's).
+fn parse_event(
+    channel: &str,
+    payload: &str,
+    sentinel: usize,
+    master_name: &str,
+) -> Result<Option<Event>, ()> {
+    let at = Instant::now();
+    if channel == "+switch-master" {
+        let (name, old, new) = parse_switch(payload).ok_or(())?;
+        return Ok((name == master_name).then_some(Event::Switch {
+            sentinel,
+            old,
+            new,
+            at,
+        }));
+    }
+    let (name, master) = parse_instance_master(payload).ok_or(())?;
+    if name != master_name {
+        return Ok(None);
+    }
+    Ok(Some(if channel == "+failover-state-send-slaveof-noone" {
+        Event::Promoting {
+            sentinel,
+            master,
+            at,
+        }
+    } else {
+        Event::Hint
+    }))
+}
+
+/// From sentinel "instance details" (`<type> <name> <ip> <port> @ <master-name> <master-ip>
+/// <master-port>`), the master name and `ip:port`.
+fn parse_instance_master(payload: &str) -> Option<(String, String)> {
+    let mut parts = payload.split_whitespace().skip_while(|p| *p != "@").skip(1);
+    let (name, ip, port) = (parts.next()?, parts.next()?, parts.next()?);
+    let port: u16 = port.parse().ok()?;
+    Some((name.to_string(), join_host_port(ip, port)))
 }
 
 /// Parses `<name> <old-ip> <old-port> <new-ip> <new-port>`.
@@ -598,6 +687,35 @@ mod tests {
         );
         assert_eq!(parse_switch("redis-ha 127.0.0.1 x 127.0.0.1 1"), None);
         assert_eq!(parse_switch("too few"), None);
+    }
+
+    #[test]
+    fn failover_events() {
+        let p = "slave 127.0.0.1:26300 127.0.0.1 26300 @ redis-ha 127.0.0.1 16300";
+        assert_eq!(
+            parse_instance_master(p),
+            Some(("redis-ha".into(), "127.0.0.1:16300".into()))
+        );
+        assert!(matches!(
+            parse_event("+failover-state-send-slaveof-noone", p, 0, "redis-ha"),
+            Ok(Some(Event::Promoting { .. }))
+        ));
+        assert!(matches!(
+            parse_event("+promoted-slave", p, 0, "redis-ha"),
+            Ok(Some(Event::Hint))
+        ));
+        assert!(matches!(
+            parse_event("+promoted-slave", p, 0, "other"),
+            Ok(None)
+        ));
+        assert!(parse_event(
+            "+promoted-slave",
+            "slave x @ redis-ha 1.2.3.4",
+            0,
+            "redis-ha"
+        )
+        .is_err());
+        assert!(parse_event("+switch-master", "garbage", 0, "redis-ha").is_err());
     }
 
     #[test]
