@@ -5,7 +5,8 @@
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test failover`).
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
-deploy/local/ensure-packages.sh
+# iproute2 and nftables: the network-namespace fault tests (tests/faults_net.rs).
+deploy/local/ensure-packages.sh iproute2 nftables
 command -v prlimit >/dev/null 2>&1 || deploy/local/ensure-packages.sh util-linux
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

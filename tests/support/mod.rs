@@ -7,7 +7,7 @@ pub mod net;
 pub mod workload;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -69,6 +69,44 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// Where a process runs: the test's own namespace on loopback, or a network namespace of a
+/// [`net::Net`] reached at `ip`.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub netns: Option<String>,
+    pub ip: IpAddr,
+}
+
+impl Host {
+    pub fn local() -> Host {
+        Host {
+            netns: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// `program`, run inside this host's namespace if it has one.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// The address servers bind: loopback locally, every address inside a namespace.
+    fn bind(&self) -> &'static str {
+        if self.netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        }
+    }
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -77,17 +115,25 @@ fn kill(child: &mut Child) {
 /// One `redis-server`.
 pub struct Node {
     pub port: u16,
+    pub host: Host,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Node {
     pub fn start(dir: &Path, replica_of: Option<u16>) -> Node {
+        let master = replica_of.map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)));
+        Node::start_on(&Host::local(), dir, master)
+    }
+
+    /// A node on `host`, replicating from `replica_of` if given.
+    pub fn start_on(host: &Host, dir: &Path, replica_of: Option<SocketAddr>) -> Node {
         let port = free_port();
         let dir = dir.join(format!("node-{port}"));
         std::fs::create_dir_all(&dir).expect("node dir");
         let mut n = Node {
             port,
+            host: host.clone(),
             dir,
             child: None,
         };
@@ -95,25 +141,30 @@ impl Node {
         n
     }
 
-    fn spawn(&mut self, replica_of: Option<u16>) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host.ip, self.port)
+    }
+
+    fn spawn(&mut self, replica_of: Option<SocketAddr>) {
+        let mut cmd = self.host.command("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", self.host.bind()])
+            .args(["--protected-mode", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"));
         if let Some(m) = replica_of {
-            cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+            cmd.args(["--replicaof", &m.ip().to_string(), &m.port().to_string()]);
         }
         self.child = Some(
             cmd.stdout(Stdio::null())
                 .spawn()
                 .expect("spawn redis-server"),
         );
-        let port = self.port;
+        let addr = self.addr();
         wait_until(Duration::from_secs(10), "redis-server answers PING", || {
-            redis_cmd(port, &["PING"]).is_ok()
+            redis_cmd_at(addr, &["PING"]).is_ok()
         });
     }
 
@@ -124,14 +175,14 @@ impl Node {
         }
     }
 
-    /// Starts the node again on the same port (as a master unless `replica_of`).
+    /// Starts the node again on the same port (as a master unless `replica_of`, a loopback port).
     pub fn restart(&mut self, replica_of: Option<u16>) {
         self.kill();
-        self.spawn(replica_of);
+        self.spawn(replica_of.map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))));
     }
 
     pub fn role(&self) -> String {
-        role_of(self.port)
+        role_at(self.addr())
     }
 }
 
@@ -144,6 +195,7 @@ impl Drop for Node {
 /// One `redis-sentinel`.
 pub struct Sentinel {
     pub port: u16,
+    pub host: Host,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -157,6 +209,17 @@ impl Sentinel {
     /// Like [`Sentinel::start`], naming the master by `host`; a hostname turns on the
     /// sentinel's `resolve-hostnames` and `announce-hostnames`.
     pub fn start_named(dir: &Path, host: &str, master_port: u16, down_after_ms: u64) -> Sentinel {
+        Sentinel::start_on(&Host::local(), dir, host, master_port, down_after_ms)
+    }
+
+    /// A sentinel on `on`, monitoring the master `host`:`master_port`.
+    pub fn start_on(
+        on: &Host,
+        dir: &Path,
+        host: &str,
+        master_port: u16,
+        down_after_ms: u64,
+    ) -> Sentinel {
         let port = free_port();
         let hostnames = if host.parse::<std::net::IpAddr>().is_err() {
             "sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n"
@@ -169,17 +232,19 @@ impl Sentinel {
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                "port {port}\nbind {bind}\nprotected-mode no\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                  {hostnames}sentinel monitor {MASTER_NAME} {host} {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
                  sentinel failover-timeout {MASTER_NAME} 6000\n\
                  sentinel parallel-syncs {MASTER_NAME} 2\n",
-                dir = dir.display()
+                dir = dir.display(),
+                bind = on.bind(),
             ),
         )
         .expect("sentinel conf");
         let mut s = Sentinel {
             port,
+            host: on.clone(),
             conf,
             child: None,
         };
@@ -188,16 +253,22 @@ impl Sentinel {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-sentinel")
+        let child = self
+            .host
+            .command("redis-sentinel")
             .arg(&self.conf)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn redis-sentinel");
         self.child = Some(child);
-        let port = self.port;
+        let addr = self.addr();
         wait_until(Duration::from_secs(10), "sentinel answers PING", || {
-            redis_cmd(port, &["PING"]).is_ok()
+            redis_cmd_at(addr, &["PING"]).is_ok()
         });
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host.ip, self.port)
     }
 
     pub fn kill(&mut self) {
@@ -213,7 +284,7 @@ impl Sentinel {
 
     /// `SENTINEL MASTER redis-ha` as a field map.
     pub fn master_fields(&self) -> Option<std::collections::HashMap<String, String>> {
-        let v = redis_cmd(self.port, &["SENTINEL", "MASTER", MASTER_NAME]).ok()?;
+        let v = redis_cmd_at(self.addr(), &["SENTINEL", "MASTER", MASTER_NAME]).ok()?;
         let redis::Value::Array(items) = v else {
             return None;
         };
@@ -260,23 +331,37 @@ impl Topology {
     }
 
     fn start_sized(n_nodes: usize, n_sentinels: usize, down_after_ms: u64) -> Topology {
+        let local = Host::local();
+        Topology::start_on(
+            &vec![&local; n_nodes],
+            &vec![&local; n_sentinels],
+            down_after_ms,
+        )
+    }
+
+    /// One node per entry of `nodes` (the first is master) and one sentinel per entry of
+    /// `sentinels`, converged.
+    pub fn start_on(nodes: &[&Host], sentinels: &[&Host], down_after_ms: u64) -> Topology {
         let dir = tempdir();
-        let master = Node::start(dir.path(), None);
-        let mp = master.port;
-        let mut nodes = vec![master];
-        for _ in 1..n_nodes {
-            nodes.push(Node::start(dir.path(), Some(mp)));
+        let master = Node::start_on(nodes[0], dir.path(), None);
+        let ma = master.addr();
+        let mut all = vec![master];
+        for h in &nodes[1..] {
+            all.push(Node::start_on(h, dir.path(), Some(ma)));
         }
+        let nodes = all;
         for n in &nodes[1..] {
-            let p = n.port;
+            let a = n.addr();
             wait_until(Duration::from_secs(10), "replica linked to master", || {
-                redis_cmd(p, &["INFO", "replication"])
+                redis_cmd_at(a, &["INFO", "replication"])
                     .map(|v| value_text(&v).contains("master_link_status:up"))
                     .unwrap_or(false)
             });
         }
-        let sentinels: Vec<Sentinel> = (0..n_sentinels)
-            .map(|_| Sentinel::start(dir.path(), mp, down_after_ms))
+        let mh = ma.ip().to_string();
+        let sentinels: Vec<Sentinel> = sentinels
+            .iter()
+            .map(|h| Sentinel::start_on(h, dir.path(), &mh, ma.port(), down_after_ms))
             .collect();
         let t = Topology {
             dir,
@@ -307,6 +392,10 @@ impl Topology {
 
     pub fn sentinel_ports(&self) -> Vec<u16> {
         self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    pub fn sentinel_addrs(&self) -> Vec<SocketAddr> {
+        self.sentinels.iter().map(|s| s.addr()).collect()
     }
 
     pub fn node_by_port(&mut self, port: u16) -> &mut Node {
@@ -341,7 +430,7 @@ impl Topology {
         wait_until(
             Duration::from_secs(20),
             "SENTINEL FAILOVER accepted",
-            || redis_cmd(s.port, &["SENTINEL", "FAILOVER", MASTER_NAME]).is_ok(),
+            || redis_cmd_at(s.addr(), &["SENTINEL", "FAILOVER", MASTER_NAME]).is_ok(),
         );
         self.wait_new_master(old)
     }
@@ -353,7 +442,13 @@ impl Topology {
             Duration::from_secs(30),
             "sentinels name a new master",
             || match self.master_port() {
-                Some(p) if p != old && role_of(p) == "master" => {
+                Some(p)
+                    if p != old
+                        && self
+                            .nodes
+                            .iter()
+                            .any(|n| n.port == p && n.role() == "master") =>
+                {
                     new = p;
                     true
                 }
@@ -381,7 +476,12 @@ pub fn ready_lab(
 
 /// One command on a fresh connection.
 pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    redis_cmd_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), args)
+}
+
+/// One command on a fresh connection to `addr`.
+pub fn redis_cmd_at(addr: SocketAddr, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
     let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
     con.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut cmd = redis::cmd(args[0]);
@@ -393,7 +493,12 @@ pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
 
 /// First element of `ROLE` (`master`, `slave`, `sentinel`) or `error`.
 pub fn role_of(port: u16) -> String {
-    match redis_cmd(port, &["ROLE"]) {
+    role_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+}
+
+/// [`role_of`] for a node at `addr`.
+pub fn role_at(addr: SocketAddr) -> String {
+    match redis_cmd_at(addr, &["ROLE"]) {
         Ok(redis::Value::Array(items)) => items.first().map(value_text).unwrap_or_default(),
         _ => "error".into(),
     }
@@ -416,7 +521,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+        Client::connect_to(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
+    pub fn connect_to(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to proxy");
         stream
             .set_read_timeout(Some(Duration::from_secs(15)))
             .expect("timeout");
@@ -444,7 +553,8 @@ impl Client {
         Ok(line)
     }
 
-    fn read_line(&mut self) -> std::io::Result<String> {
+    /// Reads one RESP line (without the CRLF).
+    pub fn read_line(&mut self) -> std::io::Result<String> {
         let mut out = Vec::new();
         let mut b = [0u8; 1];
         loop {
@@ -504,6 +614,8 @@ impl Client {
 pub struct Proxy {
     pub port: u16,
     pub admin: u16,
+    /// Where `port` and `admin` listen.
+    pub ip: IpAddr,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     log: PathBuf,
@@ -519,6 +631,10 @@ pub struct ProxyOpts {
     pub master: &'static str,
     /// Run under `prlimit --nofile=N:N`.
     pub nofile: Option<u32>,
+    /// Extra lines for the `[[route]]` table, e.g. `keepalive = "2s"`.
+    pub route_extra: &'static str,
+    /// Extra lines for the `[sentinel]` table, e.g. `on_minority = "fence"`.
+    pub sentinel_extra: &'static str,
 }
 
 impl Default for ProxyOpts {
@@ -530,6 +646,8 @@ impl Default for ProxyOpts {
             shutdown_grace: "10s",
             master: MASTER_NAME,
             nofile: None,
+            route_extra: "",
+            sentinel_extra: "",
         }
     }
 }
@@ -540,39 +658,48 @@ impl Proxy {
     }
 
     pub fn start_with(sentinel_ports: &[u16], o: ProxyOpts) -> Proxy {
+        let sentinels: Vec<SocketAddr> = sentinel_ports
+            .iter()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
+            .collect();
+        Proxy::start_on(&Host::local(), &sentinels, o)
+    }
+
+    /// The proxy on `host`, listening (clients and admin) on the host's address.
+    pub fn start_on(host: &Host, sentinels: &[SocketAddr], o: ProxyOpts) -> Proxy {
         let dir = tempdir();
         let port = free_port();
         let admin = free_port();
-        let sentinels: Vec<String> = sentinel_ports
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{p}\""))
-            .collect();
+        let ip = host.ip;
+        let sentinels: Vec<String> = sentinels.iter().map(|a| format!("\"{a}\"")).collect();
         let conf = dir.path().join("proxy.toml");
         std::fs::write(
             &conf,
             format!(
-                "shutdown_grace = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-                 [sentinel]\naddresses = [{}]\npoll_interval = \"{}\"\ntimeout = \"500ms\"\n\
-                 [[route]]\nmaster = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nhold_timeout = \"{}\"\nmax_connections = {}\n",
+                "shutdown_grace = \"{}\"\n[admin]\nlisten = \"{ip}:{admin}\"\n\
+                 [sentinel]\naddresses = [{}]\npoll_interval = \"{}\"\ntimeout = \"500ms\"\n{}\n\
+                 [[route]]\nmaster = \"{}\"\nlisten = \"{ip}:{port}\"\nhold_timeout = \"{}\"\nmax_connections = {}\n{}\n",
                 o.shutdown_grace,
                 sentinels.join(", "),
                 o.poll_interval,
+                o.sentinel_extra,
                 o.master,
                 o.hold_timeout,
-                o.max_connections
+                o.max_connections,
+                o.route_extra,
             ),
         )
         .expect("proxy.toml");
         let mut cmd = match o.nofile {
             Some(n) => {
-                let mut c = Command::new("prlimit");
+                let mut c = host.command("prlimit");
                 c.arg(format!("--nofile={n}:{n}")).arg("--").arg(BIN);
                 c
             }
-            None => Command::new(BIN),
+            None => host.command(BIN),
         };
         cmd.arg("--config").arg(&conf);
-        Proxy::spawn(cmd, dir, port, admin)
+        Proxy::spawn(cmd, dir, ip, port, admin)
     }
 
     /// Runs the proxy with flags only (no config file anywhere).
@@ -588,10 +715,10 @@ impl Proxy {
             // A hostname, as in the seed (redis1:16355).
             cmd.args(["--sentinel", &format!("localhost:{p}")]);
         }
-        Proxy::spawn(cmd, dir, port, admin)
+        Proxy::spawn(cmd, dir, IpAddr::V4(Ipv4Addr::LOCALHOST), port, admin)
     }
 
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, admin: u16) -> Proxy {
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, ip: IpAddr, port: u16, admin: u16) -> Proxy {
         let log = dir.path().join("proxy.log");
         let child = cmd
             .current_dir(dir.path())
@@ -607,6 +734,7 @@ impl Proxy {
         let p = Proxy {
             port,
             admin,
+            ip,
             dir,
             child: Some(child),
             log,
@@ -619,7 +747,12 @@ impl Proxy {
 
     /// GET `path` on the admin server: (status code, body).
     pub fn http(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.admin, path)
+        http_get_at(SocketAddr::new(self.ip, self.admin), path)
+    }
+
+    /// The client listen address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 
     pub fn wait_ready(&self) {
@@ -696,7 +829,11 @@ impl Drop for Proxy {
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    http_get_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path)
+}
+
+pub fn http_get_at(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut resp = String::new();
