@@ -4,10 +4,12 @@
 //! off. Addresses: one /24 per `Net` out of 198.18.0.0/15 (RFC 2544, benchmarking), hosts
 //! `.1, .2, ...` in the order given, the test `.254`. Faults are nftables drop rules inside the
 //! hosts' namespaces: a blackhole (no RST, no ICMP). Dropping a `Net` kills every process left
-//! in its namespaces and deletes them and the test's veth, also when the test panicked.
+//! in its namespaces and deletes them and the test's veth, also when the test panicked; what a
+//! killed test run left behind is removed by the next test process that builds a `Net`.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::Host;
@@ -200,25 +202,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let mut namespaces: Vec<String> = self
-            .hosts
-            .iter()
-            .filter_map(|(_, h)| h.netns.clone())
-            .collect();
-        namespaces.push(self.switch());
-        for ns in &namespaces {
-            // Processes outlive their namespace's name: kill them first.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-        }
-        // Deleting the switch namespace would also take the veth, but asynchronously.
-        let _ = run("ip", &["link", "del", &self.tag]);
-        for ns in &namespaces {
-            let _ = run("ip", &["netns", "del", ns]);
-        }
+        remove(&self.tag);
     }
 }
 
@@ -248,21 +232,73 @@ fn capable() -> Result<(), String> {
 }
 
 /// Claims a /24 by creating the switch namespace `rfp<N>-sw` (creation fails if another Net,
-/// in this process or another, has it); returns N and the tag.
+/// in this process or another, has it) and recording our pid as its owner; returns N and the
+/// tag. First, once per process, removes what dead owners left (a killed test run).
 fn claim() -> Result<(u32, String), String> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        for tag in namespaces("rfp")
+            .iter()
+            .filter_map(|n| n.strip_suffix("-sw"))
+        {
+            let owner = std::fs::read_to_string(owner_file(tag)).unwrap_or_default();
+            let pid = owner.trim().parse::<u32>();
+            if pid.is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                remove(tag);
+            }
+        }
+    });
     let start = std::process::id().wrapping_mul(7);
     for _ in 0..SUBNETS {
         let idx = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SUBNETS;
         let tag = format!("rfp{idx}");
         match run("ip", &["netns", "add", &format!("{tag}-sw")]) {
-            Ok(()) => return Ok((idx, tag)),
+            Ok(()) => {
+                let _ = std::fs::write(owner_file(&tag), std::process::id().to_string());
+                return Ok((idx, tag));
+            }
             Err(e) if e.contains("exists") => continue,
             Err(e) => return Err(e),
         }
     }
     Err("every test subnet is taken (stale rfp* namespaces? see `ip netns list`)".into())
+}
+
+/// Names of the network namespaces starting with `prefix`.
+fn namespaces(prefix: &str) -> Vec<String> {
+    let list = Command::new("ip").args(["netns", "list"]).output();
+    let list = list.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    list.unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+fn owner_file(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{tag}-net.pid"))
+}
+
+/// Kills every process in the namespaces `<tag>-*`, deletes them and the veth `<tag>`.
+fn remove(tag: &str) {
+    let namespaces = namespaces(&format!("{tag}-"));
+    for ns in &namespaces {
+        // Processes outlive their namespace's name: kill them first.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+    // Deleting the switch namespace would also take the veth, but asynchronously.
+    let _ = run("ip", &["link", "del", tag]);
+    for ns in &namespaces {
+        let _ = run("ip", &["netns", "del", ns]);
+    }
+    let _ = std::fs::remove_file(owner_file(tag));
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
