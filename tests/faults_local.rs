@@ -276,3 +276,555 @@ fn master_rebooting_as_a_replica_is_fenced_until_role_agrees() {
         waits.iter().max().unwrap()
     );
 }
+
+/// Client threads doing `SET`/`GET` through the proxy on one connection each, reconnecting after
+/// an error; every error is recorded.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(proxy_port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ops, mut errors) = (0u64, Vec::new());
+                    let mut conn: Option<Client> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let client = conn.get_or_insert_with(|| {
+                            let c = Client::connect(proxy_port);
+                            c.stream
+                                .set_read_timeout(Some(Duration::from_secs(5)))
+                                .expect("timeout");
+                            c
+                        });
+                        let (key, value) = (format!("load:{c}"), ops.to_string());
+                        let r = client.cmd(&["SET", &key, &value]).and_then(|set| {
+                            let get = client.cmd(&["GET", &key])?;
+                            Ok((set, get))
+                        });
+                        match r {
+                            Ok((set, get)) if set == "+OK" && get == value => ops += 1,
+                            other => {
+                                errors.push(format!("{other:?}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ops, errors)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients: (operations completed, errors).
+    fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (ops, errors) = t.join().expect("load thread");
+            total.0 += ops;
+            total.1.extend(errors);
+        }
+        total
+    }
+}
+
+fn sentinel_seen(proxy: &Proxy, i: usize) -> bool {
+    let s = &proxy.status()["routes"][0]["sentinels"][i];
+    s["reachable"] == true && s["subscribed"] == true
+}
+
+#[test]
+fn sentinels_restarting_under_load_do_not_fence() {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(5000), ProxyOpts::default()) else {
+        return;
+    };
+    let load = Load::start(proxy.port, 4);
+    wait_until(Duration::from_secs(10), "load running", || {
+        proxy.metric(
+            "redis_failover_proxy_bytes_total",
+            &[("direction", "master_to_client")],
+        ) > 1000.0
+    });
+    let n = t.sentinels.len();
+    let mut one_by_one = Vec::new();
+    for i in 0..n {
+        t.sentinels[i].restart();
+        let restarted = Instant::now();
+        wait_until(
+            Duration::from_secs(20),
+            "the proxy polls and subscribes to the restarted sentinel",
+            || sentinel_seen(&proxy, i),
+        );
+        one_by_one.push(restarted.elapsed());
+    }
+    let killed = Instant::now();
+    for s in &mut t.sentinels {
+        s.kill();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy sees no sentinel",
+        || proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 0.0,
+    );
+    for s in &mut t.sentinels {
+        s.restart();
+    }
+    let down = killed.elapsed();
+    let back = wait_until(
+        Duration::from_secs(30),
+        "the proxy polls and subscribes to every sentinel again",
+        || {
+            proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == n as f64
+                && (0..n).all(|i| sentinel_seen(&proxy, i))
+        },
+    );
+    let (ops, errors) = load.stop();
+    assert!(errors.is_empty(), "client errors: {errors:?}");
+    assert!(ops > 0);
+    assert_eq!(fences(&proxy), 0.0, "fenced while the master was unchanged");
+    assert_eq!(proxy.master().map(|m| m.0), Some(1));
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_switches_total", &[]),
+        1.0
+    );
+    for s in &t.sentinels {
+        assert_eq!(s.master_port(), Some(t.nodes[0].port));
+    }
+    eprintln!(
+        "sentinel restarts under load: {ops} SET+GET pairs, 0 errors, 0 fences; one by one, \
+         polled and subscribed again after {one_by_one:?}; all at once: down {down:?}, all \
+         polled and subscribed again {back:?} after the restart"
+    );
+}
+
+/// The storm and the churn each load both cores; side by side they would only measure the
+/// contention.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The soft `ulimit -n` of this process (the proxy inherits it).
+fn nofile_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn clients_open(proxy: &Proxy) -> u64 {
+    proxy.status()["routes"][0]["clients_open"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+fn idle(proxy: &Proxy) -> bool {
+    clients_open(proxy) == 0 && proxy.metric("redis_failover_proxy_connections_active", &[]) == 0.0
+}
+
+mod storm {
+    //! Many clients at once, on a tokio runtime in the test.
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// What one client of a storm got.
+    pub enum Outcome {
+        /// Served by the node on this port, after this long; the connection is kept open.
+        Served(u16, Duration, TcpStream),
+        /// Closed by the proxy (EOF or reset) before a reply.
+        Refused,
+        /// No reply and no close within the timeout: a hang.
+        Hung,
+    }
+
+    /// Connects, sends `PING` and `INFO server`, and reads until the node's `tcp_port`.
+    pub async fn client(port: u16) -> Outcome {
+        let start = Instant::now();
+        let work = async {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                let text = String::from_utf8_lossy(&buf);
+                if let Some(rest) = text.strip_prefix("+PONG\r\n") {
+                    if let Some(p) = rest
+                        .split("tcp_port:")
+                        .nth(1)
+                        .and_then(|r| r.split_once("\r\n"))
+                    {
+                        return p.0.trim().parse().ok().map(|p| (p, s));
+                    }
+                }
+                if s.read_buf(&mut buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        };
+        match tokio::time::timeout(TIMEOUT, work).await {
+            Ok(Some((p, s))) => Outcome::Served(p, start.elapsed(), s),
+            Ok(None) => Outcome::Refused,
+            Err(_) => Outcome::Hung,
+        }
+    }
+
+    /// `n` clients at once: (served sessions with their node ports and waits, refused, hung).
+    pub async fn run(port: u16, n: usize) -> (Vec<(u16, Duration, TcpStream)>, usize, usize) {
+        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(client(port))).collect();
+        let (mut served, mut refused, mut hung) = (Vec::new(), 0, 0);
+        for t in tasks {
+            match t.await.expect("client task") {
+                Outcome::Served(p, d, s) => served.push((p, d, s)),
+                Outcome::Refused => refused += 1,
+                Outcome::Hung => hung += 1,
+            }
+        }
+        (served, refused, hung)
+    }
+
+    /// Waits until every stream is closed by the proxy; returns when the last one was, or
+    /// `None` if one stayed open past the timeout.
+    pub async fn all_closed(streams: Vec<TcpStream>) -> Option<Instant> {
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 64];
+                    let closed = async {
+                        loop {
+                            match s.read(&mut b).await {
+                                Ok(0) | Err(_) => return Instant::now(),
+                                Ok(_) => {}
+                            }
+                        }
+                    };
+                    tokio::time::timeout(TIMEOUT, closed).await.ok()
+                })
+            })
+            .collect();
+        let mut last = None;
+        for t in tasks {
+            let at = t.await.expect("close task")?;
+            last = Some(last.map_or(at, |l: Instant| l.max(at)));
+        }
+        last
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn reconnect_storm_after_a_fence_is_served_or_refused_at_the_limit() {
+    let n = env_usize("RFP_STORM_CLIENTS", 5000);
+    let limit = nofile_limit();
+    // This process holds n client sockets; the proxy 2n plus its own.
+    if limit < (2 * n + 1000) as u64 {
+        eprintln!(
+            "SKIPPED: ulimit -n is {limit}, the storm of {n} clients needs {}",
+            2 * n + 1000
+        );
+        return;
+    }
+    let _heavy = heavy();
+    let opts = ProxyOpts {
+        max_connections: n + 1000,
+        hold_timeout: "30s",
+        ..Default::default()
+    };
+    let Some((t, proxy)) = ready_lab(|| Topology::start(5000), opts) else {
+        return;
+    };
+    let low_limit = n * 3 / 5;
+    let limited = Proxy::start_with(
+        &t.sentinel_ports(),
+        ProxyOpts {
+            max_connections: low_limit,
+            hold_timeout: "30s",
+            ..Default::default()
+        },
+    );
+    limited.wait_ready();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = proxy.pid();
+
+    // Warm up (first sessions allocate what every later one reuses), then the baseline.
+    let (warm, _, _) = rt.block_on(storm::run(proxy.port, 100));
+    drop(warm);
+    wait_until(Duration::from_secs(10), "warm-up sessions closed", || {
+        idle(&proxy)
+    });
+    let baseline = rss_kib(pid);
+
+    let old_master = t.nodes[0].port;
+    let started = Instant::now();
+    let (sessions, refused, hung) = rt.block_on(storm::run(proxy.port, n));
+    let opened = started.elapsed();
+    assert_eq!(
+        (sessions.len(), refused, hung),
+        (n, 0, 0),
+        "opening {n} sessions"
+    );
+    assert!(sessions.iter().all(|(p, _, _)| *p == old_master));
+    wait_until(Duration::from_secs(10), "all sessions counted", || {
+        proxy.status()["routes"][0]["master"]["sessions"].as_u64() == Some(n as u64)
+    });
+    let mut peak = rss_kib(pid);
+
+    // The fence: every session of the old master must be closed.
+    let streams: Vec<_> = sessions.into_iter().map(|(_, _, s)| s).collect();
+    let closing = rt.spawn(storm::all_closed(streams));
+    let failover_sent = Instant::now();
+    let new_master = t.failover();
+    let last_closed = rt
+        .block_on(closing)
+        .unwrap()
+        .expect("an old session stayed open after the fence");
+    let to_last_close = last_closed.saturating_duration_since(failover_sent);
+    wait_until(Duration::from_secs(10), "fence recorded", || {
+        proxy.metric("redis_failover_proxy_fence_duration_seconds_count", &[]) >= 1.0
+    });
+    let fence_ms = proxy.metric("redis_failover_proxy_fence_duration_seconds_sum", &[]) * 1000.0;
+    let fenced = proxy.metric(
+        "redis_failover_proxy_sessions_closed_total",
+        &[("reason", "master_switch")],
+    );
+    assert!(fenced >= n as f64, "{fenced} sessions fenced, expected {n}");
+    wait_until(Duration::from_secs(10), "old sessions gone", || {
+        idle(&proxy)
+    });
+
+    // Everyone reconnects at once; the proxy may still be holding for the new master.
+    let storm_start = Instant::now();
+    let (served, refused, hung) = rt.block_on(storm::run(proxy.port, n));
+    let storm_took = storm_start.elapsed();
+    peak = peak.max(rss_kib(pid));
+    assert_eq!(hung, 0, "clients neither served nor closed");
+    assert_eq!(refused, 0, "clients refused under the limit");
+    assert_eq!(served.len(), n);
+    assert!(
+        served.iter().all(|(p, _, _)| *p == new_master),
+        "a client reached the old master"
+    );
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_connections_rejected_total", &[]),
+        0.0
+    );
+    let mut waits: Vec<Duration> = served.iter().map(|(_, d, _)| *d).collect();
+    waits.sort();
+    drop(served);
+    wait_until(Duration::from_secs(10), "storm sessions closed", || {
+        idle(&proxy)
+    });
+    let slack = (baseline / 2).max(20 * 1024);
+    let returned = std::panic::catch_unwind(|| {
+        wait_until(
+            Duration::from_secs(10),
+            "RSS back near the baseline",
+            || rss_kib(pid) <= baseline + slack,
+        )
+    })
+    .is_ok();
+    let after = rss_kib(pid);
+    eprintln!(
+        "storm: {n} sessions opened in {opened:?}; failover: last old session closed \
+         {to_last_close:?} after SENTINEL FAILOVER, fence {fence_ms:.1} ms evidence -> last \
+         close, {fenced} sessions fenced; reconnect of {n} at once: all served by the new master \
+         within {storm_took:?} (p50 {:?}, p99 {:?}, max {:?}); proxy RSS baseline {} KiB, peak \
+         {} KiB, after {} KiB (slack {} KiB)",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        percentile(&waits, 1.0),
+        baseline,
+        peak,
+        after,
+        slack
+    );
+    assert!(
+        returned,
+        "proxy RSS {after} KiB did not return near its baseline {baseline} KiB"
+    );
+
+    // The same storm against a proxy limited to fewer clients: the excess is closed at once.
+    wait_until(Duration::from_secs(10), "limited proxy follows", || {
+        limited
+            .master()
+            .is_some_and(|(_, a)| a == format!("127.0.0.1:{new_master}"))
+    });
+    let storm_start = Instant::now();
+    let (served, refused, hung) = rt.block_on(storm::run(limited.port, n));
+    let storm_took = storm_start.elapsed();
+    let rejected = limited.metric(
+        "redis_failover_proxy_connections_rejected_total",
+        &[("reason", "limit")],
+    );
+    assert_eq!(hung, 0, "clients neither served nor closed at the limit");
+    assert_eq!(served.len(), low_limit, "served at a limit of {low_limit}");
+    assert_eq!(refused, n - low_limit);
+    assert_eq!(rejected, (n - low_limit) as f64);
+    assert!(served.iter().all(|(p, _, _)| *p == new_master));
+    drop(served);
+    wait_until(Duration::from_secs(10), "limited proxy idle", || {
+        idle(&limited)
+    });
+    eprintln!(
+        "storm at max_connections {low_limit}: {} served, {refused} closed at once and counted \
+         rejected{{reason=\"limit\"}} = {rejected}, none hung, in {storm_took:?}",
+        low_limit
+    );
+}
+
+#[test]
+fn connect_close_churn_leaves_nothing_behind() {
+    // 100,000 cycles take about two minutes in a debug build on 2 cores; RFP_CHURN_CYCLES=100000
+    // runs the full count.
+    let cycles = env_usize("RFP_CHURN_CYCLES", 20_000);
+    let threads = env_usize("RFP_CHURN_THREADS", 4);
+    let _heavy = heavy();
+    let Some((_t, proxy)) = ready_lab(Topology::single, ProxyOpts::default()) else {
+        return;
+    };
+    let big = "v".repeat(64 * 1024);
+    assert_eq!(
+        Client::connect(proxy.port)
+            .cmd(&["SET", "big", &big])
+            .unwrap(),
+        "+OK"
+    );
+    wait_until(Duration::from_secs(10), "setup session closed", || {
+        idle(&proxy)
+    });
+    let pid = proxy.pid();
+    let fds_before = fd_count(pid);
+    let accepted_before = proxy.metric("redis_failover_proxy_connections_accepted_total", &[]);
+    let expected_reply = big.len() + format!("${}\r\n\r\n", big.len()).len();
+
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|w| {
+            let port = proxy.port;
+            std::thread::spawn(move || {
+                let mut failures: Vec<String> = Vec::new();
+                for i in (w..cycles).step_by(threads) {
+                    if let Err(e) = cycle(port, i % 4, expected_reply) {
+                        failures.push(format!("cycle {i} (mode {}): {e}", i % 4));
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("churn thread"))
+        .collect();
+    let took = started.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} cycles failed, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let drained = wait_until(
+        Duration::from_secs(20),
+        "every session closed and its descriptors released",
+        || idle(&proxy) && fd_count(pid) <= fds_before,
+    );
+    let accepted =
+        proxy.metric("redis_failover_proxy_connections_accepted_total", &[]) - accepted_before;
+    assert_eq!(
+        accepted,
+        cycles as f64,
+        "accepted; accept errors: {}",
+        proxy.metric("redis_failover_proxy_accept_errors_total", &[])
+    );
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_connections_rejected_total", &[]),
+        0.0
+    );
+    eprintln!(
+        "churn: {cycles} connect/close cycles ({threads} threads; close at once, reset, PING, \
+         half-close after GET of 64 KiB) in {took:?} = {:.0} cycles/s; proxy fds {fds_before} \
+         before, {} after; clients_open 0, connections_active 0 {drained:?} after the last cycle",
+        cycles as f64 / took.as_secs_f64(),
+        fd_count(pid)
+    );
+}
+
+/// One connect/close cycle: 0 closes at once, 1 resets, 2 PINGs, 3 half-closes after a GET and
+/// must still read the whole reply.
+fn cycle(port: u16, mode: usize, expected_reply: usize) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    match mode {
+        0 => {}
+        1 => socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?,
+        2 => {
+            s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+            let mut reply = [0u8; 7];
+            s.read_exact(&mut reply)?;
+            if &reply != b"+PONG\r\n" {
+                return Err(std::io::Error::other(format!("reply {reply:?}")));
+            }
+        }
+        _ => {
+            s.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply)?;
+            if reply.len() != expected_reply {
+                return Err(std::io::Error::other(format!(
+                    "half-closed client got {} of {expected_reply} bytes",
+                    reply.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -21,7 +21,9 @@ use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, Rejected};
 use crate::route::{ClientGuard, HeldGuard, Master, Route};
 
-/// Per-direction splice buffer. Allocated on first data, so idle sessions hold none.
+/// Per-direction splice buffer. Allocated when data arrives and freed once the socket is
+/// drained, so idle sessions hold none (10,000 idle pooled clients would otherwise keep
+/// 320 MiB, which the allocator does not give back after they close).
 const BUF_SIZE: usize = 16 * 1024;
 
 /// Serves one accepted client until it, its master or its epoch ends.
@@ -275,7 +277,12 @@ async fn pump(
                 return Ok(());
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: wait for the next data without a buffer. (Readiness stays set after
+                // a successful read, so this is where every burst of data ends.)
+                buf = Vec::new();
+                continue;
+            }
             Err(_) => return Err(from_side),
         };
         let mut written = 0;
