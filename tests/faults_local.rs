@@ -776,13 +776,15 @@ fn connect_close_churn_leaves_nothing_behind() {
         "every session closed and its descriptors released",
         || idle(&proxy) && fd_count(pid) <= fds_before,
     );
+    // A client that resets before the proxy accepts it may surface as an accept error
+    // (ECONNABORTED) instead of a connection: either way it is accounted for.
     let accepted =
         proxy.metric("redis_failover_proxy_connections_accepted_total", &[]) - accepted_before;
+    let accept_errors = proxy.metric("redis_failover_proxy_accept_errors_total", &[]);
     assert_eq!(
-        accepted,
+        accepted + accept_errors,
         cycles as f64,
-        "accepted; accept errors: {}",
-        proxy.metric("redis_failover_proxy_accept_errors_total", &[])
+        "accepted {accepted}, accept errors {accept_errors}"
     );
     assert_eq!(
         proxy.metric("redis_failover_proxy_connections_rejected_total", &[]),
