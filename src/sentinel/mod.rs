@@ -6,7 +6,7 @@
 pub mod arbiter;
 pub mod client;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -96,7 +96,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         blind: false,
         fenced_at: None,
         previous: None,
-        role_failing: HashSet::new(),
+        last_role: HashMap::new(),
         minority_since: None,
     };
     w.run(rx, shutdown).await;
@@ -116,8 +116,8 @@ struct Watcher {
     fenced_at: Option<Instant>,
     /// The last installed master address (for the failover log line).
     previous: Option<SocketAddr>,
-    /// Addresses whose last ROLE check failed (to log a failing streak once).
-    role_failing: HashSet<SocketAddr>,
+    /// The last ROLE outcome per address (to log changes, not repeats).
+    last_role: HashMap<SocketAddr, &'static str>,
     /// Since when fewer than a majority of the sentinels answer.
     minority_since: Option<Instant>,
 }
@@ -438,19 +438,25 @@ impl Watcher {
             Err(_) => "error",
         };
         counter!(m::ROLE_CHECKS, "route" => route.clone(), "result" => label).increment(1);
-        if result.is_ok() && self.role_failing.remove(&addr) {
-            info!(route, master.addr = %addr, "ROLE check answers again");
-        }
+        // Log changes, not repeats: a dead or demoted candidate is asked on every (fast) poll
+        // until the sentinels replace it.
+        let previous = self.last_role.insert(addr, label);
+        let changed = previous != Some(label);
         match result {
-            Ok(Role::Master) => Some(Role::Master),
+            Ok(Role::Master) => {
+                if previous.is_some_and(|p| p != "master") {
+                    info!(route, master.addr = %addr, "ROLE says master again");
+                }
+                Some(Role::Master)
+            }
             Ok(other) => {
-                warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
+                if changed {
+                    warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
+                }
                 Some(other)
             }
             Err(e) => {
-                // Once per failing streak: a dead master is asked every poll until the
-                // sentinels replace it.
-                if self.role_failing.insert(addr) {
+                if changed {
                     warn!(route, master.addr = %addr, master.announced = announced, error = %e, "ROLE check failed");
                 } else {
                     debug!(route, master.addr = %addr, error = %e, "ROLE check failed again");
