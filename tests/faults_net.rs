@@ -294,6 +294,42 @@ fn sessions_to_a_blackholed_master_are_reaped() {
     net.heal();
 }
 
+/// Waits `d` on an idle connection; describes whatever happens instead (EOF, error, data).
+fn quiet_for(c: &mut Client, d: Duration) -> Option<String> {
+    use std::io::Read;
+    let deadline = Instant::now() + d;
+    let mut b = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        c.stream.set_read_timeout(Some(left)).unwrap();
+        match c.stream.read(&mut b) {
+            Ok(0) => return Some("EOF".into()),
+            Ok(n) => return Some(format!("data {:?}", String::from_utf8_lossy(&b[..n]))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Some(format!("error {e} ({:?})", e.kind())),
+        }
+    }
+}
+
+/// The proxy's closed-session counters, for failure messages.
+fn closed_by_reason(proxy: &Proxy) -> String {
+    let (_, body) = proxy.http("/metrics").unwrap_or_default();
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("redis_failover_proxy_sessions_closed_total"))
+        .collect();
+    lines.join("; ")
+}
+
 /// Reads one RESP array of bulk strings.
 fn read_array(c: &mut Client) -> Vec<String> {
     let head = c.read_line().unwrap();
@@ -332,11 +368,20 @@ fn idle_blocking_and_subscribed_sessions_on_a_healthy_master_are_not_reaped() {
         .unwrap();
     // Well past keepalive + TCP_USER_TIMEOUT (2 s + 4 s), nothing may close them.
     let idle = Duration::from_secs(10);
-    assert!(!blpop.closed_within(idle), "idle BLPOP session was closed");
-    assert!(
-        !sub.closed_within(Duration::from_millis(100)),
-        "idle SUBSCRIBE session was closed"
-    );
+    let start = Instant::now();
+    if let Some(what) = quiet_for(&mut blpop, idle) {
+        panic!(
+            "idle BLPOP session: {what} after {:?}; proxy: {}",
+            start.elapsed(),
+            closed_by_reason(&proxy)
+        );
+    }
+    if let Some(what) = quiet_for(&mut sub, Duration::from_millis(100)) {
+        panic!(
+            "idle SUBSCRIBE session: {what}; proxy: {}",
+            closed_by_reason(&proxy)
+        );
+    }
     let port = t.nodes[0].port;
     redis_cmd(port, &["LPUSH", "jobs", "job1"]).unwrap();
     blpop

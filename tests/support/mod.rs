@@ -558,7 +558,11 @@ impl Client {
         let mut out = Vec::new();
         let mut b = [0u8; 1];
         loop {
-            let n = self.stream.read(&mut b)?;
+            // A blocking read with a timeout returns EINTR on any signal; it is not an answer.
+            let n = match self.stream.read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -596,6 +600,7 @@ impl Client {
             match self.stream.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
                         e.kind(),
