@@ -173,6 +173,8 @@ fn read_ok(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
     loop {
         match s.read(&mut b) {
+            // A signal interrupting a read with a timeout is not an answer.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(1) => {
                 line.push(b[0]);
                 if line.ends_with(b"\r\n") {
