@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
+#
+#   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--out DIR]
+#
+#   --quick     1 round, tiny request counts, 500 idle sessions; writes to target/bench-quick/
+#               unless --out is given (the committed results are never overwritten by it)
+#   --keep      keep the work dir (logs, configs) instead of deleting it
+#   --rounds N  rounds of the interleaved runs (default 5, quick 1)
+#   --idle N    idle sessions to open through each middle box (default 10000, quick 500; 0 = skip)
+#   --out DIR   where latest.md and latest.csv go (default bench/results/)
+#
+# Installs redis-server/redis-sentinel/redis-tools and haproxy from Debian's packages if
+# missing, builds the proxy in release, starts its own redis-server, sentinel, proxy and
+# HAProxy on free loopback ports in a temp dir, and stops them all on exit (also on Ctrl-C).
+# RFP_BENCH_BIN=PATH uses that proxy binary instead of building one (the smoke test does).
+# See bench/README.md for what each scenario measures.
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+cd -- "$ROOT"
+
+quick=0 keep=0 out="" 
+py_args=()
+while (($#)); do
+    case $1 in
+    --quick) quick=1; py_args+=(--quick) ;;
+    --keep) keep=1 ;;
+    --rounds | --idle) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
+        py_args+=("$1" "$2"); shift ;;
+    --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
+        out=$2; shift ;;
+    -h | --help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ -z $out ]]; then
+    if ((quick)); then out=$ROOT/target/bench-quick; else out=$ROOT/bench/results; fi
+fi
+
+# 10,000 idle sessions need 10,000 client sockets here, 20,000 in the proxy and in HAProxy
+# and 10,000 in redis-server; every child inherits this limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 25000)); then
+    echo "bench: fd limit $(ulimit -n) (hard limit); fewer idle sessions will be opened" >&2
+fi
+
+deploy/local/ensure-packages.sh haproxy
+
+if [[ -n ${RFP_BENCH_BIN:-} ]]; then
+    bin=$RFP_BENCH_BIN
+else
+    cargo build --release --locked
+    bin=$ROOT/target/release/redis-failover-proxy
+fi
+[[ -x $bin ]] || { echo "bench: no proxy binary at $bin" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/rfp-bench.XXXXXX")
+py_pid=""
+cleanup() {
+    local status=$? pid
+    trap - EXIT INT TERM HUP
+    # Not errexit here: a failing kill or wait must not skip the rest of the cleanup.
+    set +e
+    if [[ -n $py_pid ]] && kill -TERM "$py_pid" 2>/dev/null; then
+        wait "$py_pid" 2>/dev/null
+    fi
+    # Whatever the driver started and could not stop itself (e.g. it was killed -9).
+    if [[ -r $work/pids ]]; then
+        while read -r pid; do
+            kill -KILL "$pid" 2>/dev/null || true
+        done <"$work/pids"
+    fi
+    if ((keep)); then
+        echo "bench: work dir kept: $work" >&2
+    else
+        rm -rf -- "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# In the background plus `wait`, so a signal to this script runs the trap at once.
+python3 "$ROOT/bench/bench.py" --work "$work" --bin "$bin" --out "$out" --repo "$ROOT" \
+    "${py_args[@]}" &
+py_pid=$!
+wait "$py_pid"
