@@ -140,15 +140,7 @@ fn one_sentinel_down_still_follows_a_failover() {
     assert_eq!(old_session.cmd(&["PING"]).unwrap(), "+PONG");
     let new = t.failover_via(1);
     assert!(old_session.closed_within(Duration::from_secs(5)));
-    wait_until(
-        Duration::from_secs(10),
-        "proxy routes to the new master",
-        || {
-            proxy
-                .master()
-                .is_some_and(|(_, a)| a == format!("127.0.0.1:{new}"))
-        },
-    );
+    proxy.wait_routes_to(&format!("127.0.0.1:{new}"));
     assert_eq!(Client::connect(proxy.port).node_port().unwrap(), new);
     assert!(
         proxy.metric(
@@ -166,15 +158,7 @@ fn old_master_restarting_is_never_routed_to() {
     let old = t.nodes[0].port;
     t.nodes[0].kill();
     let new = t.wait_new_master(old);
-    wait_until(
-        Duration::from_secs(10),
-        "proxy routes to the new master",
-        || {
-            proxy
-                .master()
-                .is_some_and(|(_, a)| a == format!("127.0.0.1:{new}"))
-        },
-    );
+    proxy.wait_routes_to(&format!("127.0.0.1:{new}"));
 
     // The old master comes back the way its config says: as an empty master (ROLE says
     // master) until the sentinels turn it into a replica of the new one.

@@ -102,15 +102,7 @@ fn run(fault: Fault, min_replicas: bool) {
             t.wait_new_master(old)
         }
     };
-    wait_until(
-        Duration::from_secs(10),
-        "proxy routes to the new master",
-        || {
-            proxy
-                .master()
-                .is_some_and(|(_, a)| a == format!("127.0.0.1:{new}"))
-        },
-    );
+    proxy.wait_routes_to(&format!("127.0.0.1:{new}"));
     // Some writes on the new master, then stop.
     let acked_before = proxy.metric(
         "redis_failover_proxy_bytes_total",

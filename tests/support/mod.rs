@@ -474,6 +474,16 @@ pub fn ready_lab(
     Some((t, proxy))
 }
 
+/// VmRSS of process `pid` in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// One command on a fresh connection.
 pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
     redis_cmd_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), args)
@@ -758,6 +768,15 @@ impl Proxy {
     /// The client listen address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
+    }
+
+    /// Waits until /status shows the route's master at `addr` (`ip:port`).
+    pub fn wait_routes_to(&self, addr: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            "the proxy routes to the new master",
+            || self.master().is_some_and(|(_, a)| a == addr),
+        );
     }
 
     pub fn wait_ready(&self) {
