@@ -242,11 +242,13 @@ def start_haproxy(procs, work, node_ports, name="haproxy"):
         f"    server node{i + 1} {HOST}:{p} check inter 1s" for i, p in enumerate(node_ports)
     )
     cfg = os.path.join(work, f"{name}.cfg")
+    stats = os.path.join(work, f"{name}.sock")
     # HAProxy refuses to start if the fd limit cannot hold 2 fds per connection.
     maxconn = min(60000, (fd_limit() - 100) // 2)
     with open(cfg, "w") as f:
         f.write(f"""global
     maxconn {maxconn}
+    stats socket {stats} mode 600
 
 defaults
     mode tcp
@@ -272,7 +274,29 @@ backend redis_master
     subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
     p = procs.start(name, ["haproxy", "-db", "-f", cfg])
     wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
+    # Servers count as UP until their first check fails, so right after start HAProxy
+    # round-robins onto the replicas too: wait until only the master is UP.
+    wait_until(f"{name}: exactly one server UP",
+               lambda: [st for _, st in haproxy_servers(stats)].count("UP") == 1
+               and len(haproxy_servers(stats)) == len(node_ports),
+               timeout=30, procs=procs)
     return listen, p
+
+
+def haproxy_servers(stats_sock):
+    """(server name, status) of every server of backend redis_master, from `show stat`."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(stats_sock)
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    rows = list(csv.reader(data.decode().lstrip("# ").splitlines()))
+    h = rows[0]
+    return [(r[h.index("svname")], r[h.index("status")]) for r in rows[1:]
+            if len(r) == len(h) and r[0] == "redis_master"
+            and r[h.index("svname")] not in ("BACKEND", "FRONTEND")]
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -352,6 +376,132 @@ def idle_sessions(port, count, watch):
     return {"before": before, "during": during, "after": after, "open_s": opened_s}
 
 
+# --------------------------------------------------------------------------- fence
+
+
+def rcli(port, *args):
+    r = subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), "--raw", *map(str, args)],
+                       capture_output=True, text=True, timeout=5)
+    return r.stdout.splitlines()
+
+
+def sentinel_field(port, master_name, field):
+    lines = rcli(port, "SENTINEL", "MASTER", master_name)
+    for k, v in zip(lines[::2], lines[1::2]):
+        if k == field:
+            return v
+    return None
+
+
+def open_sessions(port, count):
+    socks = []
+    for i in range(count):
+        s = socket.create_connection((HOST, port), timeout=10)
+        s.sendall(b"PING\r\n")
+        if s.recv(64) != b"+PONG\r\n":
+            raise RuntimeError(f"session {i} through :{port}: no +PONG")
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def still_open(socks):
+    """Sockets that have seen neither EOF nor an error."""
+    alive = []
+    for s in socks:
+        try:
+            if s.recv(64) == b"":
+                continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            continue
+        alive.append(s)
+    return alive
+
+
+def fence_metric(admin):
+    _, text = http_get(admin, "/metrics")
+    vals = {}
+    for line in text.splitlines():
+        for k in ("sum", "count"):
+            if line.startswith(f"redis_failover_proxy_fence_duration_seconds_{k}"):
+                vals[k] = float(line.rsplit(" ", 1)[1])
+    return vals.get("sum", 0.0), vals.get("count", 0.0)
+
+
+def fence_scenario(procs, work, binary, sessions):
+    """The seed's shape on free ports: 3 nodes, 3 sentinels (quorum 2), a proxy following
+    them and HAProxy checking all three nodes. Opens `sessions` idle sessions through each,
+    runs SENTINEL FAILOVER and measures how the sessions to the old master end."""
+    name = "fbench"
+    n1, _ = start_redis(procs, work, "f-node1")
+    replicas = [start_redis(procs, work, f"f-node{i}", ["--replicaof", HOST, str(n1)])[0]
+                for i in (2, 3)]
+    wait_until("both replicas online",
+               lambda: sum("state=online" in l for l in rcli(n1, "INFO", "replication")) == 2,
+               timeout=30, procs=procs)
+    sents = [start_sentinel(procs, work, f"f-sentinel{i}", name, n1, 5000, quorum=2)[0]
+             for i in (1, 2, 3)]
+    wait_until("sentinels know 2 replicas and 2 other sentinels",
+               lambda: all(int(sentinel_field(p, name, "num-slaves") or 0) >= 2
+                           and int(sentinel_field(p, name, "num-other-sentinels") or 0) >= 2
+                           for p in sents),
+               timeout=30, procs=procs)
+    proxy_port, admin, _ = start_proxy(procs, work, binary, name, sents, name="f-proxy")
+    hap_port, _ = start_haproxy(procs, work, [n1, *replicas], name="f-haproxy")
+    via_proxy = open_sessions(proxy_port, sessions)
+    via_hap = open_sessions(hap_port, sessions)
+    sum0, count0 = fence_metric(admin)
+
+    t0 = time.monotonic()
+    ok = rcli(sents[0], "SENTINEL", "FAILOVER", name)
+    if ok != ["OK"]:
+        raise RuntimeError(f"SENTINEL FAILOVER: {ok}")
+    # Poll both sets until every session has ended (or 30 s): when did each side see its
+    # last session closed?
+    last_close = {"proxy": None, "haproxy": None}
+    alive = {"proxy": via_proxy, "haproxy": via_hap}
+    new_master = lambda: rcli(sents[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
+    announced, next_ask = None, 0.0
+    deadline = t0 + 30
+    while (any(alive.values()) or announced is None) and time.monotonic() < deadline:
+        if announced is None and time.monotonic() >= next_ask:
+            if new_master()[1:2] != [str(n1)]:
+                announced = time.monotonic() - t0
+            next_ask = time.monotonic() + 0.02
+        for k in alive:
+            if alive[k]:
+                alive[k] = still_open(alive[k])
+                if not alive[k]:
+                    last_close[k] = time.monotonic() - t0
+        time.sleep(0.001)
+    wait_until("the fence in /metrics", lambda: fence_metric(admin)[1] > count0, timeout=10)
+    sum1, count1 = fence_metric(admin)
+    if announced is None:
+        raise RuntimeError("no sentinel named a new master within 30 s")
+    hap_alive = still_open(alive["haproxy"])
+    readonly = None
+    if hap_alive:
+        s = hap_alive[0]
+        s.setblocking(True)
+        s.settimeout(2)
+        s.sendall(b"SET bench:after-failover 1\r\n")
+        readonly = s.recv(256).decode(errors="replace").strip()
+    for s in via_proxy + via_hap:
+        s.close()
+    return {
+        "sessions": sessions,
+        "fence_ms": (sum1 - sum0) / (count1 - count0) * 1000,
+        "proxy_last_close_s": last_close["proxy"],
+        "proxy_still_open": len(alive["proxy"]),
+        "haproxy_last_close_s": last_close["haproxy"],
+        "announced_s": announced,
+        "haproxy_still_open": len(alive["haproxy"]),
+        "haproxy_write_reply": readonly,
+    }
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -407,7 +557,7 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
-def write_report(out_dir, args, info, info_end, results, cpu, idle, scen):
+def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence):
     os.makedirs(out_dir, exist_ok=True)
     # Long format: one row per (scenario, test, target, round, metric).
     with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
@@ -423,6 +573,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen):
                 w.writerow([f"idle_{args.idle}", "", label, "", f"rss_kib_{k}", d[k]])
             w.writerow([f"idle_{args.idle}", "", label, "", "kib_per_session",
                         f"{(d['during'] - d['before']) / args.idle:.2f}"])
+        for k, v in (fence or {}).items():
+            w.writerow([f"fence_{fence['sessions']}", "", "", "", k, v])
 
     def vals(sid, test, target, key):
         return [r[key] for r in results
@@ -507,6 +659,34 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen):
             lines.append(
                 f"| {label} | {d['start'] / 1024:.1f} MiB | {d['before'] / 1024:.1f} MiB | "
                 f"{d['during'] / 1024:.1f} MiB | {per:.1f} KiB | {d['after'] / 1024:.1f} MiB |")
+    if fence:
+        lines += [
+            "",
+            f"## Fencing {fence['sessions']:,} open sessions across a `SENTINEL FAILOVER`",
+            "",
+            "3 nodes + 3 sentinels (quorum 2) on loopback; the same idle sessions through the "
+            "proxy and through HAProxy (canonical tcp-check on all three nodes). HAProxy's "
+            "sessions are closed by Redis itself: Sentinel sends `CLIENT KILL TYPE normal` to "
+            "each node it reconfigures.",
+            "",
+            "| what | measured |",
+            "|---|---|",
+            f"| proxy: fence, evidence → last session closed (`fence_duration_seconds`) | "
+            f"{fence['fence_ms']:.1f} ms |",
+            f"| `SENTINEL FAILOVER` → a sentinel names the new master | "
+            f"{fence['announced_s'] * 1000:.0f} ms |",
+        ]
+        for who, label in (("proxy", "proxy"), ("haproxy", "HAProxy")):
+            lc = fence[f"{who}_last_close_s"]
+            lines.append(
+                f"| {label}: `SENTINEL FAILOVER` → the client saw its last session closed | "
+                + (f"{lc * 1000:.0f} ms" if lc is not None else
+                   f"**{fence[who + '_still_open']:,} of {fence['sessions']:,} still open "
+                   "after 30 s**") + " |")
+        lines += [
+            f"| HAProxy: a `SET` on one of them | "
+            f"`{fence['haproxy_write_reply'] or '(none open)'}` |",
+        ]
     lines += [""]
     with open(os.path.join(out_dir, "latest.md"), "w") as f:
         f.write("\n".join(lines))
@@ -525,9 +705,11 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--idle", type=int)
+    ap.add_argument("--fence", type=int)
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
     args.rounds = args.rounds or (1 if args.quick else 5)
+    args.fence = args.fence if args.fence is not None else (100 if args.quick else 1000)
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
     # A middle box holds 2 fds per session; where the hard limit is below 2 x 10,000 (some
     # containers), open as many as fit, in hundreds, and say so in the report.
@@ -597,8 +779,14 @@ def main():
                                                  redis_info(master_port)).group(1)) < 100,
                            timeout=30)
 
+        fence = None
+        if args.fence > 0:
+            log(f"failover topology: fencing {args.fence} sessions")
+            fence = fence_scenario(procs, args.work, args.bin, args.fence)
+            log(f"fence: {fence}")
+
         info_end = machine(args.repo)
-        write_report(args.out, args, info, info_end, results, cpu, idle, scen)
+        write_report(args.out, args, info, info_end, results, cpu, idle, scen, fence)
         log(f"wrote {args.out}/latest.md and latest.csv")
         with open(os.path.join(args.out, "latest.md")) as f:
             sys.stdout.write(f.read())

@@ -8,6 +8,8 @@
 #   --keep      keep the work dir (logs, configs) instead of deleting it
 #   --rounds N  rounds of the interleaved runs (default 5, quick 1)
 #   --idle N    idle sessions to open through each middle box (default 10000, quick 500; 0 = skip)
+#   --fence N   sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology
+#               (default 1000, quick 100; 0 = skip)
 #   --out DIR   where latest.md and latest.csv go (default bench/results/)
 #
 # Installs redis-server/redis-sentinel/redis-tools and haproxy from Debian's packages if
@@ -26,11 +28,11 @@ while (($#)); do
     case $1 in
     --quick) quick=1; py_args+=(--quick) ;;
     --keep) keep=1 ;;
-    --rounds | --idle) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
+    --rounds | --idle | --fence) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
         py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
