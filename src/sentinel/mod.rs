@@ -26,6 +26,11 @@ use client::{join_host_port, role, MasterReport, Role, Sentinel, SentinelError, 
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
 /// Longest pause between reconnect attempts to a failing sentinel.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a master fenced for a failover stays unroutable when nothing says whether the
+/// failover finished or was abandoned (comfortably above an election plus promotion).
+const QUARANTINE: Duration = Duration::from_secs(30);
+/// A subscription that lasted this long resets its reconnect backoff.
+const SUBSCRIPTION_STABLE: Duration = Duration::from_secs(10);
 
 /// What a subscription task tells the watcher.
 #[derive(Debug)]
@@ -98,6 +103,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         previous: None,
         last_role: HashMap::new(),
         minority_since: None,
+        quarantine: None,
     };
     w.run(rx, shutdown).await;
 }
@@ -120,6 +126,17 @@ struct Watcher {
     last_role: HashMap<SocketAddr, &'static str>,
     /// Since when fewer than a majority of the sentinels answer.
     minority_since: Option<Instant>,
+    /// A master fenced for a failover, not to be re-installed meanwhile.
+    quarantine: Option<Quarantine>,
+}
+
+/// See [`Watcher::quarantined`].
+struct Quarantine {
+    announced: String,
+    config_epoch: u64,
+    /// The sentinel whose event or poll showed the failover.
+    sentinel: Option<usize>,
+    until: Instant,
 }
 
 enum Wake {
@@ -187,7 +204,7 @@ impl Watcher {
                 );
                 if let Some(cur) = self.route.current() {
                     if names(&master, &cur.announced, cur.addr) {
-                        self.fence(FenceReason::FailoverStarted, at);
+                        self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel));
                     }
                 }
                 return;
@@ -205,9 +222,55 @@ impl Watcher {
         );
         if let Some(cur) = self.route.current() {
             if names(&old, &cur.announced, cur.addr) {
-                self.fence(FenceReason::SwitchEvent, at);
+                self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel));
             }
         }
+    }
+
+    /// Fences the current master because a failover away from it is under way, and keeps it
+    /// from being re-installed on the word of sentinels that have not heard of the failover
+    /// yet (it still answers ROLE master until it is told to replicate): see `quarantined`.
+    fn fence_for_failover(&mut self, reason: FenceReason, since: Instant, sentinel: Option<usize>) {
+        if let Some(cur) = self.route.current() {
+            self.quarantine = Some(Quarantine {
+                announced: cur.announced.clone(),
+                config_epoch: cur.config_epoch,
+                sentinel,
+                until: Instant::now() + QUARANTINE,
+            });
+        }
+        self.fence(reason, since);
+    }
+
+    /// Whether `announced` is a master fenced for a failover that has neither completed (a
+    /// higher config-epoch) nor been abandoned (the sentinel running it names it again without
+    /// `failover_in_progress`), within `QUARANTINE`.
+    fn quarantined(
+        &mut self,
+        announced: &str,
+        reports: &[MasterReport],
+        reporters: &[usize],
+    ) -> bool {
+        let Some(q) = &self.quarantine else {
+            return false;
+        };
+        let newer = reports.iter().any(|r| r.config_epoch > q.config_epoch);
+        let abandoned = q.sentinel.is_some_and(|s| {
+            reports.iter().zip(reporters).any(|(r, i)| {
+                *i == s
+                    && r.announced() == q.announced
+                    && !r.flags.split(',').any(|f| f == "failover_in_progress")
+            })
+        });
+        let expired = Instant::now() >= q.until;
+        if newer || abandoned || expired {
+            if expired && !newer && !abandoned {
+                warn!(route = self.route.name(), master.announced = %q.announced, "no sign of the failover finishing or being abandoned; the fenced master may be routed to again");
+            }
+            self.quarantine = None;
+            return false;
+        }
+        q.announced == announced
     }
 
     /// Ends the current epoch and reports, in the background, when its last session closed.
@@ -260,11 +323,13 @@ impl Watcher {
         });
         let results = futures_util::future::join_all(queries).await;
         let mut reports: Vec<MasterReport> = Vec::new();
+        let mut reporters: Vec<usize> = Vec::new();
         for (i, result) in results.into_iter().enumerate() {
             match result {
                 Some(Ok(r)) => {
                     self.record_ok(i, &r);
                     reports.push(r);
+                    reporters.push(i);
                 }
                 Some(Err(e)) => self.record_err(i, e),
                 None => {}
@@ -316,21 +381,28 @@ impl Watcher {
         };
         // A sentinel that is failing over an address may promote a replica at any moment:
         // writes to that address from then on can be lost, so it is not routed to.
-        let failing_over: Vec<String> = reports
+        let failing_over: Vec<(usize, String)> = reports
             .iter()
-            .filter(|r| r.flags.split(',').any(|f| f == "failover_in_progress"))
-            .map(MasterReport::announced)
+            .zip(&reporters)
+            .filter(|(r, _)| r.flags.split(',').any(|f| f == "failover_in_progress"))
+            .map(|(r, i)| (*i, r.announced()))
             .collect();
         if let Some(cur) = &current {
-            if failing_over.contains(&cur.announced) {
-                self.fence(FenceReason::FailoverStarted, Instant::now());
+            // The newest config has moved on: fence before anything else.
+            if top.announced() != cur.announced {
+                self.fence(FenceReason::SentinelsNameOther, Instant::now());
+            } else if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
+                self.fence_for_failover(FenceReason::FailoverStarted, Instant::now(), Some(*i));
                 return self.fast_retry();
             }
         }
-        if failing_over.contains(&top.announced()) {
+        if failing_over.iter().any(|(_, a)| *a == top.announced()) {
             return self.fast_retry();
         }
-        if let Some(cur) = &current {
+        if self.quarantined(&top.announced(), &reports, &reporters) {
+            return self.fast_retry();
+        }
+        if let Some(cur) = self.route.current() {
             if top.announced() == cur.announced {
                 let checked = Instant::now();
                 return match self.verify(cur.addr, &cur.announced).await {
@@ -345,7 +417,6 @@ impl Watcher {
                     }
                 };
             }
-            self.fence(FenceReason::SentinelsNameOther, Instant::now());
         }
 
         let announced = top.announced();
@@ -425,7 +496,10 @@ impl Watcher {
     }
 
     fn fast_retry(&self) -> Duration {
-        (self.poll_interval / 4).clamp(Duration::from_millis(50), self.poll_interval)
+        (self.poll_interval / 4).clamp(
+            Duration::from_millis(50).min(self.poll_interval),
+            self.poll_interval,
+        )
     }
 
     /// `ROLE` of a candidate; `None` when it could not be asked.
@@ -578,7 +652,7 @@ async fn subscribe(
             info!(route = name, sentinel = %addr, "subscribed to +switch-master again");
         }
         failed_before = false;
-        backoff = Duration::from_millis(100);
+        let subscribed_at = Instant::now();
         route.update_sentinel(index, |s| s.subscribed = true);
         let _ = tx.try_send(Event::Hint);
 
@@ -617,6 +691,17 @@ async fn subscribe(
         route.update_sentinel(index, |s| s.subscribed = false);
         counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
         warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+        // A sentinel that accepts and then drops subscriptions must not get a reconnect loop
+        // (each resubscription also makes the watcher re-query).
+        backoff = if subscribed_at.elapsed() >= SUBSCRIPTION_STABLE {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
     }
 }
 
