@@ -316,6 +316,13 @@ fn build(
     check_positive(timeout, "sentinel.timeout", &invalid)?;
     let on_minority = sentinel.on_minority.unwrap_or_default();
     let minority_grace = sentinel.minority_grace.unwrap_or(Duration::from_secs(5));
+    check_range(
+        minority_grace,
+        Duration::ZERO,
+        MAX_DURATION,
+        "sentinel.minority_grace",
+        &invalid,
+    )?;
 
     let mut file_routes = file.routes;
     if file_routes.is_empty() {
@@ -359,15 +366,36 @@ fn build(
                     .to_string(),
             ));
         }
-        for a in &addresses {
+        for (j, a) in addresses.iter().enumerate() {
             parse_host_port(a).map_err(|m| invalid("sentinel.addresses", m))?;
+            // A sentinel listed twice would get two votes and could make a majority alone.
+            if addresses[..j].contains(a) {
+                return Err(invalid(
+                    "sentinel.addresses",
+                    format!("{a} is listed twice; each sentinel must appear once"),
+                ));
+            }
         }
         let hold_timeout = r.hold_timeout.unwrap_or(Duration::from_secs(10));
+        check_range(
+            hold_timeout,
+            Duration::ZERO,
+            MAX_DURATION,
+            &key("hold_timeout"),
+            &invalid,
+        )?;
         let connect_timeout = r.connect_timeout.unwrap_or(Duration::from_secs(1));
         let keepalive = r.keepalive.unwrap_or(Duration::from_secs(15));
         let tcp_user_timeout = r.tcp_user_timeout.unwrap_or(Duration::from_secs(30));
         check_positive(connect_timeout, &key("connect_timeout"), &invalid)?;
-        check_positive(keepalive, &key("keepalive"), &invalid)?;
+        // Linux takes keepalive times in whole seconds, at most 32767 (TCP_KEEPIDLE).
+        check_range(
+            keepalive,
+            Duration::from_secs(1),
+            Duration::from_secs(32767),
+            &key("keepalive"),
+            &invalid,
+        )?;
         check_positive(tcp_user_timeout, &key("tcp_user_timeout"), &invalid)?;
         let max_connections = r.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
@@ -409,6 +437,14 @@ fn build(
         }
     }
 
+    let shutdown_grace = file.shutdown_grace.unwrap_or(Duration::from_secs(10));
+    check_range(
+        shutdown_grace,
+        Duration::ZERO,
+        MAX_DURATION,
+        "shutdown_grace",
+        &invalid,
+    )?;
     let admin_listen = overrides
         .admin
         .or(file.admin.listen)
@@ -421,7 +457,7 @@ fn build(
     }
     Ok(Config {
         admin_listen,
-        shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        shutdown_grace,
         routes,
     })
 }
@@ -431,10 +467,34 @@ fn check_positive(
     key: &str,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
-    if d.is_zero() {
+    check_range(d, Duration::from_nanos(1), MAX_DURATION, key, invalid)
+}
+
+/// Longest duration any key accepts: far above any sane setting, far below what would
+/// overflow `Instant` arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn check_range(
+    d: Duration,
+    min: Duration,
+    max: Duration,
+    key: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if d < min || d > max {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let low = if min <= Duration::from_nanos(1) {
+            "above zero".to_string()
+        } else {
+            format!("of at least {}", show(min))
+        };
         return Err(invalid(
             key,
-            "expected a duration above zero, e.g. \"1s\"".into(),
+            format!(
+                "expected a duration {low} and at most {}, got {}",
+                show(max),
+                show(d)
+            ),
         ));
     }
     Ok(())
@@ -444,7 +504,12 @@ fn check_positive(
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let expected = || format!("expected HOST:PORT, got {s:?}");
     let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').ok_or_else(expected)?,
+        // An IPv6 literal must be bracketed, or its last group would pass for the port.
+        None if host.contains(':') || host.contains(']') => return Err(expected()),
+        None => host,
+    };
     if host.is_empty() {
         return Err(expected());
     }
@@ -520,6 +585,17 @@ mod tests {
     }
 
     #[test]
+    fn ranges_and_duplicates() {
+        let e =
+            parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nkeepalive=\"500ms\"\n").unwrap_err();
+        assert!(e.to_string().contains("route[0].keepalive"), "{e}");
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\ntimeout=\"100000d\"\n").unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        let e = parse("[sentinel]\naddresses=[\"a:1\", \"a:1\"]\n").unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+    }
+
+    #[test]
     fn minority_policy() {
         let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
         assert_eq!(c.routes[0].sentinel.on_minority, MinorityPolicy::Keep);
@@ -542,5 +618,7 @@ mod tests {
         assert_eq!(parse_host_port("[::1]:5").unwrap(), ("::1".into(), 5));
         assert!(parse_host_port("x:0").is_err());
         assert!(parse_host_port(":5").is_err());
+        assert!(parse_host_port("fe80::1").is_err());
+        assert!(parse_host_port("[::1").is_err());
     }
 }
