@@ -324,6 +324,8 @@ impl Route {
             master: old.addr.to_string(),
         });
         gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
+        gauge!(m::MASTER_INFO, "route" => self.name().to_string(), "addr" => old.addr.to_string())
+            .set(0.0);
         self.changed.notify_waiters();
         Some(old)
     }

@@ -87,17 +87,22 @@ async fn serve(
             }
         }
         let guard = master.session_guard();
+        // Fenced between `current()` and the guard: the fence may not wait for this session,
+        // so it must not even send a SYN.
+        if master.fenced().is_cancelled() {
+            continue;
+        }
         let attempt = tokio::select! {
-            r = connect(master.addr, &route.config) => Some(r),
+            biased;
             _ = master.fenced().cancelled() => None,
-            _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
+            r = connect(master.addr, &route.config) => Some(r),
         };
         match attempt {
             // Fenced while connecting: never use a connection of an ended epoch.
             None => continue,
             Some(Ok(conn)) if !master.fenced().is_cancelled() => break Ok((master, guard, conn)),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => {
+            Some(Err(ConnectError::Master(e))) => {
                 counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
                     .increment(1);
                 debug!(master.addr = %master.addr, error = %e, "connect to master failed; holding client");
@@ -105,6 +110,24 @@ async fn serve(
                 // master: no session connects again before `ROLE` says master once more.
                 master.connect_failed(Instant::now());
                 route.request_recheck();
+            }
+            Some(Err(ConnectError::Local(e))) => {
+                // Out of descriptors or the like: nothing to do with the master, so do not
+                // distrust it; hold this client and try again shortly.
+                debug!(error = %e, "cannot open a socket to the master; holding client");
+                held.get_or_insert_with(|| HeldGuard::new(&route));
+                let gone = tokio::select! {
+                    _ = tokio::time::sleep(LOCAL_RETRY) => false,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                    _ = client_gone(&client) => true,
+                    _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
+                };
+                if gone {
+                    break Err(HoldEnd::ClientGone);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break Err(HoldEnd::Rejected(Rejected::HoldTimeout));
+                }
             }
         }
     };
@@ -172,20 +195,38 @@ async fn client_gone(client: &TcpStream) {
     }
 }
 
+/// A failed connect: the master's fault (refused, timed out) or ours (no descriptors, a
+/// socket option the kernel rejects).
+enum ConnectError {
+    Master(io::Error),
+    Local(io::Error),
+}
+
+/// Pause before retrying after a local error (e.g. EMFILE).
+const LOCAL_RETRY: Duration = Duration::from_millis(100);
+
 /// Connects to the verified master with a timeout, TCP_NODELAY, keepalive and
 /// TCP_USER_TIMEOUT, so a partitioned master cannot hang a session forever.
-async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> io::Result<TcpStream> {
+async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> Result<TcpStream, ConnectError> {
     let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
+        TcpSocket::new_v4()
     } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_keepalive(true)?;
+        TcpSocket::new_v6()
+    }
+    .and_then(|s| s.set_keepalive(true).map(|_| s))
+    .map_err(ConnectError::Local)?;
     let stream = tokio::time::timeout(cfg.connect_timeout, socket.connect(addr))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+        .and_then(|r| r)
+        .map_err(ConnectError::Master)?;
+    socket_options(&stream, cfg).map_err(ConnectError::Local)?;
+    Ok(stream)
+}
+
+fn socket_options(stream: &TcpStream, cfg: &RouteConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let sock = SockRef::from(&stream);
+    let sock = SockRef::from(stream);
     let interval = (cfg.keepalive / 3).max(Duration::from_secs(1));
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
@@ -195,7 +236,7 @@ async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> io::Result<TcpStream> {
     )?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     sock.set_tcp_user_timeout(Some(cfg.tcp_user_timeout))?;
-    Ok(stream)
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
