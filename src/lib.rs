@@ -122,7 +122,7 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(listen = %admin_addr, "admin server listening");
-    let admin = tokio::spawn(admin::serve(
+    let mut admin = tokio::spawn(admin::serve(
         listeners.admin,
         admin::AdminState {
             routes,
@@ -154,6 +154,12 @@ pub async fn run(
         warn!(sessions = tasks.len(), "sessions did not close in time");
     }
     stop_background.cancel();
-    let _ = admin.await;
+    // A scraper holding a half-sent request must not keep the process alive.
+    if tokio::time::timeout(Duration::from_secs(1), &mut admin)
+        .await
+        .is_err()
+    {
+        admin.abort();
+    }
     info!("shutdown complete");
 }

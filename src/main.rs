@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_NO_MASTER)
         };
     }
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listeners = match bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -83,7 +83,10 @@ fn main() -> ExitCode {
         tokio::spawn(signals(shutdown.clone()));
         run(config, listeners, install_metrics(), shutdown).await;
         ExitCode::SUCCESS
-    })
+    });
+    // A DNS lookup still running on a blocking thread must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// First SIGTERM/SIGINT: drain (stop accepting, let sessions finish within the grace period).
