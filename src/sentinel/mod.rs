@@ -403,7 +403,17 @@ impl Watcher {
             return self.fast_retry();
         }
         if let Some(cur) = self.route.current() {
-            if top.announced() == cur.announced {
+            // A master announced by name may move to another address under the same name
+            // (a rescheduled pod): look the name up again and treat a new address as a new
+            // master.
+            let moved = top.host.parse::<std::net::IpAddr>().is_err()
+                && client::resolve(&top.host, top.port, self.timeouts.timeout)
+                    .await
+                    .is_ok_and(|a| a != cur.addr);
+            if moved {
+                info!(route = self.route.name(), master.announced = %cur.announced, master.addr = %cur.addr, "the master's name resolves to another address now");
+                self.fence(FenceReason::SentinelsNameOther, Instant::now());
+            } else if top.announced() == cur.announced {
                 let checked = Instant::now();
                 return match self.verify(cur.addr, &cur.announced).await {
                     Some(Role::Master) => {
