@@ -68,20 +68,31 @@ async fn serve(
             Some(m) => m,
             None => {
                 held.get_or_insert_with(|| HeldGuard::new(&route));
-                let waited = tokio::select! {
-                    m = route.wait_for_master(deadline) => m.ok_or(HoldEnd::Rejected(Rejected::HoldTimeout)),
-                    _ = client_gone(&client) => Err(HoldEnd::ClientGone),
-                    _ = shutdown.drain.cancelled() => Err(HoldEnd::Rejected(Rejected::Shutdown)),
-                };
-                match waited {
-                    Ok(m) => m,
+                match hold(
+                    route.wait_for_master(deadline),
+                    &client,
+                    &shutdown,
+                    deadline,
+                )
+                .await
+                {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break Err(HoldEnd::Rejected(Rejected::HoldTimeout)),
                     Err(end) => break Err(end),
                 }
             }
         };
         if !master.is_trusted() {
+            // Wait for a fresh ROLE confirmation, or for the route to move on.
             held.get_or_insert_with(|| HeldGuard::new(&route));
-            match recheck(&master, &route, &client, &shutdown, deadline).await {
+            let settled = async {
+                tokio::select! {
+                    _ = master.trusted() => {}
+                    _ = master.fenced().cancelled() => {}
+                    _ = route.changed() => {}
+                }
+            };
+            match hold(settled, &client, &shutdown, deadline).await {
                 Ok(()) => continue,
                 Err(end) => break Err(end),
             }
@@ -116,17 +127,9 @@ async fn serve(
                 // distrust it; hold this client and try again shortly.
                 debug!(error = %e, "cannot open a socket to the master; holding client");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
-                let gone = tokio::select! {
-                    _ = tokio::time::sleep(LOCAL_RETRY) => false,
-                    _ = tokio::time::sleep_until(deadline) => false,
-                    _ = client_gone(&client) => true,
-                    _ = shutdown.drain.cancelled() => break Err(HoldEnd::Rejected(Rejected::Shutdown)),
-                };
-                if gone {
-                    break Err(HoldEnd::ClientGone);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break Err(HoldEnd::Rejected(Rejected::HoldTimeout));
+                let retry = tokio::time::sleep(LOCAL_RETRY);
+                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
+                    break Err(end);
                 }
             }
         }
@@ -163,22 +166,19 @@ async fn serve(
     debug!(reason = reason.as_str(), "session closed");
 }
 
-/// Holds a client while `master` waits for a fresh `ROLE` confirmation; `Ok` when it is worth
-/// looking at the route again (confirmed, fenced, or a new master).
-async fn recheck(
-    master: &Master,
-    route: &Route,
+/// Holds the client until `until` resolves, unless the hold ends first: the deadline passes,
+/// the client goes away, or shutdown starts.
+async fn hold<T>(
+    until: impl std::future::Future<Output = T>,
     client: &TcpStream,
     shutdown: &Shutdown,
     deadline: tokio::time::Instant,
-) -> Result<(), HoldEnd> {
+) -> Result<T, HoldEnd> {
     if tokio::time::Instant::now() >= deadline {
         return Err(HoldEnd::Rejected(Rejected::HoldTimeout));
     }
     tokio::select! {
-        _ = master.trusted() => Ok(()),
-        _ = master.fenced().cancelled() => Ok(()),
-        _ = route.changed() => Ok(()),
+        v = until => Ok(v),
         _ = tokio::time::sleep_until(deadline) => Err(HoldEnd::Rejected(Rejected::HoldTimeout)),
         _ = client_gone(client) => Err(HoldEnd::ClientGone),
         _ = shutdown.drain.cancelled() => Err(HoldEnd::Rejected(Rejected::Shutdown)),
