@@ -18,6 +18,8 @@ struct Outcome {
     gap: Duration,
     fence_reason: String,
     fence_after_cut: Option<Duration>,
+    /// Writes sent more than 4 s after the cut that the old master took.
+    late_on_old: usize,
 }
 
 fn minority(policy: &'static str, min_replicas: bool) -> Option<Outcome> {
@@ -125,6 +127,7 @@ fn minority(policy: &'static str, min_replicas: bool) -> Option<Outcome> {
         acked: report.acked(),
         lost: lost.len(),
         after_fence: report.reached_after(&on_old, fence_unix),
+        late_on_old: report.reached_after(&on_old, cut_wall + Duration::from_secs(4)),
         gap: report.longest_gap(),
         fence_reason: fence["reason"].as_str().unwrap_or("").to_string(),
         fence_after_cut,
@@ -153,6 +156,10 @@ fn minority_side_keep_serves_the_old_master_and_loses_its_writes() {
     };
     report("keep", false, &o);
     assert!(
+        o.late_on_old > 0,
+        "keep should still write to the old master"
+    );
+    assert!(
         o.lost > 0,
         "keep should have served (and lost) writes on the old master"
     );
@@ -164,6 +171,8 @@ fn minority_side_keep_with_min_replicas_to_write_bounds_the_loss() {
         return;
     };
     report("keep", true, &o);
+    // min-replicas-max-lag is 2 s: by 4 s after the cut the old master refuses every write.
+    assert_eq!(o.late_on_old, 0, "the isolated master kept taking writes");
 }
 
 #[test]
