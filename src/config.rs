@@ -112,6 +112,20 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The routes; at least one.
     pub routes: Vec<RouteConfig>,
+    /// Session threads and their placement.
+    pub runtime: RuntimeConfig,
+}
+
+/// How many threads carry sessions, and whether each is pinned to one CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Session threads; each runs its own event loop and owns the sessions it is given.
+    /// Resolved: never 0 (0 in the file means one per CPU this process may use).
+    pub threads: usize,
+    /// Pin session thread `i` to the `i`-th CPU this process may use.
+    pub pin_threads: bool,
+    /// A session thread yields the CPU once before it sleeps waiting for network events.
+    pub yield_before_sleep: bool,
 }
 
 /// One route: a listen address bound to a sentinel master name.
@@ -180,6 +194,16 @@ struct FileConfig {
     sentinel: FileSentinel,
     #[serde(default, rename = "route")]
     routes: Vec<FileRoute>,
+    #[serde(default)]
+    runtime: FileRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRuntime {
+    threads: Option<usize>,
+    pin_threads: Option<bool>,
+    yield_before_sleep: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,7 +420,14 @@ fn build(
             &key("keepalive"),
             &invalid,
         )?;
-        check_positive(tcp_user_timeout, &key("tcp_user_timeout"), &invalid)?;
+        // The kernel takes milliseconds; less would round to 0, which turns the timeout off.
+        check_range(
+            tcp_user_timeout,
+            Duration::from_millis(1),
+            MAX_DURATION,
+            &key("tcp_user_timeout"),
+            &invalid,
+        )?;
         let max_connections = r.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             return Err(invalid(
@@ -455,10 +486,25 @@ fn build(
             format!("{admin_listen} is also a route's listen address"),
         ));
     }
+    let threads = match file.runtime.threads.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > MAX_THREADS => {
+            return Err(invalid(
+                "runtime.threads",
+                format!("expected 0 (one per CPU) to {MAX_THREADS}, got {n}"),
+            ))
+        }
+        n => n,
+    };
     Ok(Config {
         admin_listen,
         shutdown_grace,
         routes,
+        runtime: RuntimeConfig {
+            threads,
+            pin_threads: file.runtime.pin_threads.unwrap_or(false),
+            yield_before_sleep: file.runtime.yield_before_sleep.unwrap_or(true),
+        },
     })
 }
 
@@ -469,6 +515,9 @@ fn check_positive(
 ) -> Result<(), ConfigError> {
     check_range(d, Duration::from_nanos(1), MAX_DURATION, key, invalid)
 }
+
+/// Most session threads `runtime.threads` accepts.
+const MAX_THREADS: usize = 1024;
 
 /// Longest duration any key accepts: far above any sane setting, far below what would
 /// overflow `Instant` arithmetic.
@@ -593,6 +642,18 @@ mod tests {
         assert!(e.to_string().contains("at most"), "{e}");
         let e = parse("[sentinel]\naddresses=[\"a:1\", \"a:1\"]\n").unwrap_err();
         assert!(e.to_string().contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn runtime_threads() {
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
+        assert!(c.runtime.threads >= 1);
+        assert!(!c.runtime.pin_threads);
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nthreads=3\npin_threads=true\n")
+            .unwrap();
+        assert_eq!((c.runtime.threads, c.runtime.pin_threads), (3, true));
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nthreads=5000\n").unwrap_err();
+        assert!(e.to_string().contains("runtime.threads"), "{e}");
     }
 
     #[test]

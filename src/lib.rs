@@ -14,6 +14,7 @@ pub mod sentinel;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
+pub use proxy::workers::Workers;
 pub use proxy::Shutdown;
 
 /// The sockets a configuration needs, bound before [`run`] (so tests can bind port 0 and
@@ -84,15 +86,18 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 }
 
 /// Runs the proxy until `shutdown.drain` is cancelled, then stops accepting, lets sessions
-/// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest and returns.
+/// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest, stops the
+/// session threads and returns. Sessions run on `workers` (see [`Workers::start`]).
 pub async fn run(
     config: Config,
     listeners: Listeners,
+    workers: Workers,
     metrics: Option<PrometheusHandle>,
     shutdown: Shutdown,
 ) {
     let tasks = TaskTracker::new();
     let stop_background = CancellationToken::new();
+    let workers = Arc::new(workers);
     let mut routes = Vec::new();
     for (rc, listener) in config.routes.iter().cloned().zip(listeners.routes) {
         let route = route::Route::new(rc);
@@ -111,6 +116,7 @@ pub async fn run(
         tasks.spawn(proxy::listener::serve(
             listener,
             route.clone(),
+            workers.clone(),
             tasks.clone(),
             shutdown.clone(),
         ));
@@ -154,6 +160,10 @@ pub async fn run(
         warn!(sessions = tasks.len(), "sessions did not close in time");
     }
     stop_background.cancel();
+    // The accept loops (the other owners) have ended with the tasks above.
+    if let Some(workers) = Arc::into_inner(workers) {
+        workers.stop(Duration::from_secs(2)).await;
+    }
     // A scraper holding a half-sent request must not keep the process alive.
     if tokio::time::timeout(Duration::from_secs(1), &mut admin)
         .await

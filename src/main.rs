@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use redis_failover_proxy::config::{Cli, Command, Config};
-use redis_failover_proxy::{bind, check, install_metrics, run, Shutdown};
+use redis_failover_proxy::{bind, check, install_metrics, run, Shutdown, Workers};
 use tracing_subscriber::EnvFilter;
 
 /// Bad command line or configuration (sysexits EX_USAGE).
@@ -51,7 +51,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: watchers, accept loops, admin server. Sessions run on their own
+    // threads (`Workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -79,9 +81,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        let workers = match Workers::start(config.runtime) {
+            Ok(w) => w,
+            Err(e) => {
+                complain(format_args!("cannot start the session threads: {e}"));
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let shutdown = Shutdown::default();
         tokio::spawn(signals(shutdown.clone()));
-        run(config, listeners, install_metrics(), shutdown).await;
+        run(config, listeners, workers, install_metrics(), shutdown).await;
         ExitCode::SUCCESS
     });
     // A DNS lookup still running on a blocking thread must not hold up the exit.

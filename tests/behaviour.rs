@@ -333,3 +333,96 @@ fn a_master_announced_by_hostname_is_resolved_and_verified() {
         master.port
     );
 }
+
+/// `runtime.threads` and `runtime.pin_threads`: sessions spread over the session threads
+/// (the least-loaded one takes each new client), and each thread is pinned to its own CPU.
+#[test]
+fn sessions_spread_over_pinned_session_threads() {
+    let Some((_t, proxy)) = ready_lab(
+        Topology::single,
+        ProxyOpts {
+            runtime_extra: "threads = 2\npin_threads = true",
+            ..ProxyOpts::default()
+        },
+    ) else {
+        return;
+    };
+    let threads = session_threads(proxy.pid());
+    assert_eq!(threads.len(), 2, "session threads: {threads:?}");
+    let before: Vec<u64> = threads.iter().map(|t| t.cpu_ns()).collect();
+
+    // Four clients open at once: two per thread. Each does enough round trips that a thread
+    // that carries any of them shows CPU time.
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(proxy.port)).collect();
+    for i in 0..2_000 {
+        for c in &mut clients {
+            assert_eq!(c.cmd(&["SET", "k", &i.to_string()]).unwrap(), "+OK");
+        }
+    }
+    for (t, b) in threads.iter().zip(&before) {
+        assert!(
+            t.cpu_ns() > *b,
+            "{} did no work: sessions were not spread",
+            t.name
+        );
+    }
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed: Vec<String> = threads.iter().map(|t| t.cpus_allowed()).collect();
+    if cpus < 2 {
+        eprintln!("skipping the pinning check: this machine has {cpus} CPU");
+        return;
+    }
+    for a in &allowed {
+        assert!(
+            a.parse::<u32>().is_ok(),
+            "a session thread is not pinned to one CPU: {a:?}"
+        );
+    }
+    assert_ne!(
+        allowed[0], allowed[1],
+        "both session threads pinned to one CPU"
+    );
+}
+
+#[derive(Debug)]
+struct Task {
+    name: String,
+    dir: std::path::PathBuf,
+}
+
+impl Task {
+    /// Time on CPU (ns) from the task's schedstat.
+    fn cpu_ns(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn cpus_allowed(&self) -> String {
+        let status = std::fs::read_to_string(self.dir.join("status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
+fn session_threads(pid: u32) -> Vec<Task> {
+    let mut tasks: Vec<Task> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
+            name.starts_with("session-").then_some(Task { name, dir })
+        })
+        .collect();
+    tasks.sort_by(|a, b| a.name.cmp(&b.name));
+    tasks
+}

@@ -12,14 +12,17 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
+use super::workers::Workers;
 use super::{session, Shutdown};
 use crate::metrics::{self as m, Rejected};
 use crate::route::Route;
 
-/// Accepts clients of `route` on `listener` until `shutdown.drain`; spawns sessions on `tasks`.
+/// Accepts clients of `route` on `listener` until `shutdown.drain`; spawns sessions on `tasks`,
+/// each on the least-loaded session thread of `workers`.
 pub async fn serve(
     listener: TcpListener,
     route: Arc<Route>,
+    workers: Arc<Workers>,
     tasks: TaskTracker,
     shutdown: Shutdown,
 ) {
@@ -67,13 +70,28 @@ pub async fn serve(
             drop(client);
             continue;
         };
-        tasks.spawn(session::run(
-            client,
-            peer,
-            route.clone(),
-            permit,
-            shutdown.clone(),
-        ));
+        // Off this runtime's epoll; the session registers it on its own thread's.
+        let client = match client.into_std() {
+            Ok(c) => c,
+            Err(e) => {
+                counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => "other")
+                    .increment(1);
+                debug!(route = route.name(), client.addr = %peer, error = %e, "cannot hand the client to a session thread; closing it");
+                continue;
+            }
+        };
+        let slot = workers.pick();
+        tasks.spawn_on(
+            session::run(
+                client,
+                peer,
+                route.clone(),
+                permit,
+                slot.load,
+                shutdown.clone(),
+            ),
+            &slot.handle,
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod listener;
 pub mod session;
+pub mod workers;
 
 use tokio_util::sync::CancellationToken;
 

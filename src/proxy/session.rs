@@ -6,17 +6,19 @@
 //! replica, must not get the clients that were waiting for it.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::{counter, Counter};
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, Instrument};
 
+use super::workers::LoadGuard;
 use super::Shutdown;
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, Rejected};
@@ -28,10 +30,11 @@ const BUF_SIZE: usize = 16 * 1024;
 
 /// Serves one accepted client until it, its master or its epoch ends.
 pub async fn run(
-    client: TcpStream,
+    client: std::net::TcpStream,
     peer: SocketAddr,
     route: Arc<Route>,
     permit: OwnedSemaphorePermit,
+    load: LoadGuard,
     shutdown: Shutdown,
 ) {
     let span = tracing::debug_span!(
@@ -41,6 +44,17 @@ pub async fn run(
         master.addr = field::Empty,
         epoch = field::Empty,
     );
+    let _load = load;
+    // Registers the socket with this session thread's event loop.
+    let client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => "other")
+                .increment(1);
+            debug!(route = route.name(), client.addr = %peer, error = %e, "cannot register the client; closing it");
+            return;
+        }
+    };
     serve(client, route, permit, shutdown)
         .instrument(span)
         .await
@@ -213,7 +227,6 @@ async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> Result<TcpStream, Conne
     } else {
         TcpSocket::new_v6()
     }
-    .and_then(|s| s.set_keepalive(true).map(|_| s))
     .map_err(ConnectError::Local)?;
     let stream = tokio::time::timeout(cfg.connect_timeout, socket.connect(addr))
         .await
@@ -228,11 +241,13 @@ fn socket_options(stream: &TcpStream, cfg: &RouteConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = SockRef::from(stream);
     let interval = (cfg.keepalive / 3).max(Duration::from_secs(1));
+    // Turns SO_KEEPALIVE on too. No probe count: with TCP_USER_TIMEOUT set, that timeout
+    // decides when unanswered probes end the connection (tcp(7)), so TCP_KEEPCNT would be
+    // one more syscall per session for nothing.
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(cfg.keepalive)
-            .with_interval(interval)
-            .with_retries(3),
+            .with_interval(interval),
     )?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     sock.set_tcp_user_timeout(Some(cfg.tcp_user_timeout))?;
@@ -283,6 +298,17 @@ async fn splice(
         match result {
             Ok(()) => {
                 first_eof.get_or_insert(side);
+                // Pass the half-close on while the other direction still flows; once both
+                // ended, dropping the sockets sends the FINs (one syscall less per session).
+                if !(c2m_done && m2c_done) {
+                    let to = if side == Side::Client {
+                        master_conn
+                    } else {
+                        client
+                    };
+                    // The peer may already be gone; then the other direction reports it.
+                    let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                }
             }
             Err(Side::Client) => return Closed::ClientError,
             Err(Side::Master) => return Closed::MasterError,
@@ -315,8 +341,30 @@ enum Step {
     WriteFailed,
 }
 
-/// Copies `from` -> `to` until EOF (then shuts down writing to `to`); the error names the side
-/// that failed.
+/// Reads what `from` has into `buf`. A short read (fewer bytes than `buf` holds) means the
+/// socket's receive queue is empty, so it also clears the read readiness, as a `WouldBlock`
+/// would: the next `readable()` waits for the next edge instead of costing a `recv` that
+/// fails with `EAGAIN` (one syscall per direction per request; HAProxy trusts short reads the
+/// same way). Tokio clears only if no new event arrived meanwhile, and keeps a seen EOF.
+/// `WouldBlock` is returned only when nothing was read.
+fn read_drain(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    let cap = buf.len();
+    let r = from.try_io(Interest::READABLE, || {
+        got = (&*SockRef::from(from)).read(buf)?;
+        if got > 0 && got < cap {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match r {
+        Err(e) if got == 0 => Err(e),
+        _ => Ok(got),
+    }
+}
+
+/// Copies `from` -> `to` until EOF from `from`; the error names the side that failed.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -329,10 +377,9 @@ async fn pump(
         from.readable().await.map_err(|_| from_side)?;
         let step = SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
-            let n = match from.try_read(&mut buf) {
+            let n = match read_drain(from, &mut buf) {
                 Ok(0) => return Step::Eof,
                 Ok(n) => n,
-                // Readiness stays set after a successful read; this clears it.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Forwarded,
                 Err(_) => return Step::ReadFailed,
             };
@@ -350,11 +397,7 @@ async fn pump(
         });
         match step {
             Step::Forwarded => {}
-            Step::Eof => {
-                // The peer may already be gone; then the other direction reports it.
-                let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(());
-            }
+            Step::Eof => return Ok(()),
             Step::ReadFailed => return Err(from_side),
             Step::WriteFailed => return Err(to_side),
             Step::Backlogged => {

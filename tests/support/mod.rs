@@ -650,6 +650,8 @@ pub struct ProxyOpts {
     pub route_extra: &'static str,
     /// Extra lines for the `[sentinel]` table, e.g. `on_minority = "fence"`.
     pub sentinel_extra: &'static str,
+    /// Lines for a `[runtime]` table, e.g. `threads = 2`.
+    pub runtime_extra: &'static str,
 }
 
 impl Default for ProxyOpts {
@@ -663,6 +665,7 @@ impl Default for ProxyOpts {
             nofile: None,
             route_extra: "",
             sentinel_extra: "",
+            runtime_extra: "",
         }
     }
 }
@@ -693,7 +696,8 @@ impl Proxy {
             format!(
                 "shutdown_grace = \"{}\"\n[admin]\nlisten = \"{ip}:{admin}\"\n\
                  [sentinel]\naddresses = [{}]\npoll_interval = \"{}\"\ntimeout = \"500ms\"\n{}\n\
-                 [[route]]\nmaster = \"{}\"\nlisten = \"{ip}:{port}\"\nhold_timeout = \"{}\"\nmax_connections = {}\n{}\n",
+                 [[route]]\nmaster = \"{}\"\nlisten = \"{ip}:{port}\"\nhold_timeout = \"{}\"\nmax_connections = {}\n{}\n\
+                 [runtime]\n{}\n",
                 o.shutdown_grace,
                 sentinels.join(", "),
                 o.poll_interval,
@@ -702,6 +706,7 @@ impl Proxy {
                 o.hold_timeout,
                 o.max_connections,
                 o.route_extra,
+                o.runtime_extra,
             ),
         )
         .expect("proxy.toml");
