@@ -11,6 +11,7 @@ waited on, so the caller's trap can kill it even after a SIGKILL of this script.
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import re
@@ -20,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -75,6 +77,36 @@ class Procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see {self.work}/{name}.log")
 
+    def _take(self, name):
+        for i, (n, p) in enumerate(self.procs):
+            if n == name:
+                del self.procs[i]
+                return p
+        raise KeyError(name)
+
+    def kill9(self, name):
+        """SIGKILL, as a crash would do it. From then on the process no longer counts as one
+        that must be alive (check_alive)."""
+        p = self._take(name)
+        p.kill()
+        p.wait()
+
+    def wait_exit(self, name, timeout):
+        """Waits for a process that ends by itself; returns its exit status."""
+        p = self._take(name)
+        try:
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise RuntimeError(
+                f"{name} still running after {timeout:.0f}s; see {self.work}/{name}.log") from None
+
+    def stop_prefix(self, prefix):
+        """Stops every process whose name starts with `prefix`, newest first."""
+        for n in [n for n, _ in reversed(self.procs) if n.startswith(prefix)]:
+            self.stop(n)
+
     def stop(self, name=None):
         keep = []
         for n, p in reversed(self.procs):
@@ -112,12 +144,18 @@ def wait_until(what, pred, timeout=20.0, procs=None):
     raise RuntimeError(f"timed out after {timeout}s waiting for {what} (last error: {last_err})")
 
 
-def redis_cmd(port, *args, timeout=2.0):
-    """Sends one command (RESP array), returns the first reply line (or bulk line) as str."""
+def resp_command(*args):
+    """A command as a RESP array of bulk strings."""
     payload = f"*{len(args)}\r\n".encode()
     for a in args:
         b = str(a).encode()
         payload += b"$%d\r\n%s\r\n" % (len(b), b)
+    return payload
+
+
+def redis_cmd(port, *args, timeout=2.0):
+    """Sends one command (RESP array), returns the first reply line (or bulk line) as str."""
+    payload = resp_command(*args)
     with socket.create_connection((HOST, port), timeout=timeout) as s:
         s.sendall(payload)
         data = b""
@@ -158,6 +196,22 @@ def fd_limit():
     import resource
 
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def fd_limit_is_hard():
+    """Whether the soft limit already is the hard one (run.sh could not raise it further)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft == hard
+
+
+def sessions_within_fd_limit(limit):
+    """The most sessions a middle box can hold under an fd limit: 2 fds per session (client
+    side and master side) plus its own listeners, health checks, sentinel connections, epoll
+    and stdio, under 64 for both the proxy and HAProxy here (HAProxy refuses to start if
+    2 x maxconn plus its own does not fit)."""
+    return (limit - 64) // 2
 
 
 def rss_kib(pid):
@@ -217,13 +271,14 @@ def start_sentinel(procs, work, name, master_name, master_port, down_after_ms, q
     return port, p
 
 
-def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy"):
+def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra=""):
+    """`route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`."""
     listen = free_port()
     admin = free_port()
     conf = os.path.join(work, f"{name}.toml")
     with open(conf, "w") as f:
         # Only what the flags cannot say: room for the 10,000 idle sessions and the churn.
-        f.write("[[route]]\nmax_connections = 50000\n")
+        f.write("[[route]]\nmax_connections = 50000\n" + route_extra)
     argv = [binary, "--config", conf, "--listen", f"{HOST}:{listen}",
             "--admin", f"{HOST}:{admin}", "--master", master_name]
     for s in sentinel_ports:
@@ -242,9 +297,9 @@ def start_haproxy(procs, work, node_ports, name="haproxy"):
         f"    server node{i + 1} {HOST}:{p} check inter 1s" for i, p in enumerate(node_ports)
     )
     cfg = os.path.join(work, f"{name}.cfg")
-    stats = os.path.join(work, f"{name}.sock")
+    stats = haproxy_stats_path(work, name)
     # HAProxy refuses to start if the fd limit cannot hold 2 fds per connection.
-    maxconn = min(60000, (fd_limit() - 100) // 2)
+    maxconn = min(60000, sessions_within_fd_limit(fd_limit()))
     with open(cfg, "w") as f:
         f.write(f"""global
     maxconn {maxconn}
@@ -275,12 +330,19 @@ backend redis_master
     p = procs.start(name, ["haproxy", "-db", "-f", cfg])
     wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
     # Servers count as UP until their first check fails, so right after start HAProxy
-    # round-robins onto the replicas too: wait until only the master is UP.
-    wait_until(f"{name}: exactly one server UP",
-               lambda: [st for _, st in haproxy_servers(stats)].count("UP") == 1
-               and len(haproxy_servers(stats)) == len(node_ports),
+    # round-robins onto the replicas too: wait until only the master is UP and every other
+    # server is DOWN. A replica's first check fails only at its timeout (1 s: the reply to
+    # `info replication` never contains role:master), and until then its status reads
+    # "UP 1/3", which still takes connections; a count of exact "UP"s would miss it.
+    wait_until(f"{name}: only the master UP, the others DOWN",
+               lambda: sorted(st for _, st in haproxy_servers(stats))
+               == ["DOWN"] * (len(node_ports) - 1) + ["UP"],
                timeout=30, procs=procs)
     return listen, p
+
+
+def haproxy_stats_path(work, name):
+    return os.path.join(work, f"{name}.sock")
 
 
 def haproxy_servers(stats_sock):
@@ -430,24 +492,36 @@ def fence_metric(admin):
     return vals.get("sum", 0.0), vals.get("count", 0.0)
 
 
-def fence_scenario(procs, work, binary, sessions):
-    """The seed's shape on free ports: 3 nodes, 3 sentinels (quorum 2), a proxy following
-    them and HAProxy checking all three nodes. Opens `sessions` idle sessions through each,
-    runs SENTINEL FAILOVER and measures how the sessions to the old master end."""
-    name = "fbench"
-    n1, _ = start_redis(procs, work, "f-node1")
-    replicas = [start_redis(procs, work, f"f-node{i}", ["--replicaof", HOST, str(n1)])[0]
-                for i in (2, 3)]
+def start_failover_topology(procs, work, prefix, master_name, down_after_ms):
+    """The seed's shape on free ports: 3 nodes (the first one the master, the others its
+    replicas; processes PREFIX-node1..3 and PREFIX-sentinel1..3) and 3 sentinels with quorum 2.
+    Returns ([node ports], [sentinel ports]) once the replicas are online and every sentinel
+    knows the whole group, so a failover can be forced right away."""
+    n1, _ = start_redis(procs, work, f"{prefix}-node1")
+    nodes = [n1] + [start_redis(procs, work, f"{prefix}-node{i}",
+                                ["--replicaof", HOST, str(n1)])[0]
+                    for i in (2, 3)]
     wait_until("both replicas online",
                lambda: sum("state=online" in l for l in rcli(n1, "INFO", "replication")) == 2,
                timeout=30, procs=procs)
-    sents = [start_sentinel(procs, work, f"f-sentinel{i}", name, n1, 5000, quorum=2)[0]
+    sents = [start_sentinel(procs, work, f"{prefix}-sentinel{i}", master_name, n1,
+                            down_after_ms, quorum=2)[0]
              for i in (1, 2, 3)]
     wait_until("sentinels know 2 replicas and 2 other sentinels",
-               lambda: all(int(sentinel_field(p, name, "num-slaves") or 0) >= 2
-                           and int(sentinel_field(p, name, "num-other-sentinels") or 0) >= 2
+               lambda: all(int(sentinel_field(p, master_name, "num-slaves") or 0) >= 2
+                           and int(sentinel_field(p, master_name, "num-other-sentinels") or 0)
+                           >= 2
                            for p in sents),
                timeout=30, procs=procs)
+    return nodes, sents
+
+
+def fence_scenario(procs, work, binary, sessions):
+    """3 nodes, 3 sentinels (quorum 2), a proxy following them and HAProxy checking all three
+    nodes. Opens `sessions` idle sessions through each, runs SENTINEL FAILOVER and measures
+    how the sessions to the old master end."""
+    name = "fbench"
+    (n1, *replicas), sents = start_failover_topology(procs, work, "f", name, 5000)
     proxy_port, admin, _ = start_proxy(procs, work, binary, name, sents, name="f-proxy")
     hap_port, _ = start_haproxy(procs, work, [n1, *replicas], name="f-haproxy")
     via_proxy = open_sessions(proxy_port, sessions)
@@ -500,6 +574,433 @@ def fence_scenario(procs, work, binary, sessions):
         "haproxy_still_open": len(alive["haproxy"]),
         "haproxy_write_reply": readonly,
     }
+
+
+# --------------------------------------------------------------------------- timeline
+
+# The three middle boxes of the failover timeline, by their name in the CSV and the picture
+# (CSV fields: no commas).
+TL_HOLD, TL_NOHOLD, TL_HAP = "proxy (hold 10 s)", "proxy (no hold)", "HAProxy"
+TL_TARGETS = (TL_HOLD, TL_NOHOLD, TL_HAP)
+# Fault id (in file names) -> how the event is named in the picture and the tables.
+TL_FAULTS = {"failover": "SENTINEL FAILOVER sent", "kill": "kill -9 of the master"}
+TL_CLIENTS = 4  # per middle box
+# At most one request per client per 2 ms (tokio's 1 ms timer makes it ~3 ms): about
+# 1,300 requests/s per middle box, far from saturating the 2 cores, so that the failover's
+# own timing (sentinels, proxy, HAProxy checks) is not distorted by the load.
+TL_INTERVAL_MS = 2
+# Longer than any hold in this run (the kill -9 failover takes ~2-3 s), so a held request
+# counts as delayed, not failed; short enough that a dead connection is noticed in the run.
+TL_TIMEOUT_MS = 5000
+# Sentinel's default is 30 s; 1 s (as in tests/write_loss.rs) keeps the kill -9 run short.
+TL_DOWN_AFTER_MS = 1000
+
+
+def unix_ms():
+    return time.time() * 1000.0
+
+
+class _NeedMore(Exception):
+    pass
+
+
+def parse_resp(buf, i=0):
+    """One RESP value from buf[i:]: (value, index after it). Arrays become lists, strings
+    str, integers int. Raises _NeedMore if buf holds only part of it."""
+    end = buf.find(b"\r\n", i)
+    if end < 0:
+        raise _NeedMore
+    kind, line = buf[i:i + 1], buf[i + 1:end].decode(errors="replace")
+    i = end + 2
+    if kind in (b"+", b"-"):
+        return line, i
+    if kind == b":":
+        return int(line), i
+    if kind == b"$":
+        n = int(line)
+        if n < 0:
+            return None, i
+        if len(buf) < i + n + 2:
+            raise _NeedMore
+        return buf[i:i + n].decode(errors="replace"), i + n + 2
+    if kind == b"*":
+        items = []
+        for _ in range(int(line)):
+            v, i = parse_resp(buf, i)
+            items.append(v)
+        return items, i
+    raise RuntimeError(f"unexpected RESP: {bytes(buf[i - 1:i + 40])!r}")
+
+
+class SentinelEvents(threading.Thread):
+    """Subscribes to channels of one sentinel and records when each message arrived (unix
+    ms), so the picture can mark +switch-master at the moment a subscriber learnt of it."""
+
+    def __init__(self, port, channels):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection((HOST, port), timeout=5)
+        self.buf = b""
+        self.events = []  # (unix ms, channel, payload)
+        self.stopping = threading.Event()
+        self.sock.sendall(resp_command("SUBSCRIBE", *channels))
+        # Every subscription confirmed before the fault: no event can be missed.
+        confirmed = 0
+        while confirmed < len(channels):
+            if self._next()[0] == "subscribe":
+                confirmed += 1
+        self.sock.settimeout(0.1)  # so that run() sees `stopping`
+
+    def _next(self):
+        while True:
+            try:
+                value, used = parse_resp(self.buf)
+                self.buf = self.buf[used:]
+                return value
+            except _NeedMore:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the sentinel closed the subscription") from None
+                self.buf += chunk
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                msg = self._next()
+            except socket.timeout:
+                continue
+            except (OSError, RuntimeError):
+                return
+            if msg[0] == "message":
+                self.events.append((unix_ms(), msg[1], msg[2]))
+
+    def first(self, channel, after_ms):
+        """(unix ms, payload) of the first message on `channel` at or after `after_ms`."""
+        for t, ch, payload in list(self.events):
+            if ch == channel and t >= after_ms:
+                return t, payload
+        return None
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+        self.sock.close()
+
+
+class HaproxyStates(threading.Thread):
+    """Polls HAProxy's stats socket every 20 ms and records each change of its servers'
+    states (unix ms), to mark when HAProxy took the old master out and the new one in."""
+
+    def __init__(self, stats_sock):
+        super().__init__(daemon=True)
+        self.stats_sock = stats_sock
+        self.changes = []  # (unix ms, {server: status})
+        self.stopping = threading.Event()
+
+    def run(self):
+        last = None
+        while not self.stopping.wait(0.02):
+            try:
+                now = dict(haproxy_servers(self.stats_sock))
+            except (OSError, ValueError, IndexError):
+                continue
+            if now != last:
+                self.changes.append((unix_ms(), now))
+                last = now
+
+    def first(self, pred, after_ms):
+        """Unix ms of the first recorded state at or after `after_ms` for which pred holds."""
+        for t, states in list(self.changes):
+            if t >= after_ms and pred(states):
+                return t
+        return None
+
+    def stop(self):
+        self.stopping.set()
+        self.join()
+
+
+def serving(haproxy_status):
+    """HAProxy sends traffic to a server whose status is UP, including "UP 1/3" (failing
+    checks, not yet taken out)."""
+    return (haproxy_status or "").startswith("UP")
+
+
+def proxy_route_status(admin):
+    _, body = http_get(admin, "/status")
+    return json.loads(body)["routes"][0]
+
+
+def missing_keys(port, keys, chunk=2000):
+    """The keys of `keys` that the node at `port` does not have (pipelined EXISTS)."""
+    missing = []
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        for i in range(0, len(keys), chunk):
+            part = keys[i:i + chunk]
+            s.sendall(b"".join(resp_command("EXISTS", k) for k in part))
+            data = b""
+            while data.count(b"\r\n") < len(part):
+                got = s.recv(65536)
+                if not got:
+                    raise RuntimeError(f":{port} closed the connection during EXISTS")
+                data += got
+            replies = data.split(b"\r\n")[:len(part)]
+            if any(r not in (b":0", b":1") for r in replies):
+                raise RuntimeError(f"unexpected EXISTS replies from :{port}: {replies[:3]}")
+            missing += [k for k, r in zip(part, replies) if r == b":0"]
+    return missing
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def timeline_run(procs, work, binary, tl_bin, out_dir, fault, duration_s, fire_at_s):
+    """One forced failover under load, through three middle boxes at once: the proxy with its
+    default hold, a proxy without hold and HAProxy, all in front of one fresh 3-node +
+    3-sentinel group. Writes timeline-FAULT.csv, timeline-FAULT-lost.csv,
+    timeline-FAULT-events.csv and timeline-FAULT.svg to out_dir; returns what the report
+    needs."""
+    name = "tbench"
+    prefix = f"t{fault}-"
+    nodes, sents = start_failover_topology(procs, work, f"t{fault}", name, TL_DOWN_AFTER_MS)
+    old_master = nodes[0]
+    hold_port, hold_admin, _ = start_proxy(procs, work, binary, name, sents,
+                                           name=f"{prefix}proxy-hold")
+    # hold_timeout 0: a client that arrives while there is no verified master (or while the
+    # master is unconfirmed after a refused connect) is closed at once instead of held.
+    nohold_port, nohold_admin, _ = start_proxy(procs, work, binary, name, sents,
+                                               name=f"{prefix}proxy-nohold",
+                                               route_extra='hold_timeout = "0s"\n')
+    hap_name = f"{prefix}haproxy"
+    hap_port, _ = start_haproxy(procs, work, nodes, name=hap_name)
+    ports = {TL_HOLD: hold_port, TL_NOHOLD: nohold_port, TL_HAP: hap_port}
+    admins = {TL_HOLD: hold_admin, TL_NOHOLD: nohold_admin}
+
+    # Every sentinel publishes its own events (+switch-master: the leader at the end of the
+    # failover, the others when they learn the new configuration): listen to all three and
+    # take the first of each.
+    channels = ["+odown", "+failover-state-send-slaveof-noone", "+switch-master",
+                "+convert-to-slave"]
+    sentinel_events = [SentinelEvents(p, channels) for p in sents]
+    hap_states = HaproxyStates(haproxy_stats_path(work, hap_name))
+    for t in (*sentinel_events, hap_states):
+        t.start()
+
+    def first_event(channel, after_ms):
+        seen = [e for w in sentinel_events if (e := w.first(channel, after_ms))]
+        return min(seen) if seen else None
+
+    csv_path = os.path.join(out_dir, f"timeline-{fault}.csv")
+    summary_path = os.path.join(work, f"timeline-{fault}-summary.csv")
+    acked_path = os.path.join(work, f"timeline-{fault}-acked.csv")
+    argv = [tl_bin, "load"]
+    for t in TL_TARGETS:
+        argv += ["--target", f"{t}={HOST}:{ports[t]}"]
+    argv += ["--clients", TL_CLIENTS, "--interval-ms", TL_INTERVAL_MS, "--timeout-ms",
+             TL_TIMEOUT_MS, "--duration", duration_s, "--out", csv_path,
+             "--summary", summary_path, "--acked", acked_path]
+    load_name = f"{prefix}load"
+    procs.start(load_name, [str(a) for a in argv])
+    load_log = os.path.join(work, f"{load_name}.log")
+
+    def load_said(word):
+        with open(load_log) as f:
+            for line in f:
+                if line.startswith(word + " "):
+                    return float(line.split()[1])
+        return None
+
+    wait_until("the load generator to start", lambda: load_said("start") is not None,
+               procs=procs)
+    start_ms = load_said("start")
+    wait_until("a reply through every middle box", lambda: load_said("ready") is not None,
+               timeout=duration_s / 2, procs=procs)
+    ready_ms = load_said("ready")
+    # The fault goes at a planned point of the timeline, after at least 1 s of traffic
+    # through all three: a scheduled moment of the experiment, not a wait for anything.
+    fire_ms = max(start_ms + fire_at_s * 1000, ready_ms + 1000)
+    time.sleep(max(0.0, (fire_ms - unix_ms()) / 1000))
+    cmd_ms = unix_ms()
+    if fault == "failover":
+        reply = redis_cmd(sents[0], "SENTINEL", "FAILOVER", name)
+        if reply != "+OK":
+            raise RuntimeError(f"SENTINEL FAILOVER: {reply}")
+    else:
+        procs.kill9(f"t{fault}-node1")
+    log(f"timeline {fault}: {TL_FAULTS[fault]} at {(cmd_ms - start_ms) / 1000:.2f} s of the run")
+
+    wait_until("+switch-master", lambda: first_event("+switch-master", cmd_ms),
+               timeout=30, procs=procs)
+    status = procs.wait_exit(load_name, timeout=max(5.0, (start_ms / 1000 + duration_s + 10)
+                                                    - time.time()))
+    if status != 0:
+        raise RuntimeError(f"timeline load exited with {status}; see {load_log}")
+    for t in (*sentinel_events, hap_states):
+        t.stop()
+
+    switch_ms, payload = first_event("+switch-master", cmd_ms)
+    # "<name> <old ip> <old port> <new ip> <new port>"
+    new_master = int(payload.split()[4])
+    odown = first_event("+odown", cmd_ms)
+    promotion = first_event("+failover-state-send-slaveof-noone", cmd_ms)
+    demoted = first_event("+convert-to-slave", cmd_ms)
+
+    lost_path = os.path.join(out_dir, f"timeline-{fault}-lost.csv")
+    lost = lost_writes(new_master, acked_path, lost_path, start_ms, duration_s)
+    proxies = {}
+    for t, admin in admins.items():
+        route = proxy_route_status(admin)
+        fence = route.get("last_fence") or {}
+        master = route.get("master") or {}
+        proxies[t] = {
+            # Only a fence of the old master after the fault is this failover's.
+            "fence_ms": fence["unix"] * 1000
+            if fence.get("unix", 0) * 1000 >= cmd_ms - 1
+            and fence.get("master", "").endswith(f":{old_master}") else None,
+            "fence_reason": fence.get("reason"),
+            "routed_ms": master["verified_unix"] * 1000
+            if master.get("addr", "").endswith(f":{new_master}") else None,
+        }
+    old_server, new_server = "node1", f"node{nodes.index(new_master) + 1}"
+    hap = {
+        "out_ms": hap_states.first(lambda st: not serving(st.get(old_server)), cmd_ms),
+        "in_ms": hap_states.first(lambda st: serving(st.get(new_server)), cmd_ms),
+    }
+
+    # Events for the picture and its events CSV, the fault first (time zero there).
+    events = [(cmd_ms, TL_FAULTS[fault], "")]
+    if fault == "kill" and odown:
+        events.append((odown[0], "+odown", ""))
+    events.append((switch_ms, "+switch-master", ""))
+    if demoted:
+        events.append((demoted[0], "+convert-to-slave (old master demoted)", ""))
+    for key, label in (("fence_ms", "proxy fence"),
+                       ("routed_ms", "proxy routes to the new master")):
+        if proxies[TL_HOLD][key] is not None:
+            events.append((proxies[TL_HOLD][key], label, TL_HOLD))
+    for key, label in (("out_ms", "HAProxy: old master out"), ("in_ms", "HAProxy: new master in")):
+        if hap[key] is not None:
+            events.append((hap[key], label, TL_HAP))
+    events_path = os.path.join(out_dir, f"timeline-{fault}-events.csv")
+    with open(events_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["unix_ms", "label", "target"])
+        for t, label, target in events:
+            w.writerow([f"{t:.1f}", label, target])
+    svg_path = os.path.join(out_dir, f"timeline-{fault}.svg")
+    what = "SENTINEL FAILOVER" if fault == "failover" else "kill -9 of the master"
+    subprocess.run([tl_bin, "plot", "--csv", csv_path, "--events", events_path,
+                    "--lost", lost_path, "--out", svg_path, "--title",
+                    f"SET through each middle box across a {what}: 3 nodes, 3 sentinels "
+                    f"(quorum 2, down-after {TL_DOWN_AFTER_MS} ms), {TL_CLIENTS} clients per box"],
+                   check=True)
+
+    procs.stop_prefix(prefix)
+    return {
+        "fault": fault,
+        "label": TL_FAULTS[fault],
+        "duration_s": duration_s,
+        "fired_at_s": (cmd_ms - start_ms) / 1000,
+        "switch_ms": switch_ms - cmd_ms,
+        "odown_ms": odown[0] - cmd_ms if odown else None,
+        "promotion_ms": promotion[0] - cmd_ms if promotion else None,
+        "demoted_ms": demoted[0] - cmd_ms if demoted else None,
+        "proxies": {t: {k: (v - cmd_ms if k.endswith("_ms") and v is not None else v)
+                        for k, v in d.items()} for t, d in proxies.items()},
+        "haproxy": {k: (v - cmd_ms if v is not None else None) for k, v in hap.items()},
+        "targets": per_middle_box(fault, csv_path, summary_path, lost, ready_ms, cmd_ms),
+        "svg": os.path.basename(svg_path),
+    }
+
+
+def lost_writes(new_master, acked_path, lost_path, start_ms, duration_s):
+    """Every write has its own key: an acknowledged write whose key the new master does not
+    have is lost (it went to the old master after the promotion, or had not replicated).
+    Returns {target: [unix ms of each lost write's acknowledgement]} and writes their count
+    per 100 ms bucket to lost_path (for the picture)."""
+    acked = read_csv(acked_path)
+    key = lambda a: f"rfp:timeline:{a['target']}:{a['client']}:{a['seq']}"  # noqa: E731
+    gone = set(missing_keys(new_master, [key(a) for a in acked]))
+    lost = {t: [] for t in TL_TARGETS}
+    for a in acked:
+        if key(a) in gone:
+            lost[a["target"]].append(float(a["unix_ms"]))
+    with open(lost_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "bucket_start_unix_ms", "lost"])
+        for t, times in lost.items():
+            per_bucket = {}
+            for at in times:
+                # As the load generator does: the end of the run belongs to the last bucket.
+                i = min(int((at - start_ms) // 100), int(duration_s * 10) - 1)
+                b = int(start_ms) + i * 100
+                per_bucket[b] = per_bucket.get(b, 0) + 1
+            for b, n in sorted(per_bucket.items()):
+                w.writerow([t, b, n])
+    return lost
+
+
+def per_middle_box(fault, csv_path, summary_path, lost, ready_ms, cmd_ms):
+    """Per middle box: the load generator's summary (times made relative to the fault), the
+    lost writes, and the longest run of 100 ms buckets without a success (as pictured)."""
+    buckets = read_csv(csv_path)
+    targets = {}
+    for row in read_csv(summary_path):
+        t = row["target"]
+        mine = [b for b in buckets if b["target"] == t]
+        if not any(int(b["ok"]) for b in mine if float(b["bucket_start_unix_ms"]) + 100 <= cmd_ms):
+            raise RuntimeError(f"timeline {fault}: no successful request through {t} before "
+                               "the fault; the setup is broken")
+        # From the first full bucket after `ready`; the last bucket is cut short by the end.
+        run_len = longest = 0
+        for b in mine[:-1]:
+            if float(b["bucket_start_unix_ms"]) < ready_ms:
+                continue
+            run_len = run_len + 1 if int(b["ok"]) == 0 else 0
+            longest = max(longest, run_len)
+        rel = lambda v: float(v) - cmd_ms if v else None  # noqa: E731
+        targets[t] = {
+            "ok": int(row["ok"]),
+            "failed": int(row["err_conn"]) + int(row["err_reply"]),
+            "err_conn": int(row["err_conn"]),
+            "err_reply": int(row["err_reply"]),
+            "outage_ms": float(row["longest_gap_ms"]),
+            "outage_from_ms": rel(row["gap_start_unix_ms"]),
+            "outage_open": row["gap_open"] == "1",
+            "worst_client_ms": float(row["worst_client_gap_ms"]),
+            "worst_client_from_ms": rel(row["worst_client_gap_start_unix_ms"]),
+            "worst_client_open": row["worst_client_gap_open"] == "1",
+            "zero_buckets_ms": longest * 100,
+            "first_error_ms": rel(row["first_error_unix_ms"]),
+            "last_error_ms": rel(row["last_error_unix_ms"]),
+            "slowest_ms": float(row["slowest_ms"]),
+            "error_kinds": row["error_kinds"],
+            "lost": len(lost[t]),
+            "lost_first_ms": min(lost[t]) - cmd_ms if lost[t] else None,
+            "lost_last_ms": max(lost[t]) - cmd_ms if lost[t] else None,
+        }
+    return targets
+
+
+def timeline_scenario(procs, work, binary, tl_bin, out_dir, quick):
+    """SENTINEL FAILOVER, then (full runs) kill -9 of the master, each on a fresh group."""
+    os.makedirs(out_dir, exist_ok=True)
+    faults = ["failover"] if quick else ["failover", "kill"]
+    # Long enough after the fault for HAProxy's checks to take the old master out (3 failed
+    # checks, each ending at its 1 s timeout) and the new one in.
+    # (Sentinel demotes a still-running old master only ~8 s after the switch: the full run
+    # covers that too, the quick one only the switch.)
+    duration_s, fire_at_s = (10, 2.5) if quick else (24, 4)
+    runs = []
+    for fault in faults:
+        log(f"timeline: {TL_FAULTS[fault]} under load through {', '.join(TL_TARGETS)}")
+        r = timeline_run(procs, work, binary, tl_bin, out_dir, fault, duration_s, fire_at_s)
+        for t, d in r["targets"].items():
+            log(f"timeline {fault}: {t}: outage {d['outage_ms']:.0f} ms, {d['failed']} failed "
+                f"({d['error_kinds'] or '-'}), slowest reply {d['slowest_ms']:.0f} ms")
+        runs.append(r)
+    return runs
 
 
 # --------------------------------------------------------------------------- report
@@ -557,45 +1058,160 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
-def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence):
-    os.makedirs(out_dir, exist_ok=True)
-    # Long format: one row per (scenario, test, target, round, metric).
-    with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["scenario", "test", "target", "round", "metric", "value"])
-        for r in results:
-            for k in ("requests", "rps", "avg_ms", "p50_ms", "p99_ms"):
-                w.writerow([r["scenario"], r["test"], r["target"], r["round"], k, r[k]])
-            w.writerow([r["scenario"], r["test"], r["target"], r["round"],
-                        "cpu_s_per_million", f"{r['cpu_per_m']:.4f}"])
-        for label, d in idle.items():
-            for k in ("start", "before", "during", "after"):
-                w.writerow([f"idle_{args.idle}", "", label, "", f"rss_kib_{k}", d[k]])
-            w.writerow([f"idle_{args.idle}", "", label, "", "kib_per_session",
-                        f"{(d['during'] - d['before']) / args.idle:.2f}"])
-        for k, v in (fence or {}).items():
-            w.writerow([f"fence_{fence['sessions']}", "", "", "", k, v])
+def fmt_ms(v, signed=False):
+    if v is None:
+        return "–"
+    return f"{v:+,.0f} ms" if signed else f"{v:,.0f} ms"
 
-    def vals(sid, test, target, key):
-        return [r[key] for r in results
-                if r["scenario"] == sid and r["test"] == test and r["target"] == target]
 
-    quiet = info["busy"] == 0 and info_end["busy"] == 0
+def timeline_lines(runs):
+    """The failover timeline section of the report (latest.md and timeline.md)."""
+    if not runs:
+        return []
+    r0 = runs[0]
+
+    def gap(ms, still_open):
+        return f"≥ {fmt_ms(ms)} (not over at the end)" if still_open else fmt_ms(ms)
+
     lines = [
-        "# Benchmark: direct vs redis-failover-proxy vs HAProxy",
+        "## Failover timeline: what clients see through each middle box",
         "",
-        f"- date: {info['date']}; mode: {'quick (numbers meaningless)' if args.quick else 'full'}, "
-        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy)",
-        f"- machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}",
-        f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
-        f"- proxy: release build of `{info['commit']}`, tokio multi-thread runtime (default workers);"
-        " HAProxy: default nbthread, config in bench/run.sh output dir (`haproxy.cfg`)",
-        f"- load average at start {info['load']}, at end {info_end['load']}; "
-        + ("quiet: no cargo/rustc and no other redis-server at start or end"
-           if quiet else f"**NOT QUIET**: other processes were running "
-           f"({info['busy']} at start, {info_end['busy']} at end: "
-           f"{', '.join(sorted(set(info['busy_names'] + info_end['busy_names'])))}); "
-           "numbers are noisy"),
+        f"A fresh group per fault: 3 nodes + 3 sentinels (quorum 2, `down-after-milliseconds "
+        f"{TL_DOWN_AFTER_MS}`) on loopback. In front of it at the same time: the proxy with "
+        "its default hold (`hold_timeout` 10 s), a second proxy with `hold_timeout = \"0s\"` "
+        "(a client arriving while there is no verified master is closed at once), and HAProxy "
+        "(configured as above, checking all three nodes). `timeline load` runs "
+        f"{TL_CLIENTS} clients per middle box, each sending `SET` (a new key per write) and "
+        f"waiting for the reply, at most one request per {TL_INTERVAL_MS} ms; after a failure "
+        "a client reconnects at once (then every 10 ms while it keeps failing); no reply "
+        f"within {TL_TIMEOUT_MS / 1000:.0f} s counts as a failure. Runs of "
+        f"{r0['duration_s']} s, the fault at ~{r0['fired_at_s']:.1f} s.",
+        "",
+        "**Outage**: the longest time without a single successful reply through that middle "
+        "box (all its clients together). **Failed**: requests that got no `+OK` (refused or "
+        "closed connection, timeout, error reply); a failing client retries every 10 ms, so "
+        "this counts attempts, not lost data. **Lost**: writes acknowledged with `+OK` whose "
+        "key the new master does not have after the run (written to the old master after "
+        "the promotion, where Sentinel's resync later discards them).",
+        "",
+        "| fault | " + " | ".join(f"{t}: outage | failed | lost" for t in TL_TARGETS) + " |",
+        "|---|" + "---:|---:|---:|" * len(TL_TARGETS),
+    ]
+    for r in runs:
+        cells = []
+        for t in TL_TARGETS:
+            d = r["targets"][t]
+            cells += [gap(d["outage_ms"], d["outage_open"]), f"{d['failed']:,}",
+                      f"{d['lost']:,}"]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Events, relative to the fault (sentinel events when the first of the three sentinels "
+        "published them; the proxies' from their `/status`: `last_fence.unix` and the new "
+        "master's `verified_unix`; HAProxy's from its stats socket, polled every 20 ms; – : "
+        "not within the run):",
+        "",
+        "| fault | +odown | promotion starts | +switch-master | old master demoted "
+        "(`+convert-to-slave`) | proxy fence (hold / no hold) | proxy routes to the new master "
+        "(hold / no hold) | HAProxy: old master out | HAProxy: new master in |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        p = r["proxies"]
+        ev = lambda v: fmt_ms(v, True)  # noqa: E731
+        lines.append(
+            f"| {r['label']} | {ev(r['odown_ms'])} | {ev(r['promotion_ms'])} | "
+            f"{ev(r['switch_ms'])} | {ev(r['demoted_ms'])} | "
+            f"{ev(p[TL_HOLD]['fence_ms'])} / {ev(p[TL_NOHOLD]['fence_ms'])} | "
+            f"{ev(p[TL_HOLD]['routed_ms'])} / {ev(p[TL_NOHOLD]['routed_ms'])} | "
+            f"{ev(r['haproxy']['out_ms'])} | {ev(r['haproxy']['in_ms'])} |")
+    lines += [
+        "",
+        "Per middle box: the longest time one client went without a successful reply (longer "
+        "than the outage when some clients fail while others get through), failures by kind "
+        "(`eof`: the middle box closed the connection; `-READONLY`: a write reached a "
+        "replica), first and last failure, when the lost writes were acknowledged, the longest "
+        "run of 100 ms buckets without a success (as in the picture) and the slowest "
+        "successful request (a held one, for the proxy with the hold).",
+        "",
+        "| fault | middle box | requests ok | worst client | failed, by kind | first / last "
+        "failure | lost: acknowledged from / to | no success in 100 ms buckets | slowest reply |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        for t in TL_TARGETS:
+            d = r["targets"][t]
+            kinds = ", ".join(f"{k} {n}" for k, n in
+                              (kv.split("=") for kv in d["error_kinds"].split(";") if kv)) or "–"
+            lines.append(
+                f"| {r['label']} | {t} | {d['ok']:,} | "
+                f"{gap(d['worst_client_ms'], d['worst_client_open'])} | {kinds} | "
+                f"{fmt_ms(d['first_error_ms'], True)} / {fmt_ms(d['last_error_ms'], True)} | "
+                f"{fmt_ms(d['lost_first_ms'], True)} / {fmt_ms(d['lost_last_ms'], True)} | "
+                f"{fmt_ms(d['zero_buckets_ms'])} | {fmt_ms(d['slowest_ms'])} |")
+    lines.append("")
+    for r in runs:
+        lines += [f"![{r['label']}: requests per 100 ms through each middle box]({r['svg']})",
+                  ""]
+    return lines
+
+
+def timeline_rows(runs):
+    """Long-format rows (scenario, target, metric, value) for the CSVs."""
+    rows = []
+    for r in runs:
+        sid = f"timeline_{r['fault']}"
+        for t, d in r["targets"].items():
+            for k in ("ok", "failed", "err_conn", "err_reply", "lost", "lost_first_ms",
+                      "lost_last_ms", "outage_ms", "outage_from_ms", "worst_client_ms",
+                      "worst_client_from_ms", "zero_buckets_ms", "first_error_ms",
+                      "last_error_ms", "slowest_ms"):
+                rows.append((sid, t, k, "" if d[k] is None else round(d[k], 1)))
+            rows.append((sid, t, "outage_open", int(d["outage_open"])))
+            rows.append((sid, t, "worst_client_open", int(d["worst_client_open"])))
+            rows.append((sid, t, "error_kinds", d["error_kinds"]))
+        for k in ("odown_ms", "promotion_ms", "switch_ms", "demoted_ms"):
+            rows.append((sid, "", k, "" if r[k] is None else round(r[k], 1)))
+        for t, d in r["proxies"].items():
+            for k in ("fence_ms", "routed_ms"):
+                rows.append((sid, t, k, "" if d[k] is None else round(d[k], 1)))
+        for k, v in r["haproxy"].items():
+            rows.append((sid, TL_HAP, f"haproxy_{k}", "" if v is None else round(v, 1)))
+    return rows
+
+
+def write_timeline_report(out_dir, info, runs, binary, repo):
+    """timeline.md and timeline-summary.csv: the timeline on its own, so that a run of only
+    this scenario does not replace latest.md."""
+    with open(os.path.join(out_dir, "timeline-summary.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "target", "metric", "value"])
+        w.writerows(timeline_rows(runs))
+    head = [
+        "# Failover timeline: redis-failover-proxy (with and without its hold) vs HAProxy",
+        "",
+        f"- date: {info['date']}; machine: {info['nproc']} CPUs, {info['cpu']}, "
+        f"kernel {info['kernel']}",
+        f"- {info['redis']}; {info['haproxy']}",
+        "- proxy: "
+        + (f"release build of `{info['commit']}`"
+           if os.path.abspath(binary) == os.path.join(repo, "target/release/redis-failover-proxy")
+           else f"`RFP_BENCH_BIN` (working tree at `{info['commit']}`)")
+        + f"; load average at start {info['load']}"
+        + ("" if info["busy"] == 0 else
+           f"; **NOT QUIET**: {', '.join(info['busy_names'])} running at the start"),
+        "- raw data: `timeline-FAULT.csv` (per middle box and 100 ms: ok, failed, slowest), "
+        "`timeline-FAULT-lost.csv` (acknowledged then lost, per 100 ms), "
+        "`timeline-FAULT-events.csv`, `timeline-summary.csv` (every number below)",
+        "",
+    ]
+    with open(os.path.join(out_dir, "timeline.md"), "w") as f:
+        f.write("\n".join(head + timeline_lines(runs)[1:]))
+
+
+def throughput_lines(results, cpu, scen, vals, headline):
+    """The throughput, c=1 latency and CPU tables; fills `headline` with the ratios."""
+    lines = [
         "",
         "Medians over the rounds. Ratios are to direct (higher is better for requests/s; "
         "latency columns show the median and, for the middle boxes, the median added over direct).",
@@ -605,7 +1221,6 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence)
         "| scenario | test | direct | proxy | HAProxy | proxy / direct | HAProxy / direct |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    headline = {}
     for sid, desc, _, _ in scen:
         tests = []
         for r in results:
@@ -643,11 +1258,62 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence)
         ratio = c["proxy"] / c["haproxy"] if c["haproxy"] else float("nan")
         lines.append(f"| {desc} | {fmt(c['proxy'], 2)} | {fmt(c['haproxy'], 2)} | "
                      f"{fmt(c['direct'], 2)} | {fmt(ratio, 2)} |")
+    return lines
+
+
+def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence, timeline):
+    """latest.md and latest.csv: every section that ran (a run with --rounds 0 has no
+    throughput, latency or CPU tables)."""
+    os.makedirs(out_dir, exist_ok=True)
+    # Long format: one row per (scenario, test, target, round, metric).
+    with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "test", "target", "round", "metric", "value"])
+        for r in results:
+            for k in ("requests", "rps", "avg_ms", "p50_ms", "p99_ms"):
+                w.writerow([r["scenario"], r["test"], r["target"], r["round"], k, r[k]])
+            w.writerow([r["scenario"], r["test"], r["target"], r["round"],
+                        "cpu_s_per_million", f"{r['cpu_per_m']:.4f}"])
+        for label, d in idle.items():
+            for k in ("start", "before", "during", "after"):
+                w.writerow([f"idle_{args.idle}", "", label, "", f"rss_kib_{k}", d[k]])
+            w.writerow([f"idle_{args.idle}", "", label, "", "kib_per_session",
+                        f"{(d['during'] - d['before']) / args.idle:.2f}"])
+        for k, v in (fence or {}).items():
+            w.writerow([f"fence_{fence['sessions']}", "", "", "", k, v])
+        for sid, target, k, v in timeline_rows(timeline):
+            w.writerow([sid, "", target, "", k, v])
+
+    def vals(sid, test, target, key):
+        return [r[key] for r in results
+                if r["scenario"] == sid and r["test"] == test and r["target"] == target]
+
+    quiet = info["busy"] == 0 and info_end["busy"] == 0
+    lines = [
+        "# Benchmark: direct vs redis-failover-proxy vs HAProxy",
+        "",
+        f"- date: {info['date']}; mode: {'quick (numbers meaningless)' if args.quick else 'full'}, "
+        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy)",
+        f"- machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}",
+        f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
+        f"- proxy: release build of `{info['commit']}`, tokio multi-thread runtime (default workers);"
+        " HAProxy: default nbthread, config in bench/run.sh output dir (`haproxy.cfg`)",
+        f"- load average at start {info['load']}, at end {info_end['load']}; "
+        + ("quiet: no cargo/rustc and no other redis-server at start or end"
+           if quiet else f"**NOT QUIET**: other processes were running "
+           f"({info['busy']} at start, {info_end['busy']} at end: "
+           f"{', '.join(sorted(set(info['busy_names'] + info_end['busy_names'])))}); "
+           "numbers are noisy"),
+    ]
+    headline = {}
+    if results:
+        lines += throughput_lines(results, cpu, scen, vals, headline)
     if idle:
         lines += [
             "",
             f"## Memory: {args.idle:,} idle sessions (VmRSS from /proc/PID/status)",
             "",
+            *([args.idle_note, ""] if args.idle_note else []),
             "Each session proved with one PING, then left idle. Per session = (with sessions − "
             "before) / count.",
             "",
@@ -687,6 +1353,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence)
             f"| HAProxy: a `SET` on one of them | "
             f"`{fence['haproxy_write_reply'] or '(none open)'}` |",
         ]
+    if timeline:
+        lines += [""] + timeline_lines(timeline)
     lines += [""]
     with open(os.path.join(out_dir, "latest.md"), "w") as f:
         f.write("\n".join(lines))
@@ -706,16 +1374,25 @@ def main():
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--idle", type=int)
     ap.add_argument("--fence", type=int)
+    ap.add_argument("--timeline", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     args.fence = args.fence if args.fence is not None else (100 if args.quick else 1000)
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
-    # A middle box holds 2 fds per session; where the hard limit is below 2 x 10,000 (some
-    # containers), open as many as fit, in hundreds, and say so in the report.
-    fit = (fd_limit() - 200) // 2 // 100 * 100
+    if args.timeline and not args.timeline_bin:
+        sys.exit("bench: --timeline 1 needs --timeline-bin (bench/run.sh builds it)")
+    # A middle box holds 2 fds per session; where the fd limit cannot hold the requested
+    # count (this container's hard limit is 20,000, not raisable), open as many as fit and
+    # say so in the report.
+    args.idle_note = None
+    fit = sessions_within_fd_limit(fd_limit())
     if args.idle > fit:
-        log(f"fd limit {fd_limit()}: {fit} idle sessions instead of {args.idle}")
+        which = "fd hard limit" if fd_limit_is_hard() else "fd limit"
+        args.idle_note = (f"{fit:,} idle sessions ({which} {fd_limit():,} allows at most "
+                          f"{fit:,}; {args.idle:,} requested).")
+        log(args.idle_note)
         args.idle = fit
 
     # SIGTERM/SIGHUP end the run through the same `finally` as Ctrl-C.
@@ -730,54 +1407,9 @@ def main():
     info = machine(args.repo)
     procs = Procs(args.work)
     try:
-        master_port, master = start_redis(procs, args.work, "master")
-        # One sentinel monitors it, so the proxy has a master to follow; it must never
-        # fail over during the run.
-        sent_port, _ = start_sentinel(procs, args.work, "sentinel", "bench", master_port, 600_000)
-        proxy_port, admin, proxy = start_proxy(procs, args.work, args.bin, "bench", [sent_port])
-        proxy_rss_start = rss_kib(proxy.pid)
-        hap_port, hap = start_haproxy(procs, args.work, [master_port])
-        hap_rss_start = rss_kib(hap.pid)
-        log(f"master :{master_port}, sentinel :{sent_port}, proxy :{proxy_port} "
-            f"(admin {admin}), haproxy :{hap_port}; work dir {args.work}")
-
-        ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
-        pid_of = {"direct": master.pid, "proxy": proxy.pid, "haproxy": hap.pid}
-        scen = scenarios(args.quick)
-        results, cpu = [], {}
-        for rnd in range(1, args.rounds + 1):
-            for sid, desc, bargs, n in scen:
-                for tg in TARGETS:
-                    procs.check_alive()
-                    c0 = cpu_seconds(pid_of[tg])
-                    rows = run_benchmark(ports[tg], bargs, n)
-                    dc = cpu_seconds(pid_of[tg]) - c0
-                    total = n * len(rows)
-                    cpm = dc / total * 1e6
-                    cpu.setdefault((sid, tg), []).append(cpm)
-                    for r in rows:
-                        r.update(scenario=sid, target=tg, round=rnd, requests=n, cpu_per_m=cpm)
-                        results.append(r)
-                    log(f"round {rnd}/{args.rounds} {sid:8} {tg:8} "
-                        + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
-                                    for r in rows)
-                        + f", cpu {cpm:.2f}s/M")
-
-        idle = {}
-        if args.idle > 0:
-            for label, tg, start in (("proxy", "proxy", proxy_rss_start),
-                                     ("HAProxy", "haproxy", hap_rss_start)):
-                log(f"opening {args.idle} idle sessions through {label}")
-                d = idle_sessions(ports[tg], args.idle, {label: pid_of[tg]})
-                idle[label] = {k: d[k][label] for k in ("before", "during", "after")}
-                idle[label]["start"] = start
-                log(f"{label}: RSS {d['before'][label]} -> {d['during'][label]} -> "
-                    f"{d['after'][label]} KiB (opened in {d['open_s']:.1f}s)")
-                # The master must have dropped them before the next test opens its own.
-                wait_until("master back to few clients",
-                           lambda: int(re.search(r"connected_clients:(\d+)",
-                                                 redis_info(master_port)).group(1)) < 100,
-                           timeout=30)
+        results, cpu, idle, scen = [], {}, {}, scenarios(args.quick)
+        if args.rounds > 0 or args.idle > 0:
+            results, cpu, idle = single_master_steps(procs, args, scen)
 
         fence = None
         if args.fence > 0:
@@ -785,13 +1417,84 @@ def main():
             fence = fence_scenario(procs, args.work, args.bin, args.fence)
             log(f"fence: {fence}")
 
+        timeline = []
+        if args.timeline:
+            timeline = timeline_scenario(procs, args.work, args.bin, args.timeline_bin,
+                                         args.out, args.quick)
+            write_timeline_report(args.out, info, timeline, args.bin, args.repo)
+            log(f"wrote {args.out}/timeline.md, timeline-summary.csv and "
+                + ", ".join(f"timeline-{r['fault']}.{{csv,svg}}" for r in timeline))
+
         info_end = machine(args.repo)
-        write_report(args.out, args, info, info_end, results, cpu, idle, scen, fence)
-        log(f"wrote {args.out}/latest.md and latest.csv")
-        with open(os.path.join(args.out, "latest.md")) as f:
-            sys.stdout.write(f.read())
+        if results or idle or fence:
+            write_report(args.out, args, info, info_end, results, cpu, idle, scen, fence,
+                         timeline)
+            log(f"wrote {args.out}/latest.md and latest.csv")
+            with open(os.path.join(args.out, "latest.md")) as f:
+                sys.stdout.write(f.read())
+        else:
+            # Only the timeline ran: leave latest.md (a full run's report) as it is.
+            log("no throughput, idle or fence step ran: latest.md and latest.csv not written")
+            with open(os.path.join(args.out, "timeline.md")) as f:
+                sys.stdout.write(f.read())
     finally:
         procs.stop()
+
+
+def single_master_steps(procs, args, scen):
+    """The interleaved redis-benchmark rounds and the idle sessions, against one master
+    with one sentinel that never fails over. Returns (results, cpu, idle)."""
+    master_port, master = start_redis(procs, args.work, "master")
+    # One sentinel monitors it, so the proxy has a master to follow; it must never
+    # fail over during the run.
+    sent_port, _ = start_sentinel(procs, args.work, "sentinel", "bench", master_port, 600_000)
+    proxy_port, admin, proxy = start_proxy(procs, args.work, args.bin, "bench", [sent_port])
+    proxy_rss_start = rss_kib(proxy.pid)
+    hap_port, hap = start_haproxy(procs, args.work, [master_port])
+    hap_rss_start = rss_kib(hap.pid)
+    log(f"master :{master_port}, sentinel :{sent_port}, proxy :{proxy_port} "
+        f"(admin {admin}), haproxy :{hap_port}; work dir {args.work}")
+
+    ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
+    pid_of = {"direct": master.pid, "proxy": proxy.pid, "haproxy": hap.pid}
+    results, cpu = [], {}
+    for rnd in range(1, args.rounds + 1):
+        for sid, desc, bargs, n in scen:
+            for tg in TARGETS:
+                procs.check_alive()
+                c0 = cpu_seconds(pid_of[tg])
+                rows = run_benchmark(ports[tg], bargs, n)
+                dc = cpu_seconds(pid_of[tg]) - c0
+                total = n * len(rows)
+                cpm = dc / total * 1e6
+                cpu.setdefault((sid, tg), []).append(cpm)
+                for r in rows:
+                    r.update(scenario=sid, target=tg, round=rnd, requests=n, cpu_per_m=cpm)
+                    results.append(r)
+                log(f"round {rnd}/{args.rounds} {sid:8} {tg:8} "
+                    + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
+                                for r in rows)
+                    + f", cpu {cpm:.2f}s/M")
+
+    idle = {}
+    if args.idle > 0:
+        for label, tg, start in (("proxy", "proxy", proxy_rss_start),
+                                 ("HAProxy", "haproxy", hap_rss_start)):
+            log(f"opening {args.idle} idle sessions through {label}")
+            d = idle_sessions(ports[tg], args.idle, {label: pid_of[tg]})
+            idle[label] = {k: d[k][label] for k in ("before", "during", "after")}
+            idle[label]["start"] = start
+            log(f"{label}: RSS {d['before'][label]} -> {d['during'][label]} -> "
+                f"{d['after'][label]} KiB (opened in {d['open_s']:.1f}s)")
+            # The master must have dropped them before the next test opens its own.
+            wait_until("master back to few clients",
+                       lambda: int(re.search(r"connected_clients:(\d+)",
+                                             redis_info(master_port)).group(1)) < 100,
+                       timeout=30)
+    # Nothing of this group is needed by the failover scenarios: free the CPU and the fds.
+    for name in ("haproxy", "proxy", "sentinel", "master"):
+        procs.stop(name)
+    return results, cpu, idle
 
 
 def redis_info(port):

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
 #
-#   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--out DIR]
+#   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N] [--timeline 0|1]
+#                [--out DIR]
 #
-#   --quick     1 round, tiny request counts, 500 idle sessions; writes to target/bench-quick/
-#               unless --out is given (the committed results are never overwritten by it)
-#   --keep      keep the work dir (logs, configs) instead of deleting it
-#   --rounds N  rounds of the interleaved runs (default 5, quick 1)
-#   --idle N    idle sessions to open through each middle box (default 10000, quick 500; 0 = skip)
-#   --fence N   sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology
-#               (default 1000, quick 100; 0 = skip)
-#   --out DIR   where latest.md and latest.csv go (default bench/results/)
+#   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
+#                 to target/bench-quick/ unless --out is given (the committed results are
+#                 never overwritten by it)
+#   --keep        keep the work dir (logs, configs) instead of deleting it
+#   --rounds N    rounds of the interleaved runs (default 5, quick 1; 0 = skip)
+#   --idle N      idle sessions to open through each middle box (default 10000, quick 500;
+#                 0 = skip); capped at what the fd limit allows
+#   --fence N     sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology
+#                 (default 1000, quick 100; 0 = skip)
+#   --timeline 0|1  failover timeline: SET traffic through the proxy with and without its hold
+#                 and through HAProxy across a SENTINEL FAILOVER and a kill -9 of the master
+#                 (quick: the SENTINEL FAILOVER only); writes timeline.md and timeline-*.svg
+#                 (default 1; builds bench/timeline/)
+#   --out DIR     where latest.md, latest.csv and the timeline files go (default
+#                 bench/results/). A run of only the timeline (--rounds 0 --idle 0 --fence 0)
+#                 leaves latest.md and latest.csv alone.
 #
 # Installs redis-server/redis-sentinel/redis-tools and haproxy from Debian's packages if
 # missing, builds the proxy in release, starts its own redis-server, sentinel, proxy and
@@ -22,7 +31,7 @@ set -euo pipefail
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd -- "$ROOT"
 
-quick=0 keep=0 out="" 
+quick=0 keep=0 timeline=1 out=""
 py_args=()
 while (($#)); do
     case $1 in
@@ -30,9 +39,11 @@ while (($#)); do
     --keep) keep=1 ;;
     --rounds | --idle | --fence) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
         py_args+=("$1" "$2"); shift ;;
+    --timeline) [[ ${2:-} == [01] ]] || { echo "bench: --timeline takes 0 or 1" >&2; exit 2; }
+        timeline=$2; shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -57,6 +68,15 @@ else
     bin=$ROOT/target/release/redis-failover-proxy
 fi
 [[ -x $bin ]] || { echo "bench: no proxy binary at $bin" >&2; exit 1; }
+py_args+=(--timeline "$timeline")
+
+# The timeline's load generator and plotter: a crate of its own (own workspace and lock
+# file), so it adds nothing to the proxy's dependencies; built even with RFP_BENCH_BIN.
+if ((timeline)); then
+    CARGO_TARGET_DIR=$ROOT/target/bench-timeline \
+        cargo build --release --locked --quiet --manifest-path "$ROOT/bench/timeline/Cargo.toml"
+    py_args+=(--timeline-bin "$ROOT/target/bench-timeline/release/timeline")
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rfp-bench.XXXXXX")
 py_pid=""
