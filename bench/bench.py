@@ -27,6 +27,10 @@ import urllib.request
 
 HOST = "127.0.0.1"
 TARGETS = ("direct", "proxy", "haproxy")
+# With --pinned 1: the same two middle boxes with their threads pinned to CPUs, run only in
+# these scenarios, after the three above in every round (so their ratios are from the same run).
+PINNED_TARGETS = ("proxy_pinned", "haproxy_pinned")
+PINNED_SCENARIOS = ("c50_p1", "c50_p16")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -222,6 +226,36 @@ def rss_kib(pid):
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_ranges(cpus):
+    """CPU numbers as ranges, e.g. [0, 1, 2, 5] -> ["0-2", "5"]."""
+    out, cpus = [], sorted(cpus)
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return out
+
+
+def single_cpu_threads(pid):
+    """(thread name, CPU) of every thread of `pid` allowed on exactly one CPU."""
+    out = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                allowed = next(l.split(":", 1)[1].strip() for l in f
+                               if l.startswith("Cpus_allowed_list:"))
+        except (FileNotFoundError, StopIteration):
+            continue  # a thread that just ended
+        if re.fullmatch(r"\d+", allowed):
+            out.append((comm, int(allowed)))
+    return out
+
+
 def cpu_seconds(pid):
     """utime + stime of the process (all threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -271,14 +305,16 @@ def start_sentinel(procs, work, name, master_name, master_port, down_after_ms, q
     return port, p
 
 
-def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra=""):
-    """`route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`."""
+def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
+                extra_toml=""):
+    """`route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`;
+    `extra_toml`: more tables after the route, e.g. a `[runtime]` table."""
     listen = free_port()
     admin = free_port()
     conf = os.path.join(work, f"{name}.toml")
     with open(conf, "w") as f:
         # Only what the flags cannot say: room for the 10,000 idle sessions and the churn.
-        f.write("[[route]]\nmax_connections = 50000\n" + route_extra)
+        f.write("[[route]]\nmax_connections = 50000\n" + route_extra + extra_toml)
     argv = [binary, "--config", conf, "--listen", f"{HOST}:{listen}",
             "--admin", f"{HOST}:{admin}", "--master", master_name]
     for s in sentinel_ports:
@@ -290,8 +326,9 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
     return listen, f"{HOST}:{admin}", p
 
 
-def start_haproxy(procs, work, node_ports, name="haproxy"):
-    """HAProxy the canonical way for Sentinel setups: route to whichever node says role:master."""
+def start_haproxy(procs, work, node_ports, name="haproxy", global_extra=""):
+    """HAProxy the canonical way for Sentinel setups: route to whichever node says role:master.
+    `global_extra`: more `global` lines (indented, newline-terminated), e.g. a `cpu-map`."""
     listen = free_port()
     servers = "\n".join(
         f"    server node{i + 1} {HOST}:{p} check inter 1s" for i, p in enumerate(node_ports)
@@ -304,7 +341,7 @@ def start_haproxy(procs, work, node_ports, name="haproxy"):
         f.write(f"""global
     maxconn {maxconn}
     stats socket {stats} mode 600
-
+{global_extra}
 defaults
     mode tcp
     maxconn {maxconn}
@@ -1209,8 +1246,53 @@ def write_timeline_report(out_dir, info, runs, binary, repo):
         f.write("\n".join(head + timeline_lines(runs)[1:]))
 
 
-def throughput_lines(results, cpu, scen, vals, headline):
-    """The throughput, c=1 latency and CPU tables; fills `headline` with the ratios."""
+def pinned_lines(results, cpu, scen, vals, note):
+    """The proxy with pinned session threads and HAProxy with cpu-map, next to the same
+    round's direct runs."""
+    lines = [
+        "",
+        "## Pinned threads (same run)",
+        "",
+        "Two more middle boxes, run only in the two c=50 scenarios below, right after direct, "
+        "proxy and HAProxy in every round (direct is the same runs as above):",
+        "",
+        *(note or []),
+        "",
+        "| scenario | test | direct | proxy (pinned) | HAProxy (cpu-map) | "
+        "proxy (pinned) / direct | HAProxy (cpu-map) / direct |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    ran = [(sid, desc) for sid, desc, _, _ in scen
+           if any(r["scenario"] == sid and r["target"] in PINNED_TARGETS for r in results)]
+    for sid, desc in ran:
+        tests = []
+        for r in results:
+            if r["scenario"] == sid and r["target"] in PINNED_TARGETS and r["test"] not in tests:
+                tests.append(r["test"])
+        for t in tests:
+            m = {tg: med(vals(sid, t, tg, "rps")) for tg in ("direct",) + PINNED_TARGETS}
+            rp = m["proxy_pinned"] / m["direct"] if m["direct"] else float("nan")
+            rh = m["haproxy_pinned"] / m["direct"] if m["direct"] else float("nan")
+            lines.append(f"| {desc} | {t} | {fmt(m['direct'])} | {fmt(m['proxy_pinned'])} | "
+                         f"{fmt(m['haproxy_pinned'])} | {fmt(rp, 2)} | {fmt(rh, 2)} |")
+    lines += [
+        "",
+        "CPU per million requests (seconds of utime+stime, measured as for the CPU table below):",
+        "",
+        "| scenario | proxy (pinned) | HAProxy (cpu-map) | proxy (pinned) / HAProxy (cpu-map) |",
+        "|---|---:|---:|---:|",
+    ]
+    for sid, desc in ran:
+        c = {tg: med(cpu.get((sid, tg), [])) for tg in PINNED_TARGETS}
+        ratio = c["proxy_pinned"] / c["haproxy_pinned"] if c["haproxy_pinned"] else float("nan")
+        lines.append(f"| {desc} | {fmt(c['proxy_pinned'], 2)} | {fmt(c['haproxy_pinned'], 2)} | "
+                     f"{fmt(ratio, 2)} |")
+    return lines
+
+
+def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
+    """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants'
+    after the throughput table); fills `headline` with the ratios."""
     lines = [
         "",
         "Medians over the rounds. Ratios are to direct (higher is better for requests/s; "
@@ -1233,6 +1315,8 @@ def throughput_lines(results, cpu, scen, vals, headline):
             headline[(sid, t)] = (rp, rh)
             lines.append(f"| {desc} | {t} | {fmt(m['direct'])} | {fmt(m['proxy'])} | "
                          f"{fmt(m['haproxy'])} | {fmt(rp, 2)} | {fmt(rh, 2)} |")
+    if any(r["target"] in PINNED_TARGETS for r in results):
+        lines += pinned_lines(results, cpu, scen, vals, pinned_note)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
@@ -1293,7 +1377,9 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
         "# Benchmark: direct vs redis-failover-proxy vs HAProxy",
         "",
         f"- date: {info['date']}; mode: {'quick (numbers meaningless)' if args.quick else 'full'}, "
-        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy)",
+        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy"
+        + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
+           if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
         f"- proxy: release build of `{info['commit']}`, tokio multi-thread runtime (default workers);"
@@ -1307,7 +1393,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
     ]
     headline = {}
     if results:
-        lines += throughput_lines(results, cpu, scen, vals, headline)
+        lines += throughput_lines(results, cpu, scen, vals, headline,
+                                  getattr(args, "pinned_note", None))
     if idle:
         lines += [
             "",
@@ -1375,6 +1462,9 @@ def main():
     ap.add_argument("--idle", type=int)
     ap.add_argument("--fence", type=int)
     ap.add_argument("--timeline", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--pinned", type=int, choices=(0, 1), default=1,
+                    help="also run the proxy with pinned threads and HAProxy with cpu-map "
+                         "in " + " and ".join(PINNED_SCENARIOS))
     ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
@@ -1457,10 +1547,16 @@ def single_master_steps(procs, args, scen):
 
     ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
     pid_of = {"direct": master.pid, "proxy": proxy.pid, "haproxy": hap.pid}
+    args.pinned_note = None
+    if args.pinned and args.rounds > 0:
+        ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
+        ports.update(ports_p)
+        pid_of.update(pid_p)
     results, cpu = [], {}
     for rnd in range(1, args.rounds + 1):
         for sid, desc, bargs, n in scen:
-            for tg in TARGETS:
+            pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
+            for tg in TARGETS + pinned:
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
                 rows = run_benchmark(ports[tg], bargs, n)
@@ -1471,7 +1567,7 @@ def single_master_steps(procs, args, scen):
                 for r in rows:
                     r.update(scenario=sid, target=tg, round=rnd, requests=n, cpu_per_m=cpm)
                     results.append(r)
-                log(f"round {rnd}/{args.rounds} {sid:8} {tg:8} "
+                log(f"round {rnd}/{args.rounds} {sid:8} {tg:14} "
                     + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
                                 for r in rows)
                     + f", cpu {cpm:.2f}s/M")
@@ -1492,9 +1588,51 @@ def single_master_steps(procs, args, scen):
                                              redis_info(master_port)).group(1)) < 100,
                        timeout=30)
     # Nothing of this group is needed by the failover scenarios: free the CPU and the fds.
-    for name in ("haproxy", "proxy", "sentinel", "master"):
+    for name in ("haproxy_pinned", "proxy_pinned", "haproxy", "proxy", "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
+
+
+def start_pinned(procs, args, master_port, sent_port):
+    """The proxy with `[runtime] pin_threads = true` and HAProxy with a `cpu-map` (one CPU per
+    thread), on ports of their own, for PINNED_SCENARIOS. Returns (ports, pids, a sentence
+    for the report saying what each is and which of its threads ended up on one CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    n = len(cpus)
+    # Thread i on the i-th CPU of this process's set, as the proxy's pin_threads does;
+    # nbthread stays at its default (one per CPU of that set).
+    cpu_map = f"cpu-map auto:1/1-{n} {' '.join(cpu_ranges(cpus))}"
+    port_p, admin_p, proxy_p = start_proxy(procs, args.work, args.bin, "bench", [sent_port],
+                                           name="proxy_pinned",
+                                           extra_toml="[runtime]\npin_threads = true\n")
+    port_h, hap_h = start_haproxy(procs, args.work, [master_port], name="haproxy_pinned",
+                                  global_extra=f"    {cpu_map}\n")
+    log(f"pinned: proxy_pinned :{port_p} (admin {admin_p}), haproxy_pinned :{port_h} "
+        f"(`{cpu_map}`)")
+
+    def bound(pid):
+        by_name = {}
+        for name, cpu in single_cpu_threads(pid):
+            by_name.setdefault(name, []).append(str(cpu))
+        if not by_name:
+            return "**no thread is bound to a single CPU**"
+        return ", ".join(f"`{name}` on CPU {cs[0]}" if len(cs) == 1
+                         else f"{len(cs)} `{name}` threads on CPUs {', '.join(cs)}"
+                         for name, cs in by_name.items())
+
+    # Both pin at startup: the proxy's session threads exist once it answers, HAProxy's
+    # threads once it has forwarded a PING (start_haproxy waits for that).
+    bp, bh = bound(proxy_p.pid), bound(hap_h.pid)
+    log(f"pinned: proxy_pinned: {bp}; haproxy_pinned: {bh}")
+    note = [
+        f"- **proxy (pinned)**: the same binary and config as proxy plus `[runtime]` "
+        f"`pin_threads = true` (session thread i on the i-th CPU of its CPU set). "
+        f"Bound to one CPU each (/proc): {bp}.",
+        f"- **HAProxy (cpu-map)**: the same config as HAProxy plus `{cpu_map}` in `global` "
+        f"(one CPU per thread, default nbthread). Bound to one CPU each (/proc): {bh}.",
+    ]
+    return ({"proxy_pinned": port_p, "haproxy_pinned": port_h},
+            {"proxy_pinned": proxy_p.pid, "haproxy_pinned": hap_h.pid}, note)
 
 
 def redis_info(port):

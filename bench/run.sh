@@ -2,7 +2,7 @@
 # The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
 #
 #   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N] [--timeline 0|1]
-#                [--out DIR]
+#                [--pinned 0|1] [--out DIR]
 #
 #   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
 #                 to target/bench-quick/ unless --out is given (the committed results are
@@ -17,6 +17,9 @@
 #                 and through HAProxy across a SENTINEL FAILOVER and a kill -9 of the master
 #                 (quick: the SENTINEL FAILOVER only); writes timeline.md and timeline-*.svg
 #                 (default 1; builds bench/timeline/)
+#   --pinned 0|1  also run the proxy with `[runtime] pin_threads = true` and HAProxy with
+#                 `cpu-map auto:1/1-N <CPUs>` in the c=50 P=1 and P=16 scenarios, in the same
+#                 rounds; a "Pinned threads" table in latest.md (default 1, also with --quick)
 #   --out DIR     where latest.md, latest.csv and the timeline files go (default
 #                 bench/results/). A run of only the timeline (--rounds 0 --idle 0 --fence 0)
 #                 leaves latest.md and latest.csv alone.
@@ -41,9 +44,11 @@ while (($#)); do
         py_args+=("$1" "$2"); shift ;;
     --timeline) [[ ${2:-} == [01] ]] || { echo "bench: --timeline takes 0 or 1" >&2; exit 2; }
         timeline=$2; shift ;;
+    --pinned) [[ ${2:-} == [01] ]] || { echo "bench: --pinned takes 0 or 1" >&2; exit 2; }
+        py_args+=(--pinned "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,32s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
