@@ -176,6 +176,13 @@ async fn serve(
     span.record("epoch", master.epoch);
     debug!("session open");
     let reason = splice(&client, &conn, &master, &shutdown, &route).await;
+    if reason == Closed::MasterSwitch {
+        // Abort rather than close the demoted master's side: a plain close would leave
+        // bytes still in the send queue (unacknowledged across a partition) for the kernel
+        // to deliver later, after the fence. With linger 0 the kernel drops them and sends
+        // RST; no FIN handshake or TIME_WAIT either, which makes fencing cheaper.
+        let _ = SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+    }
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
 }
