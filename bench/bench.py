@@ -1071,10 +1071,21 @@ def machine(repo):
             comm.startswith("redis-") and pid not in ours
         ):
             busy.append(comm)
+    os_name = "?"
+    if os.path.exists("/etc/os-release"):
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip('"')
+    mem_gib = 0.0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            mem_gib = int(line.split()[1]) / (1024 * 1024)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
+        "os": os_name,
+        "mem_gib": mem_gib,
         "kernel": platform.release(),
         "redis": sh(["redis-server", "--version"]).split(" sha=")[0],
         "haproxy": sh(["haproxy", "-v"]).splitlines()[0] if sh(["haproxy", "-v"]) else "?",
@@ -1380,9 +1391,11 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
         f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy"
         + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
            if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
-        f"- machine: {info['nproc']} CPUs, {info['cpu']}, kernel {info['kernel']}",
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
+        f"{info['os']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
-        f"- proxy: release build of `{info['commit']}`, tokio multi-thread runtime (default workers);"
+        f"- proxy: release build of `{info['commit']}`, default `[runtime]` (one session thread "
+        "per CPU, not pinned, `yield_before_sleep` on);"
         " HAProxy: default nbthread, config in bench/run.sh output dir (`haproxy.cfg`)",
         f"- load average at start {info['load']}, at end {info_end['load']}; "
         + ("quiet: no cargo/rustc and no other redis-server at start or end"
