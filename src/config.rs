@@ -120,7 +120,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// Session threads; each runs its own event loop and owns the sessions it is given.
-    /// Resolved: never 0 (0 in the file means one per CPU this process may use).
+    /// Resolved: never 0 (0 in the file means one per CPU this process may use, at most 4).
     pub threads: usize,
     /// Pin session thread `i` to the `i`-th CPU this process may use.
     pub pin_threads: bool,
@@ -487,7 +487,9 @@ fn build(
         ));
     }
     let threads = match file.runtime.threads.unwrap_or(0) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Every session thread's epoll wakes for each new client (they all watch the
+        // listening socket), so the default stays small: a sidecar rarely needs more.
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(DEFAULT_MAX_THREADS)),
         n if n > MAX_THREADS => {
             return Err(invalid(
                 "runtime.threads",
@@ -515,6 +517,9 @@ fn check_positive(
 ) -> Result<(), ConfigError> {
     check_range(d, Duration::from_nanos(1), MAX_DURATION, key, invalid)
 }
+
+/// Most session threads `runtime.threads = 0` (the default) starts.
+const DEFAULT_MAX_THREADS: usize = 4;
 
 /// Most session threads `runtime.threads` accepts.
 const MAX_THREADS: usize = 1024;

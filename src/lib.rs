@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::Config;
 pub use proxy::workers::Workers;
@@ -113,13 +114,36 @@ pub async fn run(
             "route listening"
         );
         tokio::spawn(sentinel::watch(route.clone(), stop_background.clone()));
-        tasks.spawn(proxy::listener::serve(
-            listener,
-            route.clone(),
-            workers.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        ));
+        // One accept loop per session thread, each on its own descriptor of the socket.
+        let limit = Arc::new(Semaphore::new(route.config.max_connections));
+        match listener.into_std() {
+            Ok(listener) => {
+                for thread in 0..workers.len() {
+                    let fd = match listener.try_clone() {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            error!(route = route.name(), thread, error = %e, "cannot share the listening socket with a session thread; the others accept");
+                            continue;
+                        }
+                    };
+                    tasks.spawn_on(
+                        proxy::listener::serve(
+                            fd,
+                            route.clone(),
+                            workers.clone(),
+                            thread,
+                            limit.clone(),
+                            tasks.clone(),
+                            shutdown.clone(),
+                        ),
+                        workers.handle(thread),
+                    );
+                }
+            }
+            Err(e) => {
+                error!(route = route.name(), error = %e, "cannot hand the listening socket to the session threads; this route accepts no clients");
+            }
+        }
         routes.push(route);
     }
     let admin_addr = listeners

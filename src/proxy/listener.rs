@@ -1,6 +1,10 @@
-//! The accept loop of one route. It never dies: accept errors are counted, logged at most once
-//! a second, and backed off (EMFILE would otherwise spin, since the pending connection stays
-//! queued). The connection limit is a semaphore; a client over the limit is closed at once.
+//! The accept loops of one route, one per session thread, all on the same listening socket
+//! (each registered with its own thread's epoll); a thread accepts only when it is its turn
+//! ([`Workers::wait_turn`]) and serves what it accepted itself, so no client is handed between
+//! threads. A loop never dies: accept errors are counted, logged at most once a second per
+//! thread, and backed off (EMFILE would otherwise spin, since the pending connection stays
+//! queued). The connection limit is a semaphore shared by the loops; a client over the limit is
+//! closed at once.
 
 use std::io;
 use std::sync::Arc;
@@ -17,23 +21,35 @@ use super::{session, Shutdown};
 use crate::metrics::{self as m, Rejected};
 use crate::route::Route;
 
-/// Accepts clients of `route` on `listener` until `shutdown.drain`; spawns sessions on `tasks`,
-/// each on the least-loaded session thread of `workers`.
+/// Accepts clients of `route` on `listener` (a descriptor of its own for this loop) until
+/// `shutdown.drain`, whenever it is session thread `thread`'s turn, and spawns their sessions
+/// on `tasks` on this thread. Runs on session thread `thread`'s runtime.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     route: Arc<Route>,
     workers: Arc<Workers>,
+    thread: usize,
+    limit: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: Shutdown,
 ) {
-    let limit = Arc::new(Semaphore::new(route.config.max_connections));
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(route = route.name(), thread, error = %e, "cannot watch the listening socket on this session thread; the others accept");
+            return;
+        }
+    };
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => return,
-            r = listener.accept() => r,
+            r = async {
+                workers.wait_turn(thread).await;
+                listener.accept().await
+            } => r,
         };
         let (client, peer) = match accepted {
             Ok(c) => {
@@ -70,28 +86,14 @@ pub async fn serve(
             drop(client);
             continue;
         };
-        // Off this runtime's epoll; the session registers it on its own thread's.
-        let client = match client.into_std() {
-            Ok(c) => c,
-            Err(e) => {
-                counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => "other")
-                    .increment(1);
-                debug!(route = route.name(), client.addr = %peer, error = %e, "cannot hand the client to a session thread; closing it");
-                continue;
-            }
-        };
-        let slot = workers.pick();
-        tasks.spawn_on(
-            session::run(
-                client,
-                peer,
-                route.clone(),
-                permit,
-                slot.load,
-                shutdown.clone(),
-            ),
-            &slot.handle,
-        );
+        tasks.spawn(session::run(
+            client,
+            peer,
+            route.clone(),
+            permit,
+            workers.count(thread),
+            shutdown.clone(),
+        ));
     }
 }
 

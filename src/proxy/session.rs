@@ -30,7 +30,7 @@ const BUF_SIZE: usize = 16 * 1024;
 
 /// Serves one accepted client until it, its master or its epoch ends.
 pub async fn run(
-    client: std::net::TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     route: Arc<Route>,
     permit: OwnedSemaphorePermit,
@@ -45,16 +45,6 @@ pub async fn run(
         epoch = field::Empty,
     );
     let _load = load;
-    // Registers the socket with this session thread's event loop.
-    let client = match TcpStream::from_std(client) {
-        Ok(c) => c,
-        Err(e) => {
-            counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => "other")
-                .increment(1);
-            debug!(route = route.name(), client.addr = %peer, error = %e, "cannot register the client; closing it");
-            return;
-        }
-    };
     serve(client, route, permit, shutdown)
         .instrument(span)
         .await

@@ -1,9 +1,10 @@
 //! The session threads. Each runs its own single-threaded tokio runtime, so a session's two
 //! sockets, its wakeups and its task stay on one thread with one epoll instance, like HAProxy's
-//! threads: no work stealing, no cross-thread wakeups on the hot path. The accept loops (on the
-//! control runtime with the watchers and the admin server) hand each accepted client to the
-//! least-loaded session thread. Measured on 2 cores, c=50 P=1 GET: about 11 % more requests/s
-//! than one multi-thread runtime for everything (bench/README.md).
+//! threads: no work stealing, no cross-thread wakeups on the hot path. Every session thread
+//! runs an accept loop on each route's listening socket and keeps the clients it accepts; to
+//! keep pooled clients spread evenly, a thread accepts only while no other thread has fewer
+//! clients ([`Workers::wait_turn`]). The watchers and the admin server run on the control
+//! runtime. Measured on 2 cores: see bench/README.md.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 use crate::config::RuntimeConfig;
@@ -20,34 +21,35 @@ use crate::config::RuntimeConfig;
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<Worker>,
-    /// Round-robin start for ties, so equal loads spread.
-    next: AtomicUsize,
+    loads: Arc<Loads>,
 }
 
 #[derive(Debug)]
 struct Worker {
     handle: Handle,
-    /// Sessions (and held clients) on this thread now.
-    load: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     /// Fires when the thread has dropped its runtime.
     exited: Option<oneshot::Receiver<()>>,
 }
 
-/// A place to run one session: its runtime, and a guard that counts it as load while alive.
-pub struct Slot {
-    /// The session thread's runtime.
-    pub handle: Handle,
-    /// Keep alive for the session's lifetime.
-    pub load: LoadGuard,
+/// Clients (held or in a session) per session thread, and a wakeup for accept loops waiting
+/// for their turn whenever any of them changes.
+#[derive(Debug)]
+struct Loads {
+    per_thread: Vec<AtomicUsize>,
+    changed: Notify,
 }
 
-/// Counts one session on a thread until dropped.
-pub struct LoadGuard(Arc<AtomicUsize>);
+/// Counts one client on a session thread until dropped.
+pub struct LoadGuard {
+    loads: Arc<Loads>,
+    thread: usize,
+}
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.loads.per_thread[self.thread].fetch_sub(1, Ordering::Relaxed);
+        self.loads.changed.notify_waiters();
     }
 }
 
@@ -108,7 +110,6 @@ impl Workers {
                 .map_err(|_| io::Error::other("session thread exited at start"))??;
             workers.push(Worker {
                 handle,
-                load: Arc::new(AtomicUsize::new(0)),
                 stop: Some(stop_tx),
                 exited: Some(exited_rx),
             });
@@ -119,29 +120,64 @@ impl Workers {
             yield_before_sleep,
             "session threads started"
         );
-        Ok(Workers {
-            workers,
-            next: AtomicUsize::new(0),
-        })
+        let loads = Arc::new(Loads {
+            per_thread: (0..workers.len()).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        });
+        Ok(Workers { workers, loads })
     }
 
-    /// The least-loaded session thread (ties: round-robin), with its load already counted.
-    pub fn pick(&self) -> Slot {
-        let n = self.workers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = &self.workers[start];
-        let mut best_load = best.load.load(Ordering::Relaxed);
-        for k in 1..n {
-            let w = &self.workers[(start + k) % n];
-            let l = w.load.load(Ordering::Relaxed);
-            if l < best_load {
-                (best, best_load) = (w, l);
+    /// How many session threads there are.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Always false: there is at least one session thread.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The runtime of session thread `thread`.
+    pub fn handle(&self, thread: usize) -> &Handle {
+        &self.workers[thread].handle
+    }
+
+    /// Resolves once it is session thread `thread`'s turn to accept: it has at most a few
+    /// clients more than the thread with the fewest (1 + 1/16 of that). Strict turns would
+    /// make a burst of connections (a pool opening, a reconnect storm) ping-pong between the
+    /// threads for every accept, too slow to keep the listen backlog from overflowing; the
+    /// slack keeps accepting fast while clients stay spread within a few percent. Threads
+    /// within the slack may all accept (the kernel gives a pending connection to one of them;
+    /// the others' accept finds nothing).
+    pub async fn wait_turn(&self, thread: usize) {
+        loop {
+            // Registered before the check, so a change between the check and the await
+            // still wakes us.
+            let changed = self.loads.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let mine = self.loads.per_thread[thread].load(Ordering::Relaxed);
+            let fewest = self
+                .loads
+                .per_thread
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0);
+            if mine <= fewest + 1 + fewest / 16 {
+                return;
             }
+            changed.await;
         }
-        best.load.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            handle: best.handle.clone(),
-            load: LoadGuard(best.load.clone()),
+    }
+
+    /// Counts a client accepted on session thread `thread` until the guard is dropped.
+    pub fn count(&self, thread: usize) -> LoadGuard {
+        self.loads.per_thread[thread].fetch_add(1, Ordering::Relaxed);
+        self.loads.changed.notify_waiters();
+        LoadGuard {
+            loads: self.loads.clone(),
+            thread,
         }
     }
 
