@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,15 +54,27 @@ pub struct BindError {
 pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        routes.push(bind_one(r.listen, format!("route {}", r.name)).await?);
+        // A listen backlog as deep as the connection limit (HAProxy does the same; the kernel
+        // caps it at net.core.somaxconn): a reconnect storm after a fence arrives all at once.
+        let backlog = u32::try_from(r.max_connections).unwrap_or(u32::MAX);
+        routes.push(bind_one(r.listen, backlog, format!("route {}", r.name))?);
     }
-    let admin = bind_one(config.admin_listen, "admin".to_string()).await?;
+    let admin = bind_one(config.admin_listen, 128, "admin".to_string())?;
     Ok(Listeners { routes, admin })
 }
 
-async fn bind_one(addr: SocketAddr, what: String) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
+fn bind_one(addr: SocketAddr, backlog: u32, what: String) -> Result<TcpListener, BindError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    // SO_REUSEADDR as tokio's TcpListener::bind sets it: a restart is not refused because of
+    // the previous process's connections in TIME_WAIT.
+    socket
+        .and_then(|s| s.set_reuseaddr(true).map(|()| s))
+        .and_then(|s| s.bind(addr).map(|()| s))
+        .and_then(|s| s.listen(backlog.clamp(128, 65_535)))
         .map_err(|source| BindError { addr, what, source })
 }
 

@@ -32,12 +32,12 @@ struct Worker {
     exited: Option<oneshot::Receiver<()>>,
 }
 
-/// Clients (held or in a session) per session thread, and a wakeup for accept loops waiting
-/// for their turn whenever any of them changes.
+/// Clients (held or in a session) per session thread, and per thread a wakeup for its accept
+/// loop when its turn may have come.
 #[derive(Debug)]
 struct Loads {
     per_thread: Vec<AtomicUsize>,
-    changed: Notify,
+    turn: Vec<Notify>,
 }
 
 /// Counts one client on a session thread until dropped.
@@ -49,7 +49,9 @@ pub struct LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.loads.per_thread[self.thread].fetch_sub(1, Ordering::Relaxed);
-        self.loads.changed.notify_waiters();
+        // Fewer clients here can only bring this thread's own turn (dropped on this thread:
+        // no cross-thread wakeup).
+        self.loads.turn[self.thread].notify_waiters();
     }
 }
 
@@ -122,7 +124,7 @@ impl Workers {
         );
         let loads = Arc::new(Loads {
             per_thread: (0..workers.len()).map(|_| AtomicUsize::new(0)).collect(),
-            changed: Notify::new(),
+            turn: (0..workers.len()).map(|_| Notify::new()).collect(),
         });
         Ok(Workers { workers, loads })
     }
@@ -153,7 +155,7 @@ impl Workers {
         loop {
             // Registered before the check, so a change between the check and the await
             // still wakes us.
-            let changed = self.loads.changed.notified();
+            let changed = self.loads.turn[thread].notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let mine = self.loads.per_thread[thread].load(Ordering::Relaxed);
@@ -173,8 +175,20 @@ impl Workers {
 
     /// Counts a client accepted on session thread `thread` until the guard is dropped.
     pub fn count(&self, thread: usize) -> LoadGuard {
-        self.loads.per_thread[thread].fetch_add(1, Ordering::Relaxed);
-        self.loads.changed.notify_waiters();
+        let before = self.loads.per_thread[thread].fetch_add(1, Ordering::Relaxed);
+        // Others' turn may come only if this thread alone had the fewest clients (the fewest
+        // just went up); otherwise nothing changed for them.
+        let others_fewest = (0..self.loads.per_thread.len())
+            .filter(|&t| t != thread)
+            .map(|t| self.loads.per_thread[t].load(Ordering::Relaxed))
+            .min();
+        if others_fewest.is_some_and(|f| before < f) {
+            for (t, turn) in self.loads.turn.iter().enumerate() {
+                if t != thread {
+                    turn.notify_waiters();
+                }
+            }
+        }
         LoadGuard {
             loads: self.loads.clone(),
             thread,
