@@ -33,14 +33,13 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 
 /// A port below the ephemeral range (so outgoing connections never take it) that is free now.
 pub fn free_port() -> u16 {
+    // One counter per test process, wrapping inside 20000..32000 without a reset that two
+    // threads could race (that once handed the same port to a route and its admin server).
+    // Different processes start at different offsets.
     static NEXT: OnceLock<AtomicU16> = OnceLock::new();
-    let next = NEXT.get_or_init(|| AtomicU16::new(20000 + (std::process::id() % 1000) as u16 * 12));
+    let next = NEXT.get_or_init(|| AtomicU16::new((std::process::id() % 1000) as u16 * 12));
     loop {
-        let mut p = next.fetch_add(1, Ordering::Relaxed);
-        if p >= 32000 {
-            next.store(20000, Ordering::Relaxed);
-            p = 20000;
-        }
+        let p = 20000 + next.fetch_add(1, Ordering::Relaxed) % 12000;
         if TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
