@@ -145,7 +145,8 @@ pub struct RouteConfig {
     pub max_connections: usize,
     /// Timeout for connecting to the master.
     pub connect_timeout: Duration,
-    /// TCP keepalive idle time on master sockets (probes every idle/3, 3 probes).
+    /// TCP keepalive idle time on master sockets (then a probe every idle/3 until
+    /// `tcp_user_timeout`).
     pub keepalive: Duration,
     /// TCP_USER_TIMEOUT on master sockets: unacknowledged data older than this drops the session.
     pub tcp_user_timeout: Duration,

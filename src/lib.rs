@@ -1,7 +1,8 @@
 //! redis-failover-proxy: one fixed local address per route for the current master of a Redis
 //! Sentinel group. [`run`] wires the pieces: per route a watcher ([`sentinel`]) that is the only
-//! writer of the route's master state ([`route`]) and an accept loop ([`proxy`]) that only reads
-//! it; plus the admin HTTP server ([`admin`]). The binary is a thin shell around [`run`].
+//! writer of the route's master state ([`route`]) and, on every session thread, an accept loop
+//! ([`proxy`]) that only reads it; plus the admin HTTP server ([`admin`]). The binary is a thin
+//! shell around [`run`].
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -22,7 +23,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use config::Config;
 pub use proxy::workers::Workers;
@@ -100,21 +101,33 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 
 /// Runs the proxy until `shutdown.drain` is cancelled, then stops accepting, lets sessions
 /// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest, stops the
-/// session threads and returns. Sessions run on `workers` (see [`Workers::start`]).
+/// session threads and returns. Sessions run on `workers` (see [`Workers::start`]); the error
+/// is a failure to start accepting on them, before anything ran.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     workers: Workers,
     metrics: Option<PrometheusHandle>,
     shutdown: Shutdown,
-) {
+) -> Result<(), StartError> {
+    // Every session thread accepts on its own descriptor of each route's socket, registered
+    // with that thread's event loop; all of it before anything starts, so a failure (out of
+    // descriptors or epoll watches) stops the start instead of leaving a thread that never
+    // accepts but counts as the least loaded.
+    let mut per_route = Vec::with_capacity(listeners.routes.len());
+    for (rc, listener) in config.routes.iter().zip(listeners.routes) {
+        let fds = share_listener(listener, &workers).map_err(|source| StartError {
+            route: rc.name.clone(),
+            source,
+        })?;
+        per_route.push(fds);
+    }
     let tasks = TaskTracker::new();
     let stop_background = CancellationToken::new();
-    let workers = Arc::new(workers);
     let mut routes = Vec::new();
-    for (rc, listener) in config.routes.iter().cloned().zip(listeners.routes) {
+    for (rc, fds) in config.routes.iter().cloned().zip(per_route) {
         let route = route::Route::new(rc);
-        let addr = listener
+        let addr = fds[0]
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
@@ -126,35 +139,20 @@ pub async fn run(
             "route listening"
         );
         tokio::spawn(sentinel::watch(route.clone(), stop_background.clone()));
-        // One accept loop per session thread, each on its own descriptor of the socket.
         let limit = Arc::new(Semaphore::new(route.config.max_connections));
-        match listener.into_std() {
-            Ok(listener) => {
-                for thread in 0..workers.len() {
-                    let fd = match listener.try_clone() {
-                        Ok(fd) => fd,
-                        Err(e) => {
-                            error!(route = route.name(), thread, error = %e, "cannot share the listening socket with a session thread; the others accept");
-                            continue;
-                        }
-                    };
-                    tasks.spawn_on(
-                        proxy::listener::serve(
-                            fd,
-                            route.clone(),
-                            workers.clone(),
-                            thread,
-                            limit.clone(),
-                            tasks.clone(),
-                            shutdown.clone(),
-                        ),
-                        workers.handle(thread),
-                    );
-                }
-            }
-            Err(e) => {
-                error!(route = route.name(), error = %e, "cannot hand the listening socket to the session threads; this route accepts no clients");
-            }
+        for (thread, fd) in fds.into_iter().enumerate() {
+            tasks.spawn_on(
+                proxy::listener::serve(
+                    fd,
+                    route.clone(),
+                    workers.turns(),
+                    thread,
+                    limit.clone(),
+                    tasks.clone(),
+                    shutdown.clone(),
+                ),
+                workers.handle(thread),
+            );
         }
         routes.push(route);
     }
@@ -196,10 +194,7 @@ pub async fn run(
         warn!(sessions = tasks.len(), "sessions did not close in time");
     }
     stop_background.cancel();
-    // The accept loops (the other owners) have ended with the tasks above.
-    if let Some(workers) = Arc::into_inner(workers) {
-        workers.stop(Duration::from_secs(2)).await;
-    }
+    workers.stop(Duration::from_secs(2)).await;
     // A scraper holding a half-sent request must not keep the process alive.
     if tokio::time::timeout(Duration::from_secs(1), &mut admin)
         .await
@@ -208,4 +203,29 @@ pub async fn run(
         admin.abort();
     }
     info!("shutdown complete");
+    Ok(())
+}
+
+/// Starting the session threads' accept loops failed.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}: cannot share the listening socket with the session threads: {source}")]
+pub struct StartError {
+    /// The route's name.
+    pub route: String,
+    /// Why.
+    pub source: io::Error,
+}
+
+/// One descriptor of `listener` per session thread, each registered with that thread's
+/// runtime.
+fn share_listener(listener: TcpListener, workers: &Workers) -> io::Result<Vec<TcpListener>> {
+    let listener = listener.into_std()?;
+    (0..workers.len())
+        .map(|thread| {
+            let fd = listener.try_clone()?;
+            // Registers with the runtime entered here: the session thread's.
+            let _in_thread = workers.handle(thread).enter();
+            TcpListener::from_std(fd)
+        })
+        .collect()
 }

@@ -51,8 +51,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // The control runtime: watchers, accept loops, admin server. Sessions run on their own
-    // threads (`Workers`).
+    // The control runtime: watchers and the admin server. Clients are accepted and served on
+    // the session threads (`Workers`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,8 +90,13 @@ fn main() -> ExitCode {
         };
         let shutdown = Shutdown::default();
         tokio::spawn(signals(shutdown.clone()));
-        run(config, listeners, workers, install_metrics(), shutdown).await;
-        ExitCode::SUCCESS
+        match run(config, listeners, workers, install_metrics(), shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                complain(format_args!("{e}"));
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
     });
     // A DNS lookup still running on a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

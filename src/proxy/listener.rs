@@ -1,6 +1,6 @@
 //! The accept loops of one route, one per session thread, all on the same listening socket
 //! (each registered with its own thread's epoll); a thread accepts only when it is its turn
-//! ([`Workers::wait_turn`]) and serves what it accepted itself, so no client is handed between
+//! ([`Turns::wait_turn`]) and serves what it accepted itself, so no client is handed between
 //! threads. A loop never dies: accept errors are counted, logged at most once a second per
 //! thread, and backed off (EMFILE would otherwise spin, since the pending connection stays
 //! queued). The connection limit is a semaphore shared by the loops; a client over the limit is
@@ -16,30 +16,23 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use super::workers::Workers;
+use super::workers::Turns;
 use super::{session, Shutdown};
 use crate::metrics::{self as m, Rejected};
 use crate::route::Route;
 
-/// Accepts clients of `route` on `listener` (a descriptor of its own for this loop) until
-/// `shutdown.drain`, whenever it is session thread `thread`'s turn, and spawns their sessions
-/// on `tasks` on this thread. Runs on session thread `thread`'s runtime.
+/// Accepts clients of `route` on `listener` (a descriptor of its own, registered with session
+/// thread `thread`'s runtime, where this runs) until `shutdown.drain`, whenever it is that
+/// thread's turn, and spawns their sessions on `tasks` on this thread.
 pub async fn serve(
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     route: Arc<Route>,
-    workers: Arc<Workers>,
+    turns: Arc<Turns>,
     thread: usize,
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: Shutdown,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            error!(route = route.name(), thread, error = %e, "cannot watch the listening socket on this session thread; the others accept");
-            return;
-        }
-    };
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
@@ -47,7 +40,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => return,
             r = async {
-                workers.wait_turn(thread).await;
+                turns.wait_turn(thread).await;
                 listener.accept().await
             } => r,
         };
@@ -62,7 +55,7 @@ pub async fn serve(
                 counter!(m::ACCEPT_ERRORS, "route" => route.name().to_string(), "kind" => kind)
                     .increment(1);
                 if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    error!(route = route.name(), error = %e, kind, suppressed, "accept failed; backing off");
+                    error!(route = route.name(), thread, error = %e, kind, suppressed, "accept failed; backing off");
                     last_log = Some(Instant::now());
                     suppressed = 0;
                 } else {
@@ -91,7 +84,7 @@ pub async fn serve(
             peer,
             route.clone(),
             permit,
-            workers.count(thread),
+            turns.count(thread),
             shutdown.clone(),
         ));
     }

@@ -238,9 +238,10 @@ fn socket_options(stream: &TcpStream, cfg: &RouteConfig) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = SockRef::from(stream);
     let interval = (cfg.keepalive / 3).max(Duration::from_secs(1));
-    // Turns SO_KEEPALIVE on too. No probe count: with TCP_USER_TIMEOUT set, that timeout
-    // decides when unanswered probes end the connection (tcp(7)), so TCP_KEEPCNT would be
-    // one more syscall per session for nothing.
+    // Turns SO_KEEPALIVE on too. No probe count: on Linux, with TCP_USER_TIMEOUT set, that
+    // timeout decides when unanswered probes end the connection (tcp(7)), so TCP_KEEPCNT
+    // would be one more syscall per session for nothing. (Elsewhere the OS default count
+    // applies; the proxy is built for Linux.)
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(cfg.keepalive)
@@ -343,6 +344,8 @@ enum Step {
 /// would: the next `readable()` waits for the next edge instead of costing a `recv` that
 /// fails with `EAGAIN` (one syscall per direction per request; HAProxy trusts short reads the
 /// same way). Tokio clears only if no new event arrived meanwhile, and keeps a seen EOF.
+/// Not covered: TCP urgent data (`MSG_OOB`) stops a read at the urgent mark, so a client that
+/// sent some would stall its own session until it sends more; Redis clients never do.
 /// `WouldBlock` is returned only when nothing was read.
 fn read_drain(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;

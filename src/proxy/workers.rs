@@ -2,9 +2,9 @@
 //! sockets, its wakeups and its task stay on one thread with one epoll instance, like HAProxy's
 //! threads: no work stealing, no cross-thread wakeups on the hot path. Every session thread
 //! runs an accept loop on each route's listening socket and keeps the clients it accepts; to
-//! keep pooled clients spread evenly, a thread accepts only while no other thread has fewer
-//! clients ([`Workers::wait_turn`]). The watchers and the admin server run on the control
-//! runtime. Measured on 2 cores: see bench/README.md.
+//! keep pooled clients spread evenly, a thread accepts only while it is at most a few clients
+//! ahead of the thread with the fewest ([`Turns::wait_turn`]). The watchers and the admin
+//! server run on the control runtime. Measured on 2 cores: see bench/README.md.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +17,12 @@ use tracing::{info, warn};
 
 use crate::config::RuntimeConfig;
 
-/// The running session threads.
+/// The running session threads. Dropping this stops them (after their sessions are
+/// dropped); [`Workers::stop`] also waits for that.
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<Worker>,
-    loads: Arc<Loads>,
+    turns: Arc<Turns>,
 }
 
 #[derive(Debug)]
@@ -32,26 +33,27 @@ struct Worker {
     exited: Option<oneshot::Receiver<()>>,
 }
 
-/// Clients (held or in a session) per session thread, and per thread a wakeup for its accept
-/// loop when its turn may have come.
+/// Whose turn it is to accept: clients (held or in a session) per session thread, and per
+/// thread a wakeup for its accept loops when their turn may have come. The accept loops hold
+/// this, not [`Workers`], so that dropping `Workers` still stops the threads.
 #[derive(Debug)]
-struct Loads {
+pub struct Turns {
     per_thread: Vec<AtomicUsize>,
     turn: Vec<Notify>,
 }
 
 /// Counts one client on a session thread until dropped.
 pub struct LoadGuard {
-    loads: Arc<Loads>,
+    turns: Arc<Turns>,
     thread: usize,
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.loads.per_thread[self.thread].fetch_sub(1, Ordering::Relaxed);
+        self.turns.per_thread[self.thread].fetch_sub(1, Ordering::SeqCst);
         // Fewer clients here can only bring this thread's own turn (dropped on this thread:
         // no cross-thread wakeup).
-        self.loads.turn[self.thread].notify_waiters();
+        self.turns.turn[self.thread].notify_waiters();
     }
 }
 
@@ -70,8 +72,10 @@ impl Workers {
             Vec::new()
         };
         let yield_before_sleep = cfg.yield_before_sleep;
-        let mut workers = Vec::with_capacity(cfg.threads);
-        for i in 0..cfg.threads {
+        // At least one, whatever a library caller passes.
+        let threads = cfg.threads.max(1);
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -117,16 +121,21 @@ impl Workers {
             });
         }
         info!(
-            threads = cfg.threads,
+            threads,
             pinned = !cores.is_empty(),
             yield_before_sleep,
             "session threads started"
         );
-        let loads = Arc::new(Loads {
-            per_thread: (0..workers.len()).map(|_| AtomicUsize::new(0)).collect(),
-            turn: (0..workers.len()).map(|_| Notify::new()).collect(),
+        let turns = Arc::new(Turns {
+            per_thread: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            turn: (0..threads).map(|_| Notify::new()).collect(),
         });
-        Ok(Workers { workers, loads })
+        Ok(Workers { workers, turns })
+    }
+
+    /// Whose turn it is to accept; for the accept loops.
+    pub fn turns(&self) -> Arc<Turns> {
+        self.turns.clone()
     }
 
     /// How many session threads there are.
@@ -134,7 +143,7 @@ impl Workers {
         self.workers.len()
     }
 
-    /// Always false: there is at least one session thread.
+    /// Always false: [`Workers::start`] starts at least one session thread.
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }
@@ -142,57 +151,6 @@ impl Workers {
     /// The runtime of session thread `thread`.
     pub fn handle(&self, thread: usize) -> &Handle {
         &self.workers[thread].handle
-    }
-
-    /// Resolves once it is session thread `thread`'s turn to accept: it has at most a few
-    /// clients more than the thread with the fewest (1 + 1/16 of that). Strict turns would
-    /// make a burst of connections (a pool opening, a reconnect storm) ping-pong between the
-    /// threads for every accept, too slow to keep the listen backlog from overflowing; the
-    /// slack keeps accepting fast while clients stay spread within a few percent. Threads
-    /// within the slack may all accept (the kernel gives a pending connection to one of them;
-    /// the others' accept finds nothing).
-    pub async fn wait_turn(&self, thread: usize) {
-        loop {
-            // Registered before the check, so a change between the check and the await
-            // still wakes us.
-            let changed = self.loads.turn[thread].notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let mine = self.loads.per_thread[thread].load(Ordering::Relaxed);
-            let fewest = self
-                .loads
-                .per_thread
-                .iter()
-                .map(|l| l.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(0);
-            if mine <= fewest + 1 + fewest / 16 {
-                return;
-            }
-            changed.await;
-        }
-    }
-
-    /// Counts a client accepted on session thread `thread` until the guard is dropped.
-    pub fn count(&self, thread: usize) -> LoadGuard {
-        let before = self.loads.per_thread[thread].fetch_add(1, Ordering::Relaxed);
-        // Others' turn may come only if this thread alone had the fewest clients (the fewest
-        // just went up); otherwise nothing changed for them.
-        let others_fewest = (0..self.loads.per_thread.len())
-            .filter(|&t| t != thread)
-            .map(|t| self.loads.per_thread[t].load(Ordering::Relaxed))
-            .min();
-        if others_fewest.is_some_and(|f| before < f) {
-            for (t, turn) in self.loads.turn.iter().enumerate() {
-                if t != thread {
-                    turn.notify_waiters();
-                }
-            }
-        }
-        LoadGuard {
-            loads: self.loads.clone(),
-            thread,
-        }
     }
 
     /// Stops every session thread (dropping whatever still runs there) and waits up to
@@ -207,6 +165,58 @@ impl Workers {
         let all = futures_util::future::join_all(exits);
         if tokio::time::timeout(timeout, all).await.is_err() {
             warn!("a session thread did not stop in time");
+        }
+    }
+}
+
+impl Turns {
+    /// Resolves once it is session thread `thread`'s turn to accept: it has at most a few
+    /// clients more than the thread with the fewest (1 + 1/16 of that). Strict turns would
+    /// make a burst of connections (a pool opening, a reconnect storm) ping-pong between the
+    /// threads for every accept, too slow to keep the listen backlog from overflowing; the
+    /// slack keeps accepting fast while clients stay spread within a few percent. Threads
+    /// within the slack may all accept (the kernel gives a pending connection to one of them;
+    /// the others' accept finds nothing).
+    pub async fn wait_turn(&self, thread: usize) {
+        loop {
+            // Registered before the check, so a change between the check and the await
+            // still wakes us.
+            let changed = self.turn[thread].notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let mine = self.per_thread[thread].load(Ordering::SeqCst);
+            let fewest = self
+                .per_thread
+                .iter()
+                .map(|l| l.load(Ordering::SeqCst))
+                .min()
+                .unwrap_or(0);
+            if mine <= fewest + 1 + fewest / 16 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Counts a client accepted on session thread `thread` until the guard is dropped.
+    pub fn count(self: &Arc<Self>, thread: usize) -> LoadGuard {
+        let before = self.per_thread[thread].fetch_add(1, Ordering::SeqCst);
+        // Others' turn may come only if this thread alone had the fewest clients (the fewest
+        // just went up); otherwise nothing changed for them.
+        let others_fewest = (0..self.per_thread.len())
+            .filter(|&t| t != thread)
+            .map(|t| self.per_thread[t].load(Ordering::SeqCst))
+            .min();
+        if others_fewest.is_some_and(|f| before < f) {
+            for (t, turn) in self.turn.iter().enumerate() {
+                if t != thread {
+                    turn.notify_waiters();
+                }
+            }
+        }
+        LoadGuard {
+            turns: self.clone(),
+            thread,
         }
     }
 }
