@@ -108,15 +108,12 @@ fn sentinel_naming_a_replica_is_not_routed_to_and_held_clients_time_out() {
             ..Default::default()
         },
     );
-    wait_until(
+    proxy.wait_metric(
         Duration::from_secs(10),
         "proxy has checked the candidate's ROLE",
-        || {
-            proxy.metric(
-                "redis_failover_proxy_role_checks_total",
-                &[("result", "replica")],
-            ) >= 1.0
-        },
+        "redis_failover_proxy_role_checks_total",
+        &[("result", "replica")],
+        |v| v >= 1.0,
     );
     let (code, body) = proxy.http("/readyz").unwrap();
     assert_eq!(code, 503, "{body}");

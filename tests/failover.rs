@@ -133,9 +133,13 @@ fn one_sentinel_down_still_follows_a_failover() {
         return;
     };
     t.sentinels[0].kill();
-    wait_until(Duration::from_secs(10), "proxy sees 2 sentinels", || {
-        proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 2.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "proxy sees 2 sentinels",
+        "redis_failover_proxy_sentinels_reachable",
+        &[],
+        |v| v == 2.0,
+    );
     let mut old_session = Client::connect(proxy.port);
     assert_eq!(old_session.cmd(&["PING"]).unwrap(), "+PONG");
     let new = t.failover_via(1);
@@ -200,9 +204,13 @@ fn all_sentinels_down_keeps_the_last_master_and_rechecks_role() {
     for s in &mut t.sentinels {
         s.kill();
     }
-    wait_until(Duration::from_secs(10), "proxy sees no sentinel", || {
-        proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 0.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "proxy sees no sentinel",
+        "redis_failover_proxy_sentinels_reachable",
+        &[],
+        |v| v == 0.0,
+    );
     let (code, body) = proxy.http("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("no sentinel reachable"), "{body}");
@@ -255,9 +263,13 @@ fn a_thousand_sessions_are_fenced_promptly() {
             "old session not closed"
         );
     }
-    wait_until(Duration::from_secs(5), "fence duration recorded", || {
-        proxy.metric("redis_failover_proxy_fence_duration_seconds_count", &[]) >= 1.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(5),
+        "fence duration recorded",
+        "redis_failover_proxy_fence_duration_seconds_count",
+        &[],
+        |v| v >= 1.0,
+    );
     let count = proxy.metric("redis_failover_proxy_fence_duration_seconds_count", &[]);
     let sum = proxy.metric("redis_failover_proxy_fence_duration_seconds_sum", &[]);
     let mean_ms = sum / count * 1000.0;

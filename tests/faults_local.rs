@@ -213,15 +213,12 @@ fn master_rebooting_as_a_replica_is_fenced_until_role_agrees() {
     // Back at once, but as a replica, while every sentinel still names it as the master.
     t.nodes[0].restart(Some(other.port));
     let restarted = Instant::now();
-    let to_fence = wait_until(
+    let to_fence = proxy.wait_metric(
         Duration::from_secs(5),
         "fence with reason role_replica",
-        || {
-            proxy.metric(
-                "redis_failover_proxy_fences_total",
-                &[("reason", "role_replica")],
-            ) == 1.0
-        },
+        "redis_failover_proxy_fences_total",
+        &[("reason", "role_replica")],
+        |v| v == 1.0,
     );
     // While ROLE disagrees with the sentinels: not ready, no master, new clients held.
     let during_replica: Vec<_> = (0..5).map(|_| probe_thread(proxy.port)).collect();
@@ -345,12 +342,13 @@ fn sentinels_restarting_under_load_do_not_fence() {
         return;
     };
     let load = Load::start(proxy.port, 4);
-    wait_until(Duration::from_secs(10), "load running", || {
-        proxy.metric(
-            "redis_failover_proxy_bytes_total",
-            &[("direction", "master_to_client")],
-        ) > 1000.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "load running",
+        "redis_failover_proxy_bytes_total",
+        &[("direction", "master_to_client")],
+        |v| v > 1000.0,
+    );
     let n = t.sentinels.len();
     let mut one_by_one = Vec::new();
     for i in 0..n {
@@ -367,10 +365,12 @@ fn sentinels_restarting_under_load_do_not_fence() {
     for s in &mut t.sentinels {
         s.kill();
     }
-    wait_until(
+    proxy.wait_metric(
         Duration::from_secs(10),
         "the proxy sees no sentinel",
-        || proxy.metric("redis_failover_proxy_sentinels_reachable", &[]) == 0.0,
+        "redis_failover_proxy_sentinels_reachable",
+        &[],
+        |v| v == 0.0,
     );
     for s in &mut t.sentinels {
         s.restart();
@@ -626,9 +626,13 @@ fn reconnect_storm_after_a_fence_is_served_or_refused_at_the_limit() {
         .unwrap()
         .expect("an old session stayed open after the fence");
     let to_last_close = last_closed.saturating_duration_since(failover_sent);
-    wait_until(Duration::from_secs(10), "fence recorded", || {
-        proxy.metric("redis_failover_proxy_fence_duration_seconds_count", &[]) >= 1.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "fence recorded",
+        "redis_failover_proxy_fence_duration_seconds_count",
+        &[],
+        |v| v >= 1.0,
+    );
     let fence_ms = proxy.metric("redis_failover_proxy_fence_duration_seconds_sum", &[]) * 1000.0;
     let fenced = proxy.metric(
         "redis_failover_proxy_sessions_closed_total",

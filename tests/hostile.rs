@@ -69,12 +69,13 @@ fn malformed_replies_are_counted_as_protocol_errors() {
     ] {
         let fake = FakeSentinel::start(Some(reply.clone()));
         let proxy = proxy_for(&fake);
-        wait_until(Duration::from_secs(5), "protocol error counted", || {
-            proxy.metric(
-                "redis_failover_proxy_sentinel_errors_total",
-                &[("kind", "protocol")],
-            ) >= 2.0
-        });
+        proxy.wait_metric(
+            Duration::from_secs(5),
+            "protocol error counted",
+            "redis_failover_proxy_sentinel_errors_total",
+            &[("kind", "protocol")],
+            |v| v >= 2.0,
+        );
         assert_not_routing(&proxy);
         assert!(
             !proxy.log().contains("panicked"),
@@ -89,12 +90,13 @@ fn a_silent_sentinel_times_out_without_stalling_the_proxy() {
     let fake = FakeSentinel::start(None);
     let proxy = proxy_for(&fake);
     let start = Instant::now();
-    wait_until(Duration::from_secs(10), "timeout counted", || {
-        proxy.metric(
-            "redis_failover_proxy_sentinel_errors_total",
-            &[("kind", "timeout")],
-        ) >= 1.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "timeout counted",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[("kind", "timeout")],
+        |v| v >= 1.0,
+    );
     eprintln!("silent sentinel detected after {:?}", start.elapsed());
     assert_not_routing(&proxy);
 }

@@ -89,12 +89,13 @@ fn run(fault: Fault, min_replicas: bool) {
     let monitor = Monitor::start(old, prefix);
     let addr: SocketAddr = format!("127.0.0.1:{}", proxy.port).parse().unwrap();
     let workload = Workload::start(addr, 4, prefix);
-    wait_until(Duration::from_secs(5), "writes flowing", || {
-        proxy.metric(
-            "redis_failover_proxy_bytes_total",
-            &[("direction", "client_to_master")],
-        ) > 10_000.0
-    });
+    proxy.wait_metric(
+        Duration::from_secs(5),
+        "writes flowing",
+        "redis_failover_proxy_bytes_total",
+        &[("direction", "client_to_master")],
+        |v| v > 10_000.0,
+    );
     let new = match fault {
         Fault::SentinelFailover => t.failover(),
         Fault::KillMaster => {
@@ -108,15 +109,12 @@ fn run(fault: Fault, min_replicas: bool) {
         "redis_failover_proxy_bytes_total",
         &[("direction", "master_to_client")],
     );
-    wait_until(
+    proxy.wait_metric(
         Duration::from_secs(5),
         "writes flowing to the new master",
-        || {
-            proxy.metric(
-                "redis_failover_proxy_bytes_total",
-                &[("direction", "master_to_client")],
-            ) > acked_before + 1000.0
-        },
+        "redis_failover_proxy_bytes_total",
+        &[("direction", "master_to_client")],
+        |v| v > acked_before + 1000.0,
     );
     let report = workload.stop();
     let seen_on_old = monitor.stop();

@@ -807,6 +807,30 @@ impl Proxy {
         metric_sum(&body, name, labels)
     }
 
+    /// Waits until `name{labels}` (summed over other labels) satisfies `ok`; returns how
+    /// long that took. On timeout the panic names the metric and its last value.
+    pub fn wait_metric(
+        &self,
+        timeout: Duration,
+        what: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ok: impl Fn(f64) -> bool,
+    ) -> Duration {
+        let what = format!("{what} ({name}{labels:?})");
+        let start = Instant::now();
+        loop {
+            let last = self.metric(name, labels);
+            if ok(last) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for: {what}; last value {last}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
