@@ -122,6 +122,7 @@ struct RouteDoc {
     clients_open: usize,
     clients_held: usize,
     last_fence: Option<FenceRecord>,
+    last_node_error: Option<String>,
     sentinels_reachable: usize,
     sentinel_majority: bool,
     sentinels: Vec<SentinelStatus>,
@@ -168,6 +169,7 @@ async fn status(State(s): State<AdminState>) -> Response {
                 clients_open: r.open_clients(),
                 clients_held: r.held_clients(),
                 last_fence: r.last_fence(),
+                last_node_error: r.node_error(),
                 sentinels_reachable: sentinels.iter().filter(|s| s.reachable).count(),
                 sentinel_majority: sentinels.iter().filter(|s| s.reachable).count()
                     > sentinels.len() / 2,

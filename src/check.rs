@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::{Config, RouteConfig};
 use crate::sentinel::arbiter;
-use crate::sentinel::client::{resolve, role, MasterReport, Role, Sentinel, Timeouts};
+use crate::sentinel::client::{peer_text, resolve, role, MasterReport, Role, Sentinel, Timeouts};
 
 /// Checks every route; returns the report and whether every route has a verified master.
 pub async fn check(config: &Config) -> (String, bool) {
@@ -31,12 +31,13 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
     let mut topology_shown = false;
     let n = route.sentinel.addresses.len();
     for addr in &route.sentinel.addresses {
-        let mut s = Sentinel::new(addr, timeouts);
+        let mut s = Sentinel::new(addr, &route.sentinel.access, timeouts);
         match s.master(name).await {
             Ok(r) => {
                 let quorum = s
                     .ckquorum(name)
                     .await
+                    .map(|q| peer_text(&q))
                     .unwrap_or_else(|e| format!("CKQUORUM failed: {}", e.message));
                 let _ = writeln!(
                     out,
@@ -47,11 +48,13 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
                     topology_shown = true;
                     if let Ok(replicas) = s.replicas(name).await {
                         for (a, flags) in replicas {
+                            let (a, flags) = (peer_text(&a), peer_text(&flags));
                             let _ = writeln!(out, "    replica {a} ({flags})");
                         }
                     }
                     if let Ok(others) = s.sentinels(name).await {
                         for (a, flags) in others {
+                            let (a, flags) = (peer_text(&a), peer_text(&flags));
                             let _ = writeln!(out, "    other sentinel {a} ({flags})");
                         }
                     }
@@ -61,9 +64,8 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "  sentinel {addr}: UNREACHABLE or unusable: {}: {}",
+                    "  sentinel {addr}: UNREACHABLE or unusable ({}): {e}",
                     e.kind.as_str(),
-                    e.message
                 );
             }
         }
@@ -92,7 +94,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             Err(e) => {
                 let _ = writeln!(out, "  candidate {announced}: rejected: {e}");
             }
-            Ok(addr) => match role(addr, timeouts).await {
+            Ok(addr) => match role(addr, &top.host, &route.node, timeouts).await {
                 Ok(Role::Master) => {
                     let _ = writeln!(
                         out,
@@ -110,7 +112,8 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
                 Err(e) => {
                     let _ = writeln!(
                         out,
-                        "  candidate {announced} ({addr}): rejected: ROLE failed: {e}"
+                        "  candidate {announced} ({addr}): rejected: ROLE failed ({}): {e}",
+                        e.kind.as_str()
                     );
                 }
             },

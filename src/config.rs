@@ -2,12 +2,16 @@
 //! [`Config`]. Precedence is CLI > environment > file > built-in default; every error names where
 //! the bad value came from (file and key, or flag) and what was expected.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+
+use crate::tls::{ClientSettings, ServerSettings, TlsClient, TlsServer};
 
 /// Default client listen address of a route.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
@@ -70,6 +74,98 @@ pub struct Overrides {
     /// Admin HTTP listen address (/metrics, /healthz, /readyz, /status).
     #[arg(long, env = "REDIS_FAILOVER_PROXY_ADMIN", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// ACL username for the sentinels (replaces `[sentinel] username`).
+    #[arg(
+        long,
+        env = "REDIS_FAILOVER_PROXY_SENTINEL_USERNAME",
+        value_name = "NAME"
+    )]
+    pub sentinel_username: Option<String>,
+    /// File holding the sentinels' password (replaces `[sentinel] password`). The password
+    /// itself is taken only from the file or the environment
+    /// (REDIS_FAILOVER_PROXY_SENTINEL_PASSWORD), never from a flag, which `ps` would show.
+    #[arg(
+        long,
+        env = "REDIS_FAILOVER_PROXY_SENTINEL_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub sentinel_password_file: Option<PathBuf>,
+    /// ACL username for the proxy's own checks on the nodes (replaces `[node] username`).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_NODE_USERNAME", value_name = "NAME")]
+    pub node_username: Option<String>,
+    /// File holding the nodes' password (replaces `[node] password`; see
+    /// REDIS_FAILOVER_PROXY_NODE_PASSWORD).
+    #[arg(
+        long,
+        env = "REDIS_FAILOVER_PROXY_NODE_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub node_password_file: Option<PathBuf>,
+    /// CA bundle (PEM): turns on TLS to the sentinels and the nodes (replaces `[tls] ca`).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS peers that require one (replaces `[tls] cert`).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM) (replaces `[tls] key`).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Verify peer certificates against this name instead of the address (replaces
+    /// `[tls] server_name`).
+    #[arg(
+        long,
+        env = "REDIS_FAILOVER_PROXY_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+    /// Do not start the admin HTTP server (same as `[admin] enabled = false`).
+    #[arg(long)]
+    pub no_admin: bool,
+    /// The sentinels' password from REDIS_FAILOVER_PROXY_SENTINEL_PASSWORD (read by
+    /// [`Config::load`], not a flag).
+    #[arg(skip)]
+    pub sentinel_password: Option<Secret>,
+    /// The nodes' password from REDIS_FAILOVER_PROXY_NODE_PASSWORD.
+    #[arg(skip)]
+    pub node_password: Option<Secret>,
+}
+
+/// Environment variable with the sentinels' password (the single-route default).
+pub const ENV_SENTINEL_PASSWORD: &str = "REDIS_FAILOVER_PROXY_SENTINEL_PASSWORD";
+/// Environment variable with the nodes' password (the single-route default).
+pub const ENV_NODE_PASSWORD: &str = "REDIS_FAILOVER_PROXY_NODE_PASSWORD";
+
+/// A password: never shown by `Debug`, and with no `Display`, so it cannot reach a log line,
+/// an error message or `/status` by accident. [`Secret::expose`] is the one way to read it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it (AUTH).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// Credentials the proxy uses on its own connections (never for clients' sessions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// ACL username (`AUTH <username> <password>`); `None` means the `default` user.
+    pub username: Option<String>,
+    /// Password; `None` means no `AUTH`.
+    pub password: Option<Secret>,
 }
 
 /// A configuration error: names the source (file and key, or flag) and what was expected.
@@ -106,8 +202,8 @@ pub enum ConfigError {
 /// One fully validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Admin HTTP server address.
-    pub admin_listen: SocketAddr,
+    /// Admin HTTP server address; `None` when the admin server is switched off.
+    pub admin_listen: Option<SocketAddr>,
     /// How long shutdown waits for sessions before closing them.
     pub shutdown_grace: Duration,
     /// The routes; at least one.
@@ -150,6 +246,20 @@ pub struct RouteConfig {
     pub keepalive: Duration,
     /// TCP_USER_TIMEOUT on master sockets: unacknowledged data older than this drops the session.
     pub tcp_user_timeout: Duration,
+    /// How the proxy reaches the nodes: for its `ROLE` checks, and (TLS only) the master side
+    /// of every session.
+    pub node: PeerAccess,
+    /// TLS on the client side of the listener, if configured.
+    pub listen_tls: Option<Arc<TlsServer>>,
+}
+
+/// Credentials and TLS for one kind of peer (the sentinels, or the nodes).
+#[derive(Debug, Clone, Default)]
+pub struct PeerAccess {
+    /// Sent with `AUTH` on every connection the proxy opens itself.
+    pub auth: Credentials,
+    /// TLS, if the peers speak it.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// How to reach the sentinels.
@@ -165,6 +275,8 @@ pub struct SentinelConfig {
     pub on_minority: MinorityPolicy,
     /// How long a minority must last before `on_minority = "fence"` fences.
     pub minority_grace: Duration,
+    /// Credentials and TLS for the sentinels.
+    pub access: PeerAccess,
 }
 
 /// What the proxy does while it hears from fewer than a majority of its sentinels (it may be
@@ -197,6 +309,30 @@ struct FileConfig {
     routes: Vec<FileRoute>,
     #[serde(default)]
     runtime: FileRuntime,
+    #[serde(default)]
+    node: FileNode,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNode {
+    username: Option<String>,
+    password: Option<Secret>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+    verify_server_name: Option<bool>,
+    sentinels: Option<bool>,
+    nodes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +347,7 @@ struct FileRuntime {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<SocketAddr>,
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -224,6 +361,9 @@ struct FileSentinel {
     on_minority: Option<MinorityPolicy>,
     #[serde(default, with = "humantime_serde::option")]
     minority_grace: Option<Duration>,
+    username: Option<String>,
+    password: Option<Secret>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,12 +382,28 @@ struct FileRoute {
     keepalive: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     tcp_user_timeout: Option<Duration>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<Secret>,
+    sentinel_password_file: Option<PathBuf>,
+    node_username: Option<String>,
+    node_password: Option<Secret>,
+    node_password_file: Option<PathBuf>,
+    listen_tls_cert: Option<PathBuf>,
+    listen_tls_key: Option<PathBuf>,
+    listen_tls_client_ca: Option<PathBuf>,
 }
 
 impl Config {
     /// Loads the file named by `overrides.config` (or `./proxy.toml` if present) and applies the
     /// overrides on top.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut overrides = overrides.clone();
+        if overrides.sentinel_password.is_none() {
+            overrides.sentinel_password = env_secret(ENV_SENTINEL_PASSWORD);
+        }
+        if overrides.node_password.is_none() {
+            overrides.node_password = env_secret(ENV_NODE_PASSWORD);
+        }
         let path = match &overrides.config {
             Some(p) => Some(p.clone()),
             None => {
@@ -257,7 +413,7 @@ impl Config {
         };
         let (text, source_name) = match &path {
             Some(p) => (
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                read_capped(p, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
                     path: p.clone(),
                     source,
                 })?,
@@ -265,7 +421,35 @@ impl Config {
             ),
             None => (String::new(), "command line".to_string()),
         };
-        Self::from_toml(&text, path.as_deref(), &source_name, overrides)
+        let config = Self::from_toml(&text, path.as_deref(), &source_name, &overrides)?;
+        check_sentinel_aliases(&config, &source_name)?;
+        Ok(config)
+    }
+
+    /// Things that work but deserve a warning at startup (e.g. a listener reachable from
+    /// other hosts).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.routes {
+            if !r.listen.ip().is_loopback() {
+                out.push(format!(
+                    "route {}: listens on {}, reachable from other hosts{}",
+                    r.name,
+                    r.listen,
+                    if r.listen_tls.is_some() {
+                        " (with TLS)"
+                    } else {
+                        "; clients' traffic and AUTH passwords cross the network in plain text (see listen_tls_cert)"
+                    }
+                ));
+            }
+        }
+        if let Some(a) = self.admin_listen.filter(|a| !a.ip().is_loopback()) {
+            out.push(format!(
+                "the admin server listens on {a}, reachable from other hosts; /status shows the topology to anyone who can connect"
+            ));
+        }
+        out
     }
 
     /// Parses TOML text (from `path`, for messages) and applies the overrides.
@@ -298,6 +482,13 @@ fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"'))
         .filter(|k| !k.is_empty() && !k.starts_with('['));
+    // The parser quotes the offending value; on a password's line that value is the secret.
+    let message = if key.is_some_and(is_secret_key) || line_text.contains("password") {
+        "invalid value (expected a quoted string; the value is not shown because it is a secret)"
+            .to_string()
+    } else {
+        message
+    };
     let table = text
         .lines()
         .take(line - 1)
@@ -313,6 +504,160 @@ fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
         (None, Some(k)) => format!("line {line}, column {column}: key {k}: {message}"),
         _ => format!("line {line}, column {column}: {message}"),
     }
+}
+
+/// Whether a config key holds a secret itself (not a path to one).
+fn is_secret_key(key: &str) -> bool {
+    key.ends_with("password")
+}
+
+/// Largest config file read (a FIFO or `/dev/zero` passed by mistake must not hang the process
+/// or fill its memory).
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Largest secret file read.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Reads a regular file of at most `cap` bytes as UTF-8. Refuses FIFOs, devices and
+/// directories before opening them (opening a FIFO would block).
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(cap + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {cap} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+}
+
+/// Reads a password file (one trailing newline dropped); errors never quote the content.
+fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = read_capped(path, MAX_SECRET_BYTES)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let value = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if value.is_empty() {
+        return Err(format!("password file {} is empty", path.display()));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Picks one password from an inline value and a file, refusing both at once.
+fn password_from(
+    inline: Option<Secret>,
+    file: Option<&Path>,
+    key: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            key,
+            format!("set either {key} or {key}_file, not both"),
+        )),
+        (Some(p), None) if p.expose().is_empty() => {
+            Err(invalid(key, "the password is empty".to_string()))
+        }
+        (Some(p), None) => Ok(Some(p)),
+        (None, Some(f)) => read_secret_file(f)
+            .map(Some)
+            .map_err(|m| invalid(&format!("{key}_file"), m)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Checks a username and pairs it with a password.
+fn credentials(
+    username: Option<String>,
+    password: Option<Secret>,
+    key: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Credentials, ConfigError> {
+    if let Some(u) = &username {
+        if u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                &format!("{key}username"),
+                format!("expected an ACL user name without spaces, got {u:?}"),
+            ));
+        }
+        if password.is_none() {
+            return Err(invalid(
+                &format!("{key}username"),
+                format!("user {u:?} needs a password too ({key}password or {key}password_file)"),
+            ));
+        }
+    }
+    Ok(Credentials { username, password })
+}
+
+/// The same sentinel listed under two spellings (`localhost:P`, `127.0.0.1:P`, `127.1:P`) would
+/// count as two votes. Compares what each entry resolves to; an entry that does not resolve
+/// now is compared by its text only (DNS may be down at startup; the watcher resolves again).
+fn check_sentinel_aliases(config: &Config, source_name: &str) -> Result<(), ConfigError> {
+    for (i, r) in config.routes.iter().enumerate() {
+        let resolved: Vec<Vec<SocketAddr>> = r
+            .sentinel
+            .addresses
+            .iter()
+            .map(|a| resolve_briefly(a))
+            .collect();
+        for (j, addrs) in resolved.iter().enumerate() {
+            for (k, earlier) in resolved[..j].iter().enumerate() {
+                if let Some(same) = addrs.iter().find(|a| earlier.contains(a)) {
+                    return Err(ConfigError::Invalid {
+                        source_name: source_name.to_string(),
+                        key: format!("route[{i}] sentinels"),
+                        message: format!(
+                            "{} and {} are the same sentinel ({same}); each sentinel must appear once",
+                            r.sentinel.addresses[k], r.sentinel.addresses[j]
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `host:port` with the system resolver, giving up after a second.
+fn resolve_briefly(addr: &str) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let Ok((host, port)) = parse_host_port(addr) else {
+        return Vec::new();
+    };
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A stuck resolver must not hold up startup; the thread ends on its own.
+    let _ = std::thread::Builder::new()
+        .name("config-resolve".into())
+        .spawn(move || {
+            let found: Vec<SocketAddr> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.collect())
+                .unwrap_or_default();
+            let _ = tx.send(found);
+        });
+    rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
 }
 
 fn build(
@@ -337,8 +682,21 @@ fn build(
     }
     let poll_interval = sentinel.poll_interval.unwrap_or(Duration::from_secs(1));
     let timeout = sentinel.timeout.unwrap_or(Duration::from_secs(1));
-    check_positive(poll_interval, "sentinel.poll_interval", &invalid)?;
-    check_positive(timeout, "sentinel.timeout", &invalid)?;
+    // Below these, a proxy would hammer every sentinel (and every sentinel's other clients).
+    check_range(
+        poll_interval,
+        MIN_POLL_INTERVAL,
+        MAX_DURATION,
+        "sentinel.poll_interval",
+        &invalid,
+    )?;
+    check_range(
+        timeout,
+        MIN_TIMEOUT,
+        MAX_DURATION,
+        "sentinel.timeout",
+        &invalid,
+    )?;
     let on_minority = sentinel.on_minority.unwrap_or_default();
     let minority_grace = sentinel.minority_grace.unwrap_or(Duration::from_secs(5));
     check_range(
@@ -348,6 +706,66 @@ fn build(
         "sentinel.minority_grace",
         &invalid,
     )?;
+
+    // Shared defaults for every route's credentials: flag/env over file.
+    let sentinel_username = overrides
+        .sentinel_username
+        .clone()
+        .or(sentinel.username.clone());
+    let sentinel_password = match (
+        overrides.sentinel_password_file.as_deref(),
+        overrides.sentinel_password.clone(),
+    ) {
+        (Some(f), None) => {
+            Some(read_secret_file(f).map_err(|m| cli_invalid("--sentinel-password-file", m))?)
+        }
+        (Some(_), Some(_)) => {
+            return Err(cli_invalid(
+                "--sentinel-password-file",
+                format!("set either {ENV_SENTINEL_PASSWORD} or the password file, not both"),
+            ))
+        }
+        (None, Some(p)) => Some(p),
+        (None, None) => password_from(
+            sentinel.password.clone(),
+            sentinel.password_file.as_deref(),
+            "sentinel.password",
+            &invalid,
+        )?,
+    };
+    let node_username = overrides
+        .node_username
+        .clone()
+        .or(file.node.username.clone());
+    let node_password = match (
+        overrides.node_password_file.as_deref(),
+        overrides.node_password.clone(),
+    ) {
+        (Some(f), None) => {
+            Some(read_secret_file(f).map_err(|m| cli_invalid("--node-password-file", m))?)
+        }
+        (Some(_), Some(_)) => {
+            return Err(cli_invalid(
+                "--node-password-file",
+                format!("set either {ENV_NODE_PASSWORD} or the password file, not both"),
+            ))
+        }
+        (None, Some(p)) => Some(p),
+        (None, None) => password_from(
+            file.node.password.clone(),
+            file.node.password_file.as_deref(),
+            "node.password",
+            &invalid,
+        )?,
+    };
+    let tls = client_tls(&file.tls, overrides, &invalid)?;
+    let (sentinel_tls, node_tls) = match &tls {
+        Some(t) => (
+            file.tls.sentinels.unwrap_or(true).then(|| t.clone()),
+            file.tls.nodes.unwrap_or(true).then(|| t.clone()),
+        ),
+        None => (None, None),
+    };
 
     let mut file_routes = file.routes;
     if file_routes.is_empty() {
@@ -430,12 +848,59 @@ fn build(
             &invalid,
         )?;
         let max_connections = r.max_connections.unwrap_or(10_000);
-        if max_connections == 0 {
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
             return Err(invalid(
                 &key("max_connections"),
-                "expected a positive number".to_string(),
+                format!("expected 1 to {MAX_CONNECTIONS}, got {max_connections}"),
             ));
         }
+        let sentinel_password = match password_from(
+            r.sentinel_password,
+            r.sentinel_password_file.as_deref(),
+            &key("sentinel_password"),
+            &invalid,
+        )? {
+            Some(p) => Some(p),
+            None => sentinel_password.clone(),
+        };
+        let sentinel_auth = credentials(
+            r.sentinel_username.or(sentinel_username.clone()),
+            sentinel_password,
+            &key("sentinel_"),
+            &invalid,
+        )?;
+        let node_password = match password_from(
+            r.node_password,
+            r.node_password_file.as_deref(),
+            &key("node_password"),
+            &invalid,
+        )? {
+            Some(p) => Some(p),
+            None => node_password.clone(),
+        };
+        let node_auth = credentials(
+            r.node_username.or(node_username.clone()),
+            node_password,
+            &key("node_"),
+            &invalid,
+        )?;
+        let listen_tls = match (r.listen_tls_cert, r.listen_tls_key, r.listen_tls_client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key_file), client_ca) => Some(Arc::new(
+                TlsServer::load(&ServerSettings {
+                    cert,
+                    key: key_file,
+                    client_ca,
+                })
+                .map_err(|m| invalid(&key("listen_tls_cert"), m))?,
+            )),
+            _ => {
+                return Err(invalid(
+                    &key("listen_tls_cert"),
+                    "listen TLS needs both listen_tls_cert and listen_tls_key".to_string(),
+                ))
+            }
+        };
         routes.push(RouteConfig {
             name: r.name.unwrap_or_else(|| master_name.clone()),
             master_name,
@@ -446,7 +911,16 @@ fn build(
                 timeout,
                 on_minority,
                 minority_grace,
+                access: PeerAccess {
+                    auth: sentinel_auth,
+                    tls: sentinel_tls.clone(),
+                },
             },
+            node: PeerAccess {
+                auth: node_auth,
+                tls: node_tls.clone(),
+            },
+            listen_tls,
             hold_timeout,
             max_connections,
             connect_timeout,
@@ -487,6 +961,8 @@ fn build(
             format!("{admin_listen} is also a route's listen address"),
         ));
     }
+    let admin_listen =
+        (file.admin.enabled.unwrap_or(true) && !overrides.no_admin).then_some(admin_listen);
     let threads = match file.runtime.threads.unwrap_or(0) {
         // Every session thread's epoll wakes for each new client (they all watch the
         // listening socket), so the default stays small: a sidecar rarely needs more.
@@ -511,6 +987,54 @@ fn build(
     })
 }
 
+/// The TLS client configuration, if `[tls] ca` (or `--tls-ca`) turns TLS on.
+fn client_tls(
+    file: &FileTls,
+    overrides: &Overrides,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<Arc<TlsClient>>, ConfigError> {
+    let ca = overrides.tls_ca.clone().or(file.ca.clone());
+    let cert = overrides.tls_cert.clone().or(file.cert.clone());
+    let key = overrides.tls_key.clone().or(file.key.clone());
+    let server_name = overrides
+        .tls_server_name
+        .clone()
+        .or(file.server_name.clone());
+    let Some(ca) = ca else {
+        let stray = [
+            (cert.is_some(), "tls.cert"),
+            (key.is_some(), "tls.key"),
+            (server_name.is_some(), "tls.server_name"),
+            (file.verify_server_name.is_some(), "tls.verify_server_name"),
+            (file.sentinels.is_some(), "tls.sentinels"),
+            (file.nodes.is_some(), "tls.nodes"),
+        ];
+        if let Some((_, k)) = stray.iter().find(|(set, _)| *set) {
+            return Err(invalid(
+                k,
+                "TLS is off until tls.ca (or --tls-ca) names the CA bundle the peers' certificates chain to".to_string(),
+            ));
+        }
+        return Ok(None);
+    };
+    if cert.is_some() != key.is_some() {
+        return Err(invalid(
+            "tls.cert",
+            "a client certificate needs both tls.cert and tls.key".to_string(),
+        ));
+    }
+    let settings = ClientSettings {
+        ca,
+        cert,
+        key,
+        server_name,
+        verify_server_name: file.verify_server_name.unwrap_or(true),
+    };
+    TlsClient::load(&settings)
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|m| invalid("tls", m))
+}
+
 fn check_positive(
     d: Duration,
     key: &str,
@@ -518,6 +1042,13 @@ fn check_positive(
 ) -> Result<(), ConfigError> {
     check_range(d, Duration::from_nanos(1), MAX_DURATION, key, invalid)
 }
+
+/// Shortest `sentinel.poll_interval`.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest `sentinel.timeout`.
+const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Most client connections one route accepts (each costs two descriptors).
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Most session threads `runtime.threads = 0` (the default) starts.
 const DEFAULT_MAX_THREADS: usize = 4;
@@ -674,6 +1205,101 @@ mod tests {
         assert_eq!(c.routes[0].sentinel.minority_grace, Duration::from_secs(2));
         let e = parse("[sentinel]\naddresses=[\"a:1\"]\non_minority=\"panic\"\n").unwrap_err();
         assert!(e.to_string().contains("sentinel.on_minority"), "{e}");
+    }
+
+    #[test]
+    fn credentials_defaults_overrides_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let text = format!(
+            "[sentinel]\naddresses=[\"a:1\"]\nusername=\"rfp\"\npassword=\"s3cret\"\n\
+             [node]\npassword_file=\"{}\"\n\
+             [[route]]\nmaster=\"m1\"\nlisten=\"127.0.0.1:7001\"\n\
+             [[route]]\nmaster=\"m2\"\nlisten=\"127.0.0.1:7002\"\nnode_username=\"other\"\nnode_password=\"route-pw\"\n",
+            pw.display()
+        );
+        let c = parse(&text).unwrap();
+        let (r0, r1) = (&c.routes[0], &c.routes[1]);
+        assert_eq!(r0.sentinel.access.auth.username.as_deref(), Some("rfp"));
+        assert_eq!(
+            r0.sentinel
+                .access
+                .auth
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("s3cret")
+        );
+        assert_eq!(
+            r0.node.auth.password.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert_eq!(r0.node.auth.username, None);
+        assert_eq!(r1.node.auth.username.as_deref(), Some("other"));
+        assert_eq!(
+            r1.node.auth.password.as_ref().map(Secret::expose),
+            Some("route-pw")
+        );
+        // The environment's password replaces the file's shared default.
+        let o = Overrides {
+            sentinel_password: Some(Secret::new("from-env")),
+            ..Default::default()
+        };
+        let c = Config::from_toml(&text, None, "f", &o).unwrap();
+        assert_eq!(
+            c.routes[0]
+                .sentinel
+                .access
+                .auth
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("from-env")
+        );
+        // Nothing prints a secret.
+        let shown = format!("{c:?}");
+        for secret in ["s3cret", "from-file", "route-pw", "from-env"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn credential_mistakes_are_errors_that_hide_the_secret() {
+        let both = "[sentinel]\naddresses=[\"a:1\"]\npassword=\"x1y2\"\npassword_file=\"/p\"\n";
+        let e = parse(both).unwrap_err().to_string();
+        assert!(
+            e.contains("either sentinel.password or sentinel.password_file"),
+            "{e}"
+        );
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\nusername=\"u\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs a password"), "{e}");
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\npassword=987654321\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("not shown"), "{e}");
+        assert!(!e.contains("987654321"), "{e}");
+        let e =
+            parse("[node]\npassword_file=\"/nonexistent/pw\"\n[sentinel]\naddresses=[\"a:1\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("node.password_file") && e.contains("/nonexistent/pw"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn admin_can_be_switched_off() {
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
+        assert!(c.admin_listen.is_some());
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n[admin]\nenabled=false\n").unwrap();
+        assert!(c.admin_listen.is_none());
+        let c =
+            parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"0.0.0.0:6380\"\n").unwrap();
+        assert!(c.warnings()[0].contains("reachable from other hosts"));
     }
 
     #[test]

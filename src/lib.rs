@@ -10,8 +10,10 @@ pub mod check;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,8 +37,8 @@ pub use proxy::Shutdown;
 pub struct Listeners {
     /// One per route, in `config.routes` order.
     pub routes: Vec<TcpListener>,
-    /// The admin HTTP server's.
-    pub admin: TcpListener,
+    /// The admin HTTP server's (none when it is switched off).
+    pub admin: Option<TcpListener>,
 }
 
 /// Binding a listen address failed.
@@ -60,7 +62,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         let backlog = u32::try_from(r.max_connections).unwrap_or(u32::MAX);
         routes.push(bind_one(r.listen, backlog, format!("route {}", r.name))?);
     }
-    let admin = bind_one(config.admin_listen, 128, "admin".to_string())?;
+    let admin = config
+        .admin_listen
+        .map(|a| bind_one(a, 128, "admin".to_string()))
+        .transpose()?;
     Ok(Listeners { routes, admin })
 }
 
@@ -156,21 +161,28 @@ pub async fn run(
         }
         routes.push(route);
     }
-    let admin_addr = listeners
-        .admin
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    info!(listen = %admin_addr, "admin server listening");
-    let mut admin = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin::AdminState {
-            routes,
-            metrics,
-            draining: shutdown.drain.clone(),
-        },
-        stop_background.clone(),
-    ));
+    let mut admin = match listeners.admin {
+        Some(listener) => {
+            let admin_addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            info!(listen = %admin_addr, "admin server listening");
+            Some(tokio::spawn(admin::serve(
+                listener,
+                admin::AdminState {
+                    routes,
+                    metrics,
+                    draining: shutdown.drain.clone(),
+                },
+                stop_background.clone(),
+            )))
+        }
+        None => {
+            info!("admin server switched off");
+            None
+        }
+    };
 
     shutdown.drain.cancelled().await;
     tasks.close();
@@ -196,11 +208,13 @@ pub async fn run(
     stop_background.cancel();
     workers.stop(Duration::from_secs(2)).await;
     // A scraper holding a half-sent request must not keep the process alive.
-    if tokio::time::timeout(Duration::from_secs(1), &mut admin)
-        .await
-        .is_err()
-    {
-        admin.abort();
+    if let Some(admin) = admin.as_mut() {
+        if tokio::time::timeout(Duration::from_secs(1), &mut *admin)
+            .await
+            .is_err()
+        {
+            admin.abort();
+        }
     }
     info!("shutdown complete");
     Ok(())

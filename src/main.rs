@@ -51,6 +51,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    for w in config.warnings() {
+        tracing::warn!(warning = %w, "configuration");
+    }
     // The control runtime: watchers and the admin server. Clients are accepted and served on
     // the session threads (`Workers`).
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -45,6 +45,12 @@ pub const SENTINELS_CONFIGURED: &str = "redis_failover_proxy_sentinels_configure
 pub const SENTINEL_ERRORS: &str = "redis_failover_proxy_sentinel_errors_total";
 /// `+switch-master` events received for the route's master. Labels: `route`.
 pub const SWITCH_EVENTS: &str = "redis_failover_proxy_switch_events_total";
+/// Failed `ROLE` checks of nodes, by kind (`connect`, `timeout`, `protocol`, `auth`, `noperm`,
+/// `tls`, `oversized`). Labels: `route`, `kind`.
+pub const NODE_CHECK_ERRORS: &str = "redis_failover_proxy_node_check_errors_total";
+/// Sentinel events ignored as malformed or as repeats of evidence already acted on. Labels:
+/// `route`, `sentinel`, `why` (`malformed`, `repeat`).
+pub const SENTINEL_EVENTS_IGNORED: &str = "redis_failover_proxy_sentinel_events_ignored_total";
 /// ROLE checks, by result (`master`, `replica`, `error`). Labels: `route`, `result`.
 pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
 
@@ -57,6 +63,8 @@ pub enum Rejected {
     HoldTimeout,
     /// The process is shutting down.
     Shutdown,
+    /// The client's TLS handshake with the listener failed or timed out.
+    TlsHandshake,
 }
 
 impl Rejected {
@@ -66,6 +74,7 @@ impl Rejected {
             Rejected::Limit => "limit",
             Rejected::HoldTimeout => "hold_timeout",
             Rejected::Shutdown => "shutdown",
+            Rejected::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -159,6 +168,16 @@ pub enum SentinelErrorKind {
     UnknownMaster,
     /// The `+switch-master` subscription broke.
     Subscription,
+    /// The peer refused the proxy's credentials (wrong password, unknown user) or requires a
+    /// password and none is configured (`NOAUTH`).
+    Auth,
+    /// The proxy's ACL user lacks a command it needs (`NOPERM`; the message names it).
+    NoPerm,
+    /// The TLS handshake or a TLS record failed (untrusted or expired certificate, wrong name,
+    /// missing client certificate).
+    Tls,
+    /// A reply or event exceeded the size bound; the connection was dropped.
+    Oversized,
 }
 
 impl SentinelErrorKind {
@@ -170,8 +189,36 @@ impl SentinelErrorKind {
             SentinelErrorKind::Protocol => "protocol",
             SentinelErrorKind::UnknownMaster => "unknown_master",
             SentinelErrorKind::Subscription => "subscription",
+            SentinelErrorKind::Auth => "auth",
+            SentinelErrorKind::NoPerm => "noperm",
+            SentinelErrorKind::Tls => "tls",
+            SentinelErrorKind::Oversized => "oversized",
         }
     }
+
+    /// Every kind, for registering each label value at 0.
+    pub const ALL: [SentinelErrorKind; 9] = [
+        SentinelErrorKind::Connect,
+        SentinelErrorKind::Timeout,
+        SentinelErrorKind::Protocol,
+        SentinelErrorKind::UnknownMaster,
+        SentinelErrorKind::Subscription,
+        SentinelErrorKind::Auth,
+        SentinelErrorKind::NoPerm,
+        SentinelErrorKind::Tls,
+        SentinelErrorKind::Oversized,
+    ];
+
+    /// The kinds a node check (`ROLE`) can fail with.
+    pub const NODE: [SentinelErrorKind; 7] = [
+        SentinelErrorKind::Connect,
+        SentinelErrorKind::Timeout,
+        SentinelErrorKind::Protocol,
+        SentinelErrorKind::Auth,
+        SentinelErrorKind::NoPerm,
+        SentinelErrorKind::Tls,
+        SentinelErrorKind::Oversized,
+    ];
 }
 
 /// Fence durations are short by design; these buckets resolve 100 µs to 10 s.
@@ -242,4 +289,12 @@ pub fn describe() {
         "+switch-master events received for the route's master"
     );
     describe_counter!(ROLE_CHECKS, "ROLE checks of master candidates, by result");
+    describe_counter!(
+        NODE_CHECK_ERRORS,
+        "Failed ROLE checks of nodes, by kind (auth, noperm, tls, ...)"
+    );
+    describe_counter!(
+        SENTINEL_EVENTS_IGNORED,
+        "Sentinel events ignored (malformed, or a repeat of evidence already acted on)"
+    );
 }

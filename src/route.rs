@@ -164,6 +164,7 @@ pub struct Route {
     open_clients: AtomicUsize,
     held_clients: AtomicUsize,
     last_fence: Mutex<Option<FenceRecord>>,
+    node_error: Mutex<Option<String>>,
 }
 
 /// The route's most recent fence, for /status.
@@ -225,6 +226,7 @@ impl Route {
             open_clients: AtomicUsize::new(0),
             held_clients: AtomicUsize::new(0),
             last_fence: Mutex::new(None),
+            node_error: Mutex::new(None),
         })
     }
 
@@ -333,6 +335,19 @@ impl Route {
     /// The most recent fence, if any.
     pub fn last_fence(&self) -> Option<FenceRecord> {
         self.last_fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The last `ROLE` check's error, until a check succeeds again (watcher only).
+    pub fn set_node_error(&self, error: Option<String>) {
+        *self.node_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// The last failed `ROLE` check's error, if the latest check failed (for /status).
+    pub fn node_error(&self) -> Option<String> {
+        self.node_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, Counter};
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, Instrument};
@@ -63,6 +63,28 @@ async fn serve(
 ) {
     let _client_guard = ClientGuard::new(&route);
     let _ = client.set_nodelay(true);
+    let client = match &route.config.listen_tls {
+        None => ClientIo::Plain(client),
+        Some(tls) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.accept(client)) => r,
+                _ = shutdown.drain.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => Rejected::TlsHandshake.as_str()).increment(1);
+                    debug!(error = %e, "client TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => Rejected::TlsHandshake.as_str()).increment(1);
+                    debug!("client TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + route.config.hold_timeout;
     let mut held: Option<HeldGuard> = None;
@@ -74,7 +96,7 @@ async fn serve(
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 match hold(
                     route.wait_for_master(deadline),
-                    &client,
+                    client.tcp(),
                     &shutdown,
                     deadline,
                 )
@@ -96,7 +118,7 @@ async fn serve(
                     _ = route.changed() => {}
                 }
             };
-            match hold(settled, &client, &shutdown, deadline).await {
+            match hold(settled, client.tcp(), &shutdown, deadline).await {
                 Ok(()) => continue,
                 Err(end) => break Err(end),
             }
@@ -110,7 +132,7 @@ async fn serve(
         let attempt = tokio::select! {
             biased;
             _ = master.fenced().cancelled() => None,
-            r = connect(master.addr, &route.config) => Some(r),
+            r = connect(&master, &route.config) => Some(r),
         };
         match attempt {
             // Fenced while connecting: never use a connection of an ended epoch.
@@ -132,7 +154,7 @@ async fn serve(
                 debug!(error = %e, "cannot open a socket to the master; holding client");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 let retry = tokio::time::sleep(LOCAL_RETRY);
-                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
+                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
                     break Err(end);
                 }
             }
@@ -165,14 +187,22 @@ async fn serve(
     span.record("master.addr", field::display(master.addr));
     span.record("epoch", master.epoch);
     debug!("session open");
-    let reason = splice(&client, &conn, &master, &shutdown, &route).await;
-    if reason == Closed::MasterSwitch {
-        // Abort rather than close the demoted master's side: a plain close would leave
-        // bytes still in the send queue (unacknowledged across a partition) for the kernel
-        // to deliver later, after the fence. With linger 0 the kernel drops them and sends
-        // RST; no FIN handshake or TIME_WAIT either, which makes fencing cheaper.
-        let _ = SockRef::from(&conn).set_linger(Some(Duration::ZERO));
-    }
+    let reason = match (client, conn) {
+        (ClientIo::Plain(c), MasterIo::Plain(m)) => {
+            let reason = splice(&c, &m, &master, &shutdown, &route).await;
+            if reason == Closed::MasterSwitch {
+                abort_master(&m);
+            }
+            reason
+        }
+        (ClientIo::Plain(c), MasterIo::Tls(m)) => {
+            splice_io(c, *m, &master, &shutdown, &route).await
+        }
+        (ClientIo::Tls(c), MasterIo::Plain(m)) => {
+            splice_io(*c, m, &master, &shutdown, &route).await
+        }
+        (ClientIo::Tls(c), MasterIo::Tls(m)) => splice_io(*c, *m, &master, &shutdown, &route).await,
+    };
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
 }
@@ -216,9 +246,85 @@ enum ConnectError {
 /// Pause before retrying after a local error (e.g. EMFILE).
 const LOCAL_RETRY: Duration = Duration::from_millis(100);
 
+/// Abort rather than close a demoted master's side: a plain close would leave bytes still in
+/// the send queue (unacknowledged across a partition) for the kernel to deliver later, after
+/// the fence. With linger 0 the kernel drops them and sends RST; no FIN handshake or
+/// TIME_WAIT either, which makes fencing cheaper.
+fn abort_master(conn: &TcpStream) {
+    let _ = SockRef::from(conn).set_linger(Some(Duration::ZERO));
+}
+
+/// Longest a client may take to complete the listener's TLS handshake.
+const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's side of a session: plain TCP, or TLS when the route's listener has it.
+enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ClientIo {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientIo::Plain(t) => t,
+            ClientIo::Tls(t) => t.tcp(),
+        }
+    }
+}
+
+/// The master's side of a session: plain TCP, or TLS when the nodes speak it.
+enum MasterIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A stream over one TCP connection (for socket options and the hold's peek).
+trait Transport: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Connects to the verified master with a timeout, TCP_NODELAY, keepalive and
-/// TCP_USER_TIMEOUT, so a partitioned master cannot hang a session forever.
-async fn connect(addr: SocketAddr, cfg: &RouteConfig) -> Result<TcpStream, ConnectError> {
+/// TCP_USER_TIMEOUT, so a partitioned master cannot hang a session forever; then, if the nodes
+/// speak TLS, runs the handshake (verifying the name the sentinels announce) within the same
+/// timeout.
+async fn connect(master: &Master, cfg: &RouteConfig) -> Result<MasterIo, ConnectError> {
+    let start = tokio::time::Instant::now();
+    let tcp = connect_tcp(master.addr, cfg).await?;
+    let Some(tls) = &cfg.node.tls else {
+        return Ok(MasterIo::Plain(tcp));
+    };
+    let host = crate::config::parse_host_port(&master.announced)
+        .map(|(h, _)| h)
+        .unwrap_or_else(|_| master.addr.ip().to_string());
+    match tokio::time::timeout_at(start + cfg.connect_timeout, tls.connect(tcp, &host)).await {
+        Ok(Ok(s)) => Ok(MasterIo::Tls(Box::new(s))),
+        Ok(Err(e)) => Err(ConnectError::Master(e)),
+        Err(_) => Err(ConnectError::Master(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))),
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr, cfg: &RouteConfig) -> Result<TcpStream, ConnectError> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -317,6 +423,93 @@ async fn splice(
                 _ => Closed::ClientClosed,
             };
         }
+    }
+}
+
+/// Splices a session where at least one side is TLS. Same contract as [`splice`]; a TLS
+/// stream cannot use the readiness tricks of the plain path, so each direction is a plain
+/// read/write/flush loop with its own buffer. A fence aborts the master's TCP connection.
+async fn splice_io<C: Transport, M: Transport>(
+    client: C,
+    master_conn: M,
+    master: &Master,
+    shutdown: &Shutdown,
+    route: &Route,
+) -> Closed {
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut mr, mut mw) = tokio::io::split(master_conn);
+    let reason = {
+        let c2m = copy_half(
+            &mut cr,
+            &mut mw,
+            &route.metrics.bytes_client_to_master,
+            Side::Client,
+            Side::Master,
+        );
+        let m2c = copy_half(
+            &mut mr,
+            &mut cw,
+            &route.metrics.bytes_master_to_client,
+            Side::Master,
+            Side::Client,
+        );
+        tokio::pin!(c2m, m2c);
+        let (mut c2m_done, mut m2c_done) = (false, false);
+        let mut first_eof: Option<Side> = None;
+        loop {
+            let (side, result) = tokio::select! {
+                biased;
+                _ = master.fenced().cancelled() => break Closed::MasterSwitch,
+                _ = shutdown.close.cancelled() => break Closed::Shutdown,
+                r = &mut c2m, if !c2m_done => { c2m_done = true; (Side::Client, r) }
+                r = &mut m2c, if !m2c_done => { m2c_done = true; (Side::Master, r) }
+            };
+            match result {
+                Ok(()) => {
+                    first_eof.get_or_insert(side);
+                }
+                Err(Side::Client) => break Closed::ClientError,
+                Err(Side::Master) => break Closed::MasterError,
+            }
+            if c2m_done && m2c_done {
+                break match first_eof {
+                    Some(Side::Master) => Closed::MasterClosed,
+                    _ => Closed::ClientClosed,
+                };
+            }
+        }
+    };
+    if reason == Closed::MasterSwitch {
+        abort_master(mr.unsplit(mw).tcp());
+    }
+    reason
+}
+
+/// Copies `from` -> `to` until EOF, then passes the half-close on (for TLS: close_notify,
+/// then FIN). The error names the side that failed.
+async fn copy_half<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from: &mut R,
+    to: &mut W,
+    bytes: &Counter,
+    from_side: Side,
+    to_side: Side,
+) -> Result<(), Side> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            // A peer that closes TCP without TLS close_notify (many do) has still closed.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(_) => return Err(from_side),
+        };
+        if n == 0 {
+            // The peer may already be gone; then the other direction reports it.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        bytes.increment(n as u64);
+        to.write_all(&buf[..n]).await.map_err(|_| to_side)?;
+        to.flush().await.map_err(|_| to_side)?;
     }
 }
 

@@ -70,6 +70,7 @@ mod tests {
             other_sentinels: 2,
             replicas: 2,
             quorum: 2,
+            failover_timeout: None,
         }
     }
 

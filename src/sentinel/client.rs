@@ -1,28 +1,135 @@
-//! Talking to one sentinel and checking one node's `ROLE`, through the `redis` crate.
-//! Owns the connection to its sentinel (reconnected lazily after an error); knows nothing about
-//! arbitration or routes.
+//! Talking to one sentinel and checking one node's `ROLE`, through the `redis` crate over
+//! connections this module opens itself: TCP, then TLS if configured, then `AUTH` with the
+//! proxy's own credentials (by redis-rs), every read size-bounded. Owns the connection to its
+//! sentinel (reconnected lazily after an error) and turns every failure into a [`PeerError`]
+//! naming the peer and a metric kind; knows nothing about arbitration or routes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value,
-};
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
+use crate::config::PeerAccess;
 use crate::metrics::SentinelErrorKind;
 
-/// A sentinel query failed.
-#[derive(Debug, thiserror::Error)]
-#[error("sentinel {addr}: {kind:?}: {message}")]
-pub struct SentinelError {
-    /// The sentinel, as configured.
+/// A sentinel or node could not be used: which one, the metric kind, and a message fit for a
+/// log line, `check` and `/status` (peer text escaped, no secrets).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{role} {addr}: {message}")]
+pub struct PeerError {
+    /// `sentinel` or `node`.
+    pub role: &'static str,
+    /// The peer, as configured or announced.
     pub addr: String,
     /// What kind of failure (the metric label).
     pub kind: SentinelErrorKind,
     /// Details.
     pub message: String,
+}
+
+/// A sentinel query failed.
+pub type SentinelError = PeerError;
+
+impl PeerError {
+    fn new(
+        role: &'static str,
+        addr: &str,
+        kind: SentinelErrorKind,
+        message: impl AsRef<str>,
+    ) -> PeerError {
+        PeerError {
+            role,
+            addr: addr.to_string(),
+            kind,
+            message: peer_text(message.as_ref()),
+        }
+    }
+
+    fn from_redis(role: &'static str, addr: &str, e: &redis::RedisError) -> PeerError {
+        let (kind, message) = classify(e);
+        PeerError::new(role, addr, kind, message)
+    }
+}
+
+/// Text a peer chose (error replies, flags, names), made safe to print: control characters
+/// escaped (a newline must not forge a log line, an escape code must not drive a terminal)
+/// and cut to a few hundred characters.
+pub fn peer_text(s: &str) -> String {
+    const MAX: usize = 300;
+    let mut out = String::with_capacity(s.len().min(MAX + 3));
+    for c in s.chars() {
+        if out.len() >= MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The metric kind and a message for a redis-rs error.
+fn classify(e: &redis::RedisError) -> (SentinelErrorKind, String) {
+    use SentinelErrorKind as K;
+    if crate::resp_limit::is_oversized(e) {
+        return (K::Oversized, format!("reply too large: {e}"));
+    }
+    if let Some(t) = crate::tls::rustls_error(e) {
+        return (K::Tls, format!("TLS: {t}"));
+    }
+    // redis-rs hands a failed connection's error to waiting requests as text, which loses the
+    // rustls error type (e.g. the server's "certificate required" alert, which TLS 1.3 only
+    // delivers after the handshake).
+    let text = e.to_string();
+    if crate::tls::looks_like_tls_error(&text) {
+        return (K::Tls, format!("TLS: {text}"));
+    }
+    match e.code() {
+        Some("NOAUTH") => {
+            return (
+                K::Auth,
+                "NOAUTH: the server requires a password and none is configured".to_string(),
+            )
+        }
+        Some("WRONGPASS") => {
+            return (
+                K::Auth,
+                "authentication failed (WRONGPASS: wrong password or unknown user)".to_string(),
+            )
+        }
+        Some("NOPERM") => return (K::NoPerm, e.to_string()),
+        _ => {}
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return (
+            K::Auth,
+            "authentication failed (wrong password or unknown user)".to_string(),
+        );
+    }
+    if e.is_timeout() {
+        return (K::Timeout, e.to_string());
+    }
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    ) {
+        let msg = e.to_string();
+        if msg.contains("No such master") {
+            return (K::UnknownMaster, msg);
+        }
+        return (K::Protocol, msg);
+    }
+    if e.is_io_error() {
+        return (K::Connect, e.to_string());
+    }
+    (K::Protocol, e.to_string())
 }
 
 /// What one sentinel says about a master name (`SENTINEL MASTER <name>`).
@@ -34,7 +141,7 @@ pub struct MasterReport {
     pub port: u16,
     /// The sentinel's config-epoch for this master; raised by every completed failover.
     pub config_epoch: u64,
-    /// Flags such as `master`, `s_down`, `o_down`, `disconnected`.
+    /// Flags such as `master`, `s_down`, `o_down`, `disconnected` (escaped peer text).
     pub flags: String,
     /// Other sentinels this one knows.
     pub other_sentinels: u64,
@@ -42,12 +149,20 @@ pub struct MasterReport {
     pub replicas: u64,
     /// Configured quorum.
     pub quorum: u64,
+    /// The group's `failover-timeout`, if reported: how long a failover may take before the
+    /// sentinels give it up.
+    pub failover_timeout: Option<Duration>,
 }
 
 impl MasterReport {
     /// `host:port` as announced (IPv6 literals bracketed).
     pub fn announced(&self) -> String {
         join_host_port(&self.host, self.port)
+    }
+
+    /// Whether the sentinel flags a failover of this master in progress.
+    pub fn failover_in_progress(&self) -> bool {
+        self.flags.split(',').any(|f| f == "failover_in_progress")
     }
 }
 
@@ -78,57 +193,169 @@ pub struct Timeouts {
     pub timeout: Duration,
 }
 
-impl Timeouts {
-    fn connection_config(&self) -> AsyncConnectionConfig {
-        AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
+/// Object-safe stream type for redis-rs: plain TCP or TLS, behind the size bound.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Where and how to reach one sentinel or node.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `sentinel` or `node` (for messages).
+    pub role: &'static str,
+    /// Host or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Credentials and TLS.
+    pub access: PeerAccess,
+    /// Bound on each step (resolve + connect, TLS handshake, setup).
+    pub timeout: Duration,
+}
+
+impl Peer {
+    /// `host:port` for messages.
+    pub fn addr(&self) -> String {
+        join_host_port(&self.host, self.port)
+    }
+
+    fn error(&self, kind: SentinelErrorKind, message: impl AsRef<str>) -> PeerError {
+        PeerError::new(self.role, &self.addr(), kind, message)
+    }
+
+    fn redis_info(&self) -> RedisConnectionInfo {
+        let mut info = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(p) = &self.access.auth.password {
+            info = info.set_password(p.expose());
+            if let Some(u) = &self.access.auth.username {
+                info = info.set_username(u);
+            }
+        }
+        info
+    }
+
+    /// TCP (to the first address that answers), then TLS if configured, behind the size bound.
+    /// `at`: connect there instead of resolving `host` (TLS still verifies `host`).
+    async fn open(&self, at: Option<SocketAddr>) -> Result<Box<dyn Io>, PeerError> {
+        use SentinelErrorKind as K;
+        let connecting = async {
+            match at {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect((self.host.as_str(), self.port)).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(self.error(K::Connect, e.to_string())),
+            Err(_) => return Err(self.error(K::Connect, "connect timed out")),
+        };
+        let _ = tcp.set_nodelay(true);
+        let limits = crate::resp_limit::RespLimits::default();
+        match &self.access.tls {
+            None => Ok(Box::new(crate::resp_limit::Bounded::new(tcp, limits))),
+            Some(tls) => {
+                match tokio::time::timeout(self.timeout, tls.connect(tcp, &self.host)).await {
+                    Ok(Ok(s)) => Ok(Box::new(crate::resp_limit::Bounded::new(s, limits))),
+                    Ok(Err(e)) => {
+                        let msg = crate::tls::rustls_error(&e)
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| e.to_string());
+                        Err(self.error(K::Tls, format!("TLS handshake failed: {msg}")))
+                    }
+                    Err(_) => Err(self.error(K::Tls, "TLS handshake timed out")),
+                }
+            }
+        }
+    }
+
+    /// A query connection (authenticated); its driver task ends with it.
+    pub async fn connect(&self) -> Result<Conn, PeerError> {
+        self.connect_to(None).await
+    }
+
+    /// Like [`Peer::connect`], to the resolved address `at`.
+    pub async fn connect_at(&self, at: SocketAddr) -> Result<Conn, PeerError> {
+        self.connect_to(Some(at)).await
+    }
+
+    async fn connect_to(&self, at: Option<SocketAddr>) -> Result<Conn, PeerError> {
+        let stream = self.open(at).await?;
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
+        let info = self.redis_info();
+        let setup = MultiplexedConnection::new_with_config(&info, stream, config);
+        let (conn, driver) = match tokio::time::timeout(self.timeout, setup).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(PeerError::from_redis(self.role, &self.addr(), &e)),
+            Err(_) => {
+                return Err(self.error(SentinelErrorKind::Timeout, "connection setup timed out"))
+            }
+        };
+        let driver = tokio::spawn(driver).abort_handle();
+        Ok(Conn { conn, driver })
+    }
+
+    /// A pub/sub connection (authenticated).
+    pub async fn pubsub(&self) -> Result<PubSub, PeerError> {
+        let stream = self.open(None).await?;
+        let info = self.redis_info();
+        match tokio::time::timeout(self.timeout, PubSub::new(&info, stream)).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(PeerError::from_redis(self.role, &self.addr(), &e)),
+            Err(_) => Err(self.error(SentinelErrorKind::Timeout, "connection setup timed out")),
+        }
+    }
+
+    /// Classifies an error on a connection to this peer.
+    pub fn redis_error(&self, e: &redis::RedisError) -> PeerError {
+        PeerError::from_redis(self.role, &self.addr(), e)
     }
 }
 
-/// Builds a client for `host:port` that skips `CLIENT SETINFO` (older servers reject it).
-pub fn client_for(host: &str, port: u16) -> Result<Client, redis::RedisError> {
-    let info: ConnectionInfo =
-        ConnectionAddr::Tcp(host.to_string(), port).into_connection_info()?;
-    let redis_settings = info.redis_settings().clone().set_skip_set_lib_name();
-    Client::open(info.set_redis_settings(redis_settings))
+/// A query connection; dropping it stops its driver task (and closes the socket).
+pub struct Conn {
+    conn: MultiplexedConnection,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// One configured sentinel and its (lazily re-established) query connection.
 pub struct Sentinel {
     /// Address as configured (`host:port`).
     pub addr: String,
-    client: Result<Client, String>,
-    conn: Option<MultiplexedConnection>,
-    timeouts: Timeouts,
+    peer: Result<Peer, String>,
+    conn: Option<Conn>,
 }
 
 impl Sentinel {
     /// A sentinel at `addr` (already validated as `host:port`).
-    pub fn new(addr: &str, timeouts: Timeouts) -> Sentinel {
-        let client = crate::config::parse_host_port(addr)
-            .and_then(|(h, p)| client_for(&h, p).map_err(|e| e.to_string()));
+    pub fn new(addr: &str, access: &PeerAccess, timeouts: Timeouts) -> Sentinel {
+        let peer = crate::config::parse_host_port(addr).map(|(host, port)| Peer {
+            role: "sentinel",
+            host,
+            port,
+            access: access.clone(),
+            timeout: timeouts.timeout,
+        });
         Sentinel {
             addr: addr.to_string(),
-            client,
+            peer,
             conn: None,
-            timeouts,
         }
     }
 
-    /// A client for subscriptions.
-    pub fn client(&self) -> Result<&Client, SentinelError> {
-        self.client
+    /// How to reach this sentinel (for subscriptions).
+    pub fn peer(&self) -> Result<&Peer, SentinelError> {
+        self.peer
             .as_ref()
             .map_err(|e| self.error(SentinelErrorKind::Connect, e.clone()))
     }
 
-    fn error(&self, kind: SentinelErrorKind, message: impl Into<String>) -> SentinelError {
-        SentinelError {
-            addr: self.addr.clone(),
-            kind,
-            message: message.into(),
-        }
+    fn error(&self, kind: SentinelErrorKind, message: impl AsRef<str>) -> SentinelError {
+        PeerError::new("sentinel", &self.addr, kind, message)
     }
 
     /// Drops the connection so the next query reconnects.
@@ -138,13 +365,12 @@ impl Sentinel {
 
     async fn query(&mut self, cmd: &redis::Cmd) -> Result<Value, SentinelError> {
         if self.conn.is_none() {
-            let client = self.client()?.clone();
-            let config = self.timeouts.connection_config();
-            let connecting = client.get_multiplexed_async_connection_with_config(&config);
-            // The crate's connection timeout does not cover name resolution; bound it all.
-            let conn = match tokio::time::timeout(self.timeouts.timeout * 2, connecting).await {
+            let peer = self.peer()?.clone();
+            // Resolve + connect, TLS and setup each have their own bound inside; this one
+            // bounds the whole.
+            let conn = match tokio::time::timeout(peer.timeout * 3, peer.connect()).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(self.error(SentinelErrorKind::Connect, e.to_string())),
+                Ok(Err(e)) => return Err(self.rename(e)),
                 Err(_) => return Err(self.error(SentinelErrorKind::Connect, "connect timed out")),
             };
             self.conn = Some(conn);
@@ -152,39 +378,35 @@ impl Sentinel {
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.error(SentinelErrorKind::Connect, "not connected"));
         };
-        match tokio::time::timeout(self.timeouts.timeout * 2, cmd.query_async::<Value>(conn)).await
-        {
+        let timeout = self
+            .peer
+            .as_ref()
+            .map_or(Duration::from_secs(1), |p| p.timeout);
+        match tokio::time::timeout(timeout * 2, cmd.query_async::<Value>(&mut conn.conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let msg = e.to_string();
-                let kind = if e.is_timeout() {
-                    SentinelErrorKind::Timeout
-                } else if matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                ) {
-                    if msg.contains("No such master") {
-                        SentinelErrorKind::UnknownMaster
-                    } else {
-                        SentinelErrorKind::Protocol
-                    }
-                } else {
-                    SentinelErrorKind::Connect
-                };
+                let err = self.rename(PeerError::from_redis("sentinel", &self.addr, &e));
                 // An error reply leaves the connection usable; anything else may not.
                 if !matches!(
-                    kind,
+                    err.kind,
                     SentinelErrorKind::UnknownMaster | SentinelErrorKind::Protocol
-                ) {
+                ) || e.is_io_error()
+                {
                     self.conn = None;
                 }
-                Err(self.error(kind, msg))
+                Err(err)
             }
             Err(_) => {
                 self.conn = None;
                 Err(self.error(SentinelErrorKind::Timeout, "no reply in time"))
             }
         }
+    }
+
+    /// Errors carry the address as configured (the peer's may differ in form).
+    fn rename(&self, mut e: PeerError) -> PeerError {
+        e.addr = self.addr.clone();
+        e
     }
 
     /// `SENTINEL MASTER <name>`.
@@ -273,6 +495,11 @@ fn pairs(v: &Value) -> Option<HashMap<String, String>> {
     }
 }
 
+/// Highest config-epoch believed. Each failover attempt raises a group's epoch by one, and
+/// attempts are minutes apart: even one per second for a century stays far below this, while
+/// a forged `u64::MAX` (which no honest sentinel could ever outrank) is refused.
+pub const MAX_PLAUSIBLE_EPOCH: u64 = 1 << 32;
+
 /// Validates the fields of a `SENTINEL MASTER` reply.
 fn parse_master_report(f: &HashMap<String, String>) -> Result<MasterReport, String> {
     let get = |k: &str| {
@@ -297,14 +524,27 @@ fn parse_master_report(f: &HashMap<String, String>) -> Result<MasterReport, Stri
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("SENTINEL MASTER names an invalid port {:?}", f.get("port")))?;
+    let config_epoch = num("config-epoch")?;
+    if config_epoch > MAX_PLAUSIBLE_EPOCH {
+        return Err(format!(
+            "SENTINEL MASTER reports an implausible config-epoch {config_epoch} (above {MAX_PLAUSIBLE_EPOCH})"
+        ));
+    }
+    let failover_timeout = match f.get("failover-timeout") {
+        None => None,
+        Some(v) => Some(Duration::from_millis(v.parse().map_err(|_| {
+            format!("SENTINEL MASTER field \"failover-timeout\" is not a number: {v:?}")
+        })?)),
+    };
     Ok(MasterReport {
         host,
         port,
-        config_epoch: num("config-epoch")?,
-        flags: f.get("flags").cloned().unwrap_or_default(),
+        config_epoch,
+        flags: peer_text(f.get("flags").map_or("", String::as_str)),
         other_sentinels: num("num-other-sentinels")?,
         replicas: num("num-slaves")?,
         quorum: num("quorum")?,
+        failover_timeout,
     })
 }
 
@@ -322,23 +562,42 @@ pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketA
     }
 }
 
-/// Asks the node at `addr` for its `ROLE` on a fresh connection.
-pub async fn role(addr: SocketAddr, timeouts: Timeouts) -> Result<Role, String> {
-    let client = client_for(&addr.ip().to_string(), addr.port()).map_err(|e| e.to_string())?;
-    let work = async {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&timeouts.connection_config())
-            .await
-            .map_err(|e| e.to_string())?;
-        redis::cmd("ROLE")
-            .query_async::<Value>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+/// Asks the node at `addr` (announced by the sentinels as `host`, the name TLS verifies) for
+/// its `ROLE` on a fresh connection.
+pub async fn role(
+    addr: SocketAddr,
+    host: &str,
+    access: &PeerAccess,
+    timeouts: Timeouts,
+) -> Result<Role, PeerError> {
+    let peer = Peer {
+        role: "node",
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        access: access.clone(),
+        timeout: timeouts.timeout,
     };
-    let v = tokio::time::timeout(timeouts.timeout * 2, work)
+    let err = |kind, m: &str| PeerError::new("node", &addr.to_string(), kind, m);
+    let work = async {
+        // Connect to the resolved address, but verify TLS against the announced host.
+        let peer = Peer {
+            host: host.to_string(),
+            ..peer.clone()
+        };
+        let mut conn = peer.connect_at(addr).await?;
+        redis::cmd("ROLE")
+            .query_async::<Value>(&mut conn.conn)
+            .await
+            .map_err(|e| peer.redis_error(&e))
+    };
+    let v = tokio::time::timeout(timeouts.timeout * 3, work)
         .await
-        .map_err(|_| "ROLE timed out".to_string())??;
-    parse_role(&v)
+        .map_err(|_| err(SentinelErrorKind::Timeout, "ROLE timed out"))?
+        .map_err(|mut e| {
+            e.addr = addr.to_string();
+            e
+        })?;
+    parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))
 }
 
 fn parse_role(v: &Value) -> Result<Role, String> {

@@ -20,7 +20,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::MinorityPolicy;
 use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
 use crate::route::{self, Route};
-use client::{join_host_port, role, MasterReport, Role, Sentinel, SentinelError, Timeouts};
+use client::{
+    join_host_port, peer_text, role, MasterReport, Peer, PeerError, Role, Sentinel, SentinelError,
+    Timeouts,
+};
 
 /// How often an idle `+switch-master` subscription is pinged, so a dead link is noticed.
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
@@ -29,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a master fenced for a failover stays unroutable when nothing says whether the
 /// failover finished or was abandoned (comfortably above an election plus promotion).
 const QUARANTINE: Duration = Duration::from_secs(30);
+/// At most one "malformed sentinel event" log line per sentinel this often.
+const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A subscription that lasted this long resets its reconnect backoff.
 const SUBSCRIPTION_STABLE: Duration = Duration::from_secs(10);
 
@@ -69,12 +74,26 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
     let sentinels: Vec<Sentinel> = cfg
         .addresses
         .iter()
-        .map(|a| Sentinel::new(a, timeouts))
+        .map(|a| Sentinel::new(a, &cfg.access, timeouts))
         .collect();
+    // Every label value exists from the start, so `increase()` alerts see the first event.
+    let name = route.name().to_string();
+    for s in &sentinels {
+        for kind in SentinelErrorKind::ALL {
+            counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => s.addr.clone(), "kind" => kind.as_str()).increment(0);
+        }
+        for why in ["malformed", "repeat"] {
+            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => s.addr.clone(), "why" => why).increment(0);
+        }
+    }
+    for kind in SentinelErrorKind::NODE {
+        counter!(m::NODE_CHECK_ERRORS, "route" => name.clone(), "kind" => kind.as_str())
+            .increment(0);
+    }
     let (tx, rx) = mpsc::channel(64);
     for (i, s) in sentinels.iter().enumerate() {
-        let client = match s.client() {
-            Ok(c) => c.clone(),
+        let peer = match s.peer() {
+            Ok(p) => p.clone(),
             Err(e) => {
                 error!(route = route.name(), %e, "cannot subscribe to sentinel");
                 continue;
@@ -83,7 +102,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         tokio::spawn(subscribe(
             i,
             s.addr.clone(),
-            client,
+            peer,
             route.clone(),
             tx.clone(),
             timeouts,
@@ -98,6 +117,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         sentinels,
         retry_at: vec![None; n],
         failures: vec![0; n],
+        last_kind: vec![None; n],
         blind: false,
         fenced_at: None,
         previous: None,
@@ -116,6 +136,8 @@ struct Watcher {
     /// Per sentinel: not asked again before this instant (reconnect backoff).
     retry_at: Vec<Option<Instant>>,
     failures: Vec<u32>,
+    /// Per sentinel: the kind of its current run of failures (to log each episode once).
+    last_kind: Vec<Option<SentinelErrorKind>>,
     /// No sentinel answered the last round.
     blind: bool,
     /// When the current fence started (for the failover log line).
@@ -515,36 +537,47 @@ impl Watcher {
     /// `ROLE` of a candidate; `None` when it could not be asked.
     async fn verify(&mut self, addr: SocketAddr, announced: &str) -> Option<Role> {
         let route = self.route.name().to_string();
-        let result = role(addr, self.timeouts).await;
-        let label = match &result {
-            Ok(Role::Master) => "master",
-            Ok(_) => "replica",
-            Err(_) => "error",
+        let host = announced
+            .rsplit_once(':')
+            .map_or(announced, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let result = role(addr, &host, &self.route.config.node, self.timeouts).await;
+        let (label, outcome) = match &result {
+            Ok(Role::Master) => ("master", "master"),
+            Ok(_) => ("replica", "replica"),
+            Err(e) => ("error", e.kind.as_str()),
         };
         counter!(m::ROLE_CHECKS, "route" => route.clone(), "result" => label).increment(1);
         // Log changes, not repeats: a dead or demoted candidate is asked on every (fast) poll
-        // until the sentinels replace it.
-        let previous = self.last_role.insert(addr, label);
-        let changed = previous != Some(label);
+        // until the sentinels replace it; a wrong password fails every time.
+        let previous = self.last_role.insert(addr, outcome);
+        let changed = previous != Some(outcome);
         match result {
             Ok(Role::Master) => {
                 if previous.is_some_and(|p| p != "master") {
                     info!(route, master.addr = %addr, "ROLE says master again");
                 }
+                self.route.set_node_error(None);
                 Some(Role::Master)
             }
             Ok(other) => {
+                self.route.set_node_error(None);
                 if changed {
                     warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
                 }
                 Some(other)
             }
             Err(e) => {
+                counter!(m::NODE_CHECK_ERRORS, "route" => route.clone(), "kind" => e.kind.as_str())
+                    .increment(1);
                 if changed {
-                    warn!(route, master.addr = %addr, master.announced = announced, error = %e, "ROLE check failed");
+                    warn!(route, master.addr = %addr, master.announced = announced, kind = e.kind.as_str(), error = %e, "ROLE check failed");
                 } else {
-                    debug!(route, master.addr = %addr, error = %e, "ROLE check failed again");
+                    debug!(route, master.addr = %addr, kind = e.kind.as_str(), error = %e, "ROLE check failed again");
                 }
+                self.route.set_node_error(Some(e.to_string()));
                 None
             }
         }
@@ -561,6 +594,7 @@ impl Watcher {
 
     fn record_ok(&mut self, i: usize, r: &MasterReport) {
         self.failures[i] = 0;
+        self.last_kind[i] = None;
         self.retry_at[i] = None;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -592,7 +626,9 @@ impl Watcher {
                 .min(MAX_BACKOFF.max(self.poll_interval));
             self.retry_at[i] = Some(Instant::now() + backoff);
         }
-        let first = self.failures[i] == 1;
+        // Once per episode: the first failure in a row, or a different kind of failure.
+        let first = self.failures[i] == 1 || self.last_kind[i] != Some(e.kind);
+        self.last_kind[i] = Some(e.kind);
         let message = e.to_string();
         self.route.update_sentinel(i, |s| {
             s.reachable = false;
@@ -604,11 +640,41 @@ impl Watcher {
             if e.kind == SentinelErrorKind::UnknownMaster {
                 error!(route, sentinel = %e.addr, master = %self.route.config.master_name, "sentinel does not monitor this master name");
             } else {
-                warn!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e.message, "sentinel query failed");
+                warn!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e, "sentinel query failed");
             }
         } else {
             debug!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e.message, "sentinel query failed again");
         }
+    }
+}
+
+/// Lets one thing through per `every`, counting what it held back.
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when allowed now, with `n` the occurrences held back since the last one.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < self.every)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -624,7 +690,7 @@ fn names(event_addr: &str, announced: &str, addr: SocketAddr) -> bool {
 async fn subscribe(
     index: usize,
     addr: String,
-    client: redis::Client,
+    peer: Peer,
     route: Arc<Route>,
     tx: mpsc::Sender<Event>,
     timeouts: Timeouts,
@@ -634,23 +700,44 @@ async fn subscribe(
     let master_name = route.config.master_name.clone();
     let mut backoff = Duration::from_millis(100);
     let mut failed_before = false;
+    let mut malformed = Throttle::new(MALFORMED_LOG_EVERY);
     loop {
         let connect = async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&CHANNELS[..]).await?;
-            Ok::<_, redis::RedisError>(ps)
+            let mut ps = peer.pubsub().await?;
+            ps.subscribe(&CHANNELS[..])
+                .await
+                .map_err(|e| peer.redis_error(&e))?;
+            Ok::<_, PeerError>(ps)
         };
         let pubsub = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(timeouts.timeout * 2, connect) => match r {
-                Ok(Ok(ps)) => Some(ps),
-                Ok(Err(e)) => { if !failed_before { warn!(route = name, sentinel = %addr, error = %e, "cannot subscribe to +switch-master"); } None }
-                Err(_) => { if !failed_before { warn!(route = name, sentinel = %addr, "subscribing to +switch-master timed out"); } None }
+            r = tokio::time::timeout(timeouts.timeout * 4, connect) => match r {
+                Ok(Ok(ps)) => Ok(ps),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(PeerError { role: "sentinel", addr: addr.clone(), kind: SentinelErrorKind::Timeout, message: "subscribing timed out".to_string() }),
+            }
+        };
+        let pubsub = match pubsub {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if !failed_before {
+                    warn!(route = name, sentinel = %addr, kind = e.kind.as_str(), error = %e, "cannot subscribe to +switch-master");
+                }
+                // Credential, permission and TLS failures keep their own kind (the poll counts
+                // them too); anything else is a subscription failure.
+                let kind = match e.kind {
+                    k @ (SentinelErrorKind::Auth
+                    | SentinelErrorKind::NoPerm
+                    | SentinelErrorKind::Tls
+                    | SentinelErrorKind::Oversized) => k,
+                    _ => SentinelErrorKind::Subscription,
+                };
+                counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => kind.as_str()).increment(1);
+                None
             }
         };
         let Some(pubsub) = pubsub else {
             failed_before = true;
-            counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -673,7 +760,7 @@ async fn subscribe(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 msg = stream.next() => {
-                    let Some(msg) = msg else { break "connection closed" };
+                    let Some(msg) = msg else { break "connection closed (or a message over the size bound)" };
                     let payload: String = match msg.get_payload() {
                         Ok(p) => p,
                         Err(_) => continue,
@@ -685,7 +772,11 @@ async fn subscribe(
                         Ok(Some(ev)) => { let _ = tx.try_send(ev); }
                         Ok(None) => {}
                         Err(()) => {
-                            warn!(route = name, sentinel = %addr, channel, payload, "malformed sentinel event ignored");
+                            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "malformed").increment(1);
+                            // A flood of garbage must not become a flood of log lines.
+                            if let Some(suppressed) = malformed.allow(Instant::now()) {
+                                warn!(route = name, sentinel = %addr, channel = %peer_text(&channel), payload = %peer_text(&payload), suppressed, "malformed sentinel event ignored");
+                            }
                         }
                     }
                 }
