@@ -1,11 +1,13 @@
-//! Hostile sentinel replies a real sentinel cannot produce, from a scripted fake: the proxy
-//! stays up, routes nowhere it should not, counts and logs the error.
+//! Hostile sentinels a real one cannot imitate, from a scripted fake (alone, or as a fourth
+//! sentinel beside three real ones): the proxy stays up, routes nowhere it should not, bounds
+//! the outage one sentinel can cause, counts and logs (escaped, throttled) what it ignores.
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::fake_sentinel::FakeSentinel;
+use support::fake_sentinel::{FakeSentinel, Script};
 use support::*;
 
 fn proxy_for(fake: &FakeSentinel) -> Proxy {
@@ -98,5 +100,256 @@ fn a_silent_sentinel_times_out_without_stalling_the_proxy() {
         |v| v >= 1.0,
     );
     eprintln!("silent sentinel detected after {:?}", start.elapsed());
+    assert_not_routing(&proxy);
+}
+
+/// A converged 3+3 topology that never fails over on its own, a scripted fake as a fourth
+/// sentinel (its script made from the master's port), and a ready proxy asking all four.
+fn lab_with_fake(script: impl FnOnce(u16) -> Script) -> Option<(Topology, FakeSentinel, Proxy)> {
+    if !require("redis-sentinel") {
+        return None;
+    }
+    let t = Topology::start(60_000);
+    let fake = FakeSentinel::scripted(script(t.nodes[0].port));
+    let mut ports = t.sentinel_ports();
+    ports.push(fake.port);
+    let proxy = Proxy::start_with(&ports, ProxyOpts::default());
+    proxy.wait_ready();
+    Some((t, fake, proxy))
+}
+
+/// Waits until the fake has answered `n` more polls: a bounded observation window measured in
+/// the proxy's own rounds, not in wall-clock sleeps.
+fn wait_polls(fake: &FakeSentinel, n: usize) {
+    let start = fake.queries.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(30), "the proxy polls the fake", || {
+        fake.queries.load(Ordering::Relaxed) >= start + n
+    });
+}
+
+fn honest(master_port: u16) -> Vec<u8> {
+    FakeSentinel::master_reply("127.0.0.1", &master_port.to_string(), "0")
+}
+
+#[test]
+fn one_sentinel_claiming_a_failover_forever_costs_at_most_a_failover_timeout() {
+    let Some((t, fake, proxy)) = lab_with_fake(|p| Script {
+        master_reply: Some(honest(p)),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let port = t.nodes[0].port.to_string();
+    fake.set_reply(FakeSentinel::master_reply_flags(
+        "127.0.0.1",
+        &port,
+        "0",
+        "master,failover_in_progress",
+    ));
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "the lone claim fences at once",
+        "redis_failover_proxy_fences_total",
+        &[("reason", "failover_started")],
+        |v| v >= 1.0,
+    );
+    // The group's failover-timeout is 6 s: after it, the claim is dismissed and the master
+    // (still named by the three real sentinels, still ROLE master) is routed to again.
+    let took = proxy.wait_metric(
+        Duration::from_secs(20),
+        "routing resumes after the failover-timeout",
+        "redis_failover_proxy_master_switches_total",
+        &[],
+        |v| v >= 2.0,
+    );
+    eprintln!("lone failover claim: routing again after {took:?}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    assert!(proxy.log().contains("longer than the failover-timeout"));
+    wait_polls(&fake, 10);
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_fences_total", &[]),
+        1.0,
+        "the dismissed claim fenced again"
+    );
+    let mut c = Client::connect(proxy.port);
+    assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
+}
+
+#[test]
+fn forged_failover_events_cut_sessions_once() {
+    let Some((t, fake, proxy)) = lab_with_fake(|p| Script {
+        master_reply: Some(honest(p)),
+        events: vec![
+            (
+                "+switch-master".into(),
+                format!("redis-ha 127.0.0.1 {p} 127.0.0.1 1"),
+            ),
+            (
+                "+failover-state-send-slaveof-noone".into(),
+                format!("master redis-ha 127.0.0.1 {p} @ redis-ha 127.0.0.1 {p}"),
+            ),
+        ],
+        event_every: Duration::from_millis(10),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let master = format!("127.0.0.1:{}", t.nodes[0].port);
+    proxy.wait_routes_to(&master);
+    let sent = fake.events_sent.load(Ordering::Relaxed);
+    let mut c = Client::connect(proxy.port);
+    assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
+    wait_until(Duration::from_secs(30), "300 more forged events", || {
+        fake.events_sent.load(Ordering::Relaxed) >= sent + 300
+    });
+    assert_eq!(
+        c.cmd(&["PING"]).unwrap(),
+        "+PONG",
+        "a session opened after the first forged event was cut"
+    );
+    let fences = proxy.metric("redis_failover_proxy_fences_total", &[]);
+    eprintln!(
+        "forged events: {} sent, {fences} fences",
+        fake.events_sent.load(Ordering::Relaxed)
+    );
+    assert!(fences <= 2.0, "{fences} fences");
+    assert!(
+        proxy.metric(
+            "redis_failover_proxy_sentinel_events_ignored_total",
+            &[("why", "repeat")]
+        ) >= 100.0
+    );
+}
+
+#[test]
+fn a_sentinel_far_ahead_of_the_others_moves_nothing() {
+    let Some((t, fake, proxy)) = lab_with_fake(|p| Script {
+        master_reply: Some(honest(p)),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let master = format!("127.0.0.1:{}", t.nodes[0].port);
+    let replica = t.nodes[1].port.to_string();
+    fake.set_reply(FakeSentinel::master_reply("127.0.0.1", &replica, "99"));
+    wait_until(Duration::from_secs(10), "set aside logged", || {
+        proxy.log().contains("far ahead of every other view")
+    });
+    fake.set_reply(FakeSentinel::master_reply(
+        "127.0.0.1",
+        &replica,
+        &u64::MAX.to_string(),
+    ));
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "u64::MAX refused as a protocol error",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[("kind", "protocol")],
+        |v| v >= 1.0,
+    );
+    wait_polls(&fake, 5);
+    assert_eq!(proxy.master().map(|m| m.1), Some(master));
+    assert_eq!(proxy.metric("redis_failover_proxy_fences_total", &[]), 0.0);
+}
+
+#[test]
+fn event_floods_do_not_become_query_floods() {
+    let Some((t, fake, proxy)) = lab_with_fake(|p| Script {
+        master_reply: Some(honest(p)),
+        events: vec![(
+            "+promoted-slave".into(),
+            format!("slave 127.0.0.1:1 127.0.0.1 1 @ redis-ha 127.0.0.1 {p}"),
+        )],
+        event_every: Duration::ZERO,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let _ = t;
+    let (q0, e0, start) = (
+        fake.queries.load(Ordering::Relaxed),
+        fake.events_sent.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    wait_until(Duration::from_secs(60), "20,000 more events", || {
+        fake.events_sent.load(Ordering::Relaxed) >= e0 + 20_000
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let queries = (fake.queries.load(Ordering::Relaxed) - q0) as f64;
+    eprintln!("event flood: 20,000 events in {secs:.2} s, {queries} polls ({:.1}/s)", queries / secs);
+    // At most one early round per 100 ms, plus the regular polls (250 ms here).
+    assert!(queries / secs <= 15.0, "{queries} polls in {secs:.2} s");
+    assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn malformed_event_floods_are_counted_not_logged_line_by_line() {
+    let Some((_t, fake, proxy)) = lab_with_fake(|_| Script {
+        master_reply: None,
+        events: vec![(
+            "+switch-master".into(),
+            "garbage\n2026-12-02T00:00:00Z ERROR forged line \u{1b}[31m".into(),
+        )],
+        event_every: Duration::ZERO,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    wait_until(Duration::from_secs(60), "5,000 malformed events", || {
+        fake.events_sent.load(Ordering::Relaxed) >= 5_000
+    });
+    proxy.wait_metric(
+        Duration::from_secs(30),
+        "malformed events counted",
+        "redis_failover_proxy_sentinel_events_ignored_total",
+        &[("why", "malformed")],
+        |v| v >= 1_000.0,
+    );
+    let log = proxy.log();
+    let lines = log.matches("malformed sentinel event ignored").count();
+    assert!(lines <= 5, "{lines} log lines for the flood");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-02T00:00:00Z ERROR forged")),
+        "a newline in an event forged a log line"
+    );
+    assert!(!log.contains('\u{1b}'), "an escape code reached the log");
+}
+
+#[test]
+fn peer_text_is_escaped_in_check_and_status() {
+    let fake = FakeSentinel::start(Some(FakeSentinel::master_reply_flags(
+        "127.0.0.1",
+        "1",
+        "0",
+        "master\n\u{1b}[2Jforged",
+    )));
+    let dir = tempdir();
+    let sentinel = format!("127.0.0.1:{}", fake.port);
+    let (_, out, err) = run_bin(dir.path(), &["check", "--sentinel", &sentinel]);
+    assert!(!out.contains('\u{1b}') && !err.contains('\u{1b}'), "{out:?}");
+    assert!(!out.lines().any(|l| l.starts_with("forged")), "{out}");
+    assert!(out.contains("\\u{1b}"), "{out}");
+}
+
+#[test]
+fn oversized_replies_and_events_are_dropped_not_buffered() {
+    // Declares 2 GiB and sends nothing more: buffering or pre-allocating it would show in RSS.
+    let huge_reply = b"*2\r\n$2\r\nip\r\n$2147483648\r\n".to_vec();
+    let huge_event = b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$2147483648\r\nredis-ha ".to_vec();
+    let fake = FakeSentinel::scripted(Script {
+        master_reply: Some(huge_reply),
+        raw_after_subscribe: Some(huge_event),
+        ..Default::default()
+    });
+    let proxy = proxy_for(&fake);
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "oversized replies counted",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[("kind", "oversized")],
+        |v| v >= 3.0,
+    );
+    let rss = rss_kib(proxy.pid());
+    assert!(rss < 100 * 1024, "RSS {rss} KiB");
     assert_not_routing(&proxy);
 }

@@ -5,10 +5,11 @@
 
 pub mod arbiter;
 pub mod client;
+pub mod evidence;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -29,9 +30,9 @@ use client::{
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
 /// Longest pause between reconnect attempts to a failing sentinel.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a master fenced for a failover stays unroutable when nothing says whether the
-/// failover finished or was abandoned (comfortably above an election plus promotion).
-const QUARANTINE: Duration = Duration::from_secs(30);
+/// Rounds started early (by events) are at least this far apart: a flood of events, honest or
+/// not, cannot turn into a flood of queries to every sentinel.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
 /// At most one "malformed sentinel event" log line per sentinel this often.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A subscription that lasted this long resets its reconnect backoff.
@@ -56,6 +57,44 @@ enum Event {
     },
     /// A subscription was (re)established or a replica was promoted: re-query.
     Hint,
+}
+
+/// Per sentinel: until when its failover events are not acted on, because its own poll
+/// contradicted an event it sent (it named the master again, at the same config-epoch, with no
+/// failover in progress) or its failover claim outlived the group's failover-timeout. Polls
+/// still count; only the events' power to fence at once is suspended.
+#[derive(Debug, Default)]
+struct EventGate {
+    until: Mutex<Vec<Option<Instant>>>,
+}
+
+impl EventGate {
+    fn new(n: usize) -> EventGate {
+        EventGate {
+            until: Mutex::new(vec![None; n]),
+        }
+    }
+
+    fn distrust(&self, i: usize, until: Instant) {
+        if let Some(slot) = self
+            .until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(i)
+        {
+            *slot = Some(until);
+        }
+    }
+
+    fn trusts(&self, i: usize, now: Instant) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .copied()
+            .flatten()
+            .is_none_or(|u| now >= u)
+    }
 }
 
 /// The sentinel channels each subscription listens on.
@@ -91,6 +130,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
             .increment(0);
     }
     let (tx, rx) = mpsc::channel(64);
+    let gate = Arc::new(EventGate::new(sentinels.len()));
     for (i, s) in sentinels.iter().enumerate() {
         let peer = match s.peer() {
             Ok(p) => p.clone(),
@@ -105,7 +145,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
             peer,
             route.clone(),
             tx.clone(),
-            timeouts,
+            gate.clone(),
             shutdown.clone(),
         ));
     }
@@ -124,6 +164,10 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         last_role: HashMap::new(),
         minority_since: None,
         quarantine: None,
+        gate,
+        claims: evidence::Claims::default(),
+        failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
+        set_aside: vec![false; n],
     };
     w.run(rx, shutdown).await;
 }
@@ -150,6 +194,14 @@ struct Watcher {
     minority_since: Option<Instant>,
     /// A master fenced for a failover, not to be re-installed meanwhile.
     quarantine: Option<Quarantine>,
+    /// Whose failover events may fence at once (shared with the subscriptions).
+    gate: Arc<EventGate>,
+    /// How long each sentinel has claimed a failover in progress.
+    claims: evidence::Claims,
+    /// The group's failover-timeout, from the latest reports.
+    failover_timeout: Duration,
+    /// Per sentinel: its report was set aside last round (config-epoch too far ahead).
+    set_aside: Vec<bool>,
 }
 
 /// See [`Watcher::quarantined`].
@@ -158,6 +210,8 @@ struct Quarantine {
     config_epoch: u64,
     /// The sentinel whose event or poll showed the failover.
     sentinel: Option<usize>,
+    /// Whether an event (not a poll) showed it.
+    by_event: bool,
     until: Instant,
 }
 
@@ -170,42 +224,69 @@ enum Wake {
 impl Watcher {
     async fn run(&mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
         loop {
-            // A round is abandoned when an event arrives: what it learned may predate the switch.
+            let started = Instant::now();
+            // A hint (resubscribed, a replica promoted) asks for another round soon; it does
+            // not abandon this one.
+            let mut hinted = false;
+            // A round is abandoned when a failover event arrives: what it learned may predate
+            // the switch.
             let wake = {
                 let round = self.round();
                 tokio::pin!(round);
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => Wake::Stop,
-                    Some(ev) = rx.recv() => Wake::Event(ev),
-                    d = &mut round => Wake::Done(d),
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Wake::Stop,
+                        Some(ev) = rx.recv() => match ev {
+                            Event::Hint => hinted = true,
+                            ev => break Wake::Event(ev),
+                        },
+                        d = &mut round => break Wake::Done(d),
+                    }
                 }
             };
-            let delay = match wake {
+            let mut next = match wake {
                 Wake::Stop => return,
                 Wake::Event(ev) => {
                     self.on_event(ev);
-                    continue;
+                    started + MIN_ROUND_GAP
                 }
-                Wake::Done(d) => d,
+                Wake::Done(d) if hinted => (Instant::now() + d).min(started + MIN_ROUND_GAP),
+                Wake::Done(d) => Instant::now() + d,
             };
             let (route, soon) = (self.route.clone(), self.fast_retry());
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                Some(ev) = rx.recv() => self.on_event(ev),
-                _ = tokio::time::sleep(delay) => {}
-                // A session could not connect to the master: look again soon, not at once, so
-                // a stream of refused clients cannot make the watcher spin.
-                _ = async {
-                    route.recheck_requested().await;
-                    tokio::time::sleep(soon).await
-                } => {}
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    Some(ev) = rx.recv() => {
+                        if !matches!(ev, Event::Hint) {
+                            self.on_event(ev);
+                        }
+                        next = next.min(started + MIN_ROUND_GAP);
+                    }
+                    _ = tokio::time::sleep_until(next.into()) => break,
+                    // A session could not connect to the master: look again soon, not at
+                    // once, so a stream of refused clients cannot make the watcher spin.
+                    _ = async {
+                        route.recheck_requested().await;
+                        tokio::time::sleep(soon).await
+                    } => break,
+                }
             }
         }
     }
 
     fn on_event(&mut self, ev: Event) {
+        let from = match &ev {
+            Event::Switch { sentinel, .. } | Event::Promoting { sentinel, .. } => *sentinel,
+            Event::Hint => return,
+        };
+        if !self.gate.trusts(from, Instant::now()) {
+            // Queued before the subscription learned to drop them.
+            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => self.route.name().to_string(), "sentinel" => self.sentinels[from].addr.clone(), "why" => "repeat").increment(1);
+            return;
+        }
         let (sentinel, old, new, at) = match ev {
             Event::Switch {
                 sentinel,
@@ -226,7 +307,12 @@ impl Watcher {
                 );
                 if let Some(cur) = self.route.current() {
                     if names(&master, &cur.announced, cur.addr) {
-                        self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel));
+                        self.fence_for_failover(
+                            FenceReason::FailoverStarted,
+                            at,
+                            Some(sentinel),
+                            true,
+                        );
                     }
                 }
                 return;
@@ -244,7 +330,7 @@ impl Watcher {
         );
         if let Some(cur) = self.route.current() {
             if names(&old, &cur.announced, cur.addr) {
-                self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel));
+                self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
             }
         }
     }
@@ -252,13 +338,20 @@ impl Watcher {
     /// Fences the current master because a failover away from it is under way, and keeps it
     /// from being re-installed on the word of sentinels that have not heard of the failover
     /// yet (it still answers ROLE master until it is told to replicate): see `quarantined`.
-    fn fence_for_failover(&mut self, reason: FenceReason, since: Instant, sentinel: Option<usize>) {
+    fn fence_for_failover(
+        &mut self,
+        reason: FenceReason,
+        since: Instant,
+        sentinel: Option<usize>,
+        by_event: bool,
+    ) {
         if let Some(cur) = self.route.current() {
             self.quarantine = Some(Quarantine {
                 announced: cur.announced.clone(),
                 config_epoch: cur.config_epoch,
                 sentinel,
-                until: Instant::now() + QUARANTINE,
+                by_event,
+                until: Instant::now() + self.failover_timeout,
             });
         }
         self.fence(reason, since);
@@ -266,7 +359,9 @@ impl Watcher {
 
     /// Whether `announced` is a master fenced for a failover that has neither completed (a
     /// higher config-epoch) nor been abandoned (the sentinel running it names it again without
-    /// `failover_in_progress`), within `QUARANTINE`.
+    /// `failover_in_progress`), within the group's failover-timeout. A sentinel whose own poll
+    /// contradicts the event it sent loses its events' power to fence for that long, so
+    /// repeated false events cannot cut sessions again and again.
     fn quarantined(
         &mut self,
         announced: &str,
@@ -284,10 +379,15 @@ impl Watcher {
                     && !r.flags.split(',').any(|f| f == "failover_in_progress")
             })
         });
-        let expired = Instant::now() >= q.until;
+        let now = Instant::now();
+        let expired = now >= q.until;
         if newer || abandoned || expired {
             if expired && !newer && !abandoned {
                 warn!(route = self.route.name(), master.announced = %q.announced, "no sign of the failover finishing or being abandoned; the fenced master may be routed to again");
+            }
+            if let (true, false, true, Some(s)) = (abandoned, newer, q.by_event, q.sentinel) {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[s].addr, master.announced = %q.announced, ignore_for = %humantime::format_duration(self.failover_timeout), "sentinel's own report contradicts the failover event it sent; its events will not fence for a failover-timeout");
+                self.gate.distrust(s, now + self.failover_timeout);
             }
             self.quarantine = None;
             return false;
@@ -363,6 +463,28 @@ impl Watcher {
             // Self-fenced: no routing on a minority's word until a majority answers again.
             return self.poll_interval;
         }
+        self.failover_timeout = evidence::group_failover_timeout(
+            &reports.iter().map(|r| r.failover_timeout).collect::<Vec<_>>(),
+        );
+        let (reports, reporters) = self.set_aside_leaders(reports, reporters);
+        // Failover claims: evidence while they last, dismissed once they outlive the group's
+        // failover-timeout (a real failover ends by then, completed or given up).
+        let now = Instant::now();
+        let mut failing_over: Vec<(usize, String)> = Vec::new();
+        for (r, &i) in reports.iter().zip(&reporters) {
+            let claim = r.failover_in_progress().then(|| r.announced());
+            match self
+                .claims
+                .observe(i, claim.as_deref(), now, self.failover_timeout)
+            {
+                evidence::ClaimVerdict::Active => failing_over.push((i, r.announced())),
+                evidence::ClaimVerdict::DismissedNow => {
+                    warn!(route, sentinel = %self.sentinels[i].addr, master.announced = %r.announced(), failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
+                    self.gate.distrust(i, now + self.failover_timeout);
+                }
+                evidence::ClaimVerdict::Dismissed | evidence::ClaimVerdict::None => {}
+            }
+        }
 
         if reports.is_empty() {
             if !self.blind {
@@ -403,18 +525,17 @@ impl Watcher {
         };
         // A sentinel that is failing over an address may promote a replica at any moment:
         // writes to that address from then on can be lost, so it is not routed to.
-        let failing_over: Vec<(usize, String)> = reports
-            .iter()
-            .zip(&reporters)
-            .filter(|(r, _)| r.flags.split(',').any(|f| f == "failover_in_progress"))
-            .map(|(r, i)| (*i, r.announced()))
-            .collect();
         if let Some(cur) = &current {
             // The newest config has moved on: fence before anything else.
             if top.announced() != cur.announced {
                 self.fence(FenceReason::SentinelsNameOther, Instant::now());
             } else if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
-                self.fence_for_failover(FenceReason::FailoverStarted, Instant::now(), Some(*i));
+                self.fence_for_failover(
+                    FenceReason::FailoverStarted,
+                    Instant::now(),
+                    Some(*i),
+                    false,
+                );
                 return self.fast_retry();
             }
         }
@@ -477,6 +598,38 @@ impl Watcher {
             "master verified; routing"
         );
         self.poll_interval
+    }
+
+    /// Sets aside reports whose config-epoch leads every other view by more than
+    /// [`evidence::MAX_EPOCH_LEAD`], until another sentinel agrees (logged once per episode).
+    fn set_aside_leaders(
+        &mut self,
+        reports: Vec<MasterReport>,
+        reporters: Vec<usize>,
+    ) -> (Vec<MasterReport>, Vec<usize>) {
+        let current = self.route.current().map(|c| c.config_epoch);
+        let epochs: Vec<u64> = reports.iter().map(|r| r.config_epoch).collect();
+        let aside = evidence::epoch_set_aside(&epochs, current);
+        let mut kept = (Vec::new(), Vec::new());
+        for ((r, i), aside) in reports.into_iter().zip(reporters).zip(aside) {
+            if aside {
+                if !self.set_aside[i] {
+                    warn!(route = self.route.name(), sentinel = %self.sentinels[i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
+                }
+                let note = format!(
+                    "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
+                    r.config_epoch,
+                    evidence::MAX_EPOCH_LEAD
+                );
+                self.route
+                    .update_sentinel(i, |s| s.last_error = Some(note.clone()));
+            } else {
+                kept.0.push(r);
+                kept.1.push(i);
+            }
+            self.set_aside[i] = aside;
+        }
+        kept
     }
 
     /// Tracks whether a majority answered; with `on_minority = "fence"`, fences once a
@@ -693,9 +846,10 @@ async fn subscribe(
     peer: Peer,
     route: Arc<Route>,
     tx: mpsc::Sender<Event>,
-    timeouts: Timeouts,
+    gate: Arc<EventGate>,
     shutdown: CancellationToken,
 ) {
+    let timeout = peer.timeout;
     let name = route.name().to_string();
     let master_name = route.config.master_name.clone();
     let mut backoff = Duration::from_millis(100);
@@ -711,7 +865,7 @@ async fn subscribe(
         };
         let pubsub = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(timeouts.timeout * 4, connect) => match r {
+            r = tokio::time::timeout(timeout * 4, connect) => match r {
                 Ok(Ok(ps)) => Ok(ps),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(PeerError { role: "sentinel", addr: addr.clone(), kind: SentinelErrorKind::Timeout, message: "subscribing timed out".to_string() }),
@@ -769,7 +923,15 @@ async fn subscribe(
                     match parse_event(&channel, &payload, index, &master_name) {
                         // The channel is bounded: if the watcher is that far behind, one
                         // queued event already makes it re-query.
-                        Ok(Some(ev)) => { let _ = tx.try_send(ev); }
+                        Ok(Some(ev)) => {
+                            let ev = if matches!(ev, Event::Hint) || gate.trusts(index, Instant::now()) {
+                                ev
+                            } else {
+                                counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "repeat").increment(1);
+                                Event::Hint
+                            };
+                            let _ = tx.try_send(ev);
+                        }
                         Ok(None) => {}
                         Err(()) => {
                             counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "malformed").increment(1);
@@ -781,7 +943,7 @@ async fn subscribe(
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(timeouts.timeout * 2, sink.ping::<redis::Value>()).await {
+                    match tokio::time::timeout(timeout * 2, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(_)) => break "ping failed",
                         Err(_) => break "ping timed out",
@@ -845,7 +1007,7 @@ fn parse_instance_master(payload: &str) -> Option<(String, String)> {
     let mut parts = payload.split_whitespace().skip_while(|p| *p != "@").skip(1);
     let (name, ip, port) = (parts.next()?, parts.next()?, parts.next()?);
     let port: u16 = port.parse().ok()?;
-    Some((name.to_string(), join_host_port(ip, port)))
+    Some((name.to_string(), join_host_port(host_token(ip)?, port)))
 }
 
 /// Parses `<name> <old-ip> <old-port> <new-ip> <new-port>`.
@@ -858,9 +1020,14 @@ fn parse_switch(payload: &str) -> Option<(String, String, String)> {
     let new_port: u16 = new_port.parse().ok()?;
     Some((
         name.to_string(),
-        join_host_port(old_ip, old_port),
-        join_host_port(new_ip, new_port),
+        join_host_port(host_token(old_ip)?, old_port),
+        join_host_port(host_token(new_ip)?, new_port),
     ))
+}
+
+/// A host as an event may name one: no control characters, at most 255 bytes.
+fn host_token(s: &str) -> Option<&str> {
+    (s.len() <= 255 && !s.chars().any(char::is_control)).then_some(s)
 }
 
 #[cfg(test)]
@@ -878,6 +1045,7 @@ mod tests {
             ))
         );
         assert_eq!(parse_switch("redis-ha 127.0.0.1 x 127.0.0.1 1"), None);
+        assert_eq!(parse_switch("redis-ha \u{1b}[31m 1 127.0.0.1 1"), None);
         assert_eq!(parse_switch("too few"), None);
     }
 

@@ -1,0 +1,215 @@
+//! Bounds on what one sentinel's word can do, as pure rules over observations (table-tested
+//! below): a config-epoch far ahead of every other view waits for corroboration; a lone
+//! `failover_in_progress` claim that outlives the group's failover-timeout is dismissed; the
+//! group's failover-timeout itself is taken from the majority of reports, not from one peer.
+
+use std::time::{Duration, Instant};
+
+/// How far one sentinel's config-epoch may lead every other view (other reachable sentinels
+/// and the verified master's) before it needs a second sentinel to agree. An honest leader
+/// leads by the elections it needed (usually one) and only until its hello messages reach the
+/// others, within seconds.
+pub const MAX_EPOCH_LEAD: u64 = 10;
+
+/// Sentinel's default `failover-timeout`, used while no sentinel reports one.
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
+/// The failover-timeout taken from reports is clamped to this range.
+pub const FAILOVER_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// For each report's config-epoch, whether it leads every other view by more than
+/// [`MAX_EPOCH_LEAD`]: such a report is set aside this round.
+pub fn epoch_set_aside(epochs: &[u64], current: Option<u64>) -> Vec<bool> {
+    epochs
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| {
+            let others = epochs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, &o)| o)
+                .chain(current)
+                .max();
+            others.is_some_and(|base| e > base.saturating_add(MAX_EPOCH_LEAD))
+        })
+        .collect()
+}
+
+/// The group's failover-timeout: the median of what the reports say (so one peer cannot
+/// stretch or shrink it), clamped; the Sentinel default when none says.
+pub fn group_failover_timeout(reported: &[Option<Duration>]) -> Duration {
+    let mut known: Vec<Duration> = reported.iter().flatten().copied().collect();
+    if known.is_empty() {
+        return DEFAULT_FAILOVER_TIMEOUT;
+    }
+    known.sort();
+    known[(known.len() - 1) / 2].clamp(FAILOVER_TIMEOUT_RANGE.0, FAILOVER_TIMEOUT_RANGE.1)
+}
+
+/// Tracks, per sentinel, how long it has claimed a failover of one address in progress. A real
+/// failover ends (completed or given up) within the failover-timeout; a claim that lasts
+/// longer is dismissed until that sentinel stops making it.
+#[derive(Debug, Default)]
+pub struct Claims {
+    /// Per sentinel: the address claimed, since when, and whether the claim was dismissed.
+    open: Vec<Option<Claim>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    announced: String,
+    since: Instant,
+    dismissed: bool,
+}
+
+/// What a claim counts for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimVerdict {
+    /// No claim.
+    None,
+    /// A failover may be under way: evidence.
+    Active,
+    /// It outlived the failover-timeout: ignored until withdrawn.
+    Dismissed,
+    /// It just outlived the failover-timeout (reported once, for the log).
+    DismissedNow,
+}
+
+impl Claims {
+    /// Records sentinel `i`'s latest report: `claim` is the address it flags
+    /// `failover_in_progress` for, if any.
+    pub fn observe(
+        &mut self,
+        i: usize,
+        claim: Option<&str>,
+        now: Instant,
+        failover_timeout: Duration,
+    ) -> ClaimVerdict {
+        if self.open.len() <= i {
+            self.open.resize(i + 1, None);
+        }
+        let slot = &mut self.open[i];
+        let Some(announced) = claim else {
+            *slot = None;
+            return ClaimVerdict::None;
+        };
+        match slot {
+            Some(c) if c.announced == announced => {
+                if c.dismissed {
+                    ClaimVerdict::Dismissed
+                } else if now.duration_since(c.since) > failover_timeout {
+                    c.dismissed = true;
+                    ClaimVerdict::DismissedNow
+                } else {
+                    ClaimVerdict::Active
+                }
+            }
+            _ => {
+                *slot = Some(Claim {
+                    announced: announced.to_string(),
+                    since: now,
+                    dismissed: false,
+                });
+                ClaimVerdict::Active
+            }
+        }
+    }
+
+    /// Whether sentinel `i`'s claim about `announced` was dismissed.
+    pub fn dismissed(&self, i: usize, announced: &str) -> bool {
+        self.open
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.dismissed && c.announced == announced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_leads() {
+        // (epochs reported, current master's, which are set aside)
+        let rows: &[(&[u64], Option<u64>, &[bool])] = &[
+            (&[0, 0, 0], Some(0), &[false, false, false]),
+            // An honest failover: the leader is one ahead until the others hear of it.
+            (&[1, 0, 0], Some(0), &[false, false, false]),
+            (&[99, 0, 0], Some(0), &[true, false, false]),
+            (&[u64::MAX, 0, 0], Some(0), &[true, false, false]),
+            // Two agree: corroborated.
+            (&[99, 99, 0], Some(0), &[false, false, false]),
+            // Alone and no master yet: nothing to compare with.
+            (&[99], None, &[false]),
+            // Alone, but far ahead of the verified master.
+            (&[99], Some(3), &[true]),
+            (&[13], Some(3), &[false]),
+            (&[14], Some(3), &[true]),
+        ];
+        for (epochs, current, want) in rows {
+            assert_eq!(
+                epoch_set_aside(epochs, *current),
+                want.to_vec(),
+                "{epochs:?} {current:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failover_timeout_is_the_median() {
+        let s = Duration::from_secs;
+        assert_eq!(group_failover_timeout(&[]), DEFAULT_FAILOVER_TIMEOUT);
+        assert_eq!(group_failover_timeout(&[None, None]), DEFAULT_FAILOVER_TIMEOUT);
+        assert_eq!(group_failover_timeout(&[Some(s(6))]), s(6));
+        // One peer cannot stretch it.
+        assert_eq!(
+            group_failover_timeout(&[Some(s(6)), Some(s(6)), Some(s(999_999))]),
+            s(6)
+        );
+        assert_eq!(
+            group_failover_timeout(&[Some(Duration::ZERO)]),
+            FAILOVER_TIMEOUT_RANGE.0
+        );
+    }
+
+    #[test]
+    fn claims_expire_and_rearm() {
+        let t0 = Instant::now();
+        let ft = Duration::from_secs(6);
+        let mut c = Claims::default();
+        assert_eq!(c.observe(0, Some("a:1"), t0, ft), ClaimVerdict::Active);
+        assert_eq!(
+            c.observe(0, Some("a:1"), t0 + Duration::from_secs(5), ft),
+            ClaimVerdict::Active
+        );
+        assert_eq!(
+            c.observe(0, Some("a:1"), t0 + Duration::from_secs(7), ft),
+            ClaimVerdict::DismissedNow
+        );
+        assert!(c.dismissed(0, "a:1"));
+        assert_eq!(
+            c.observe(0, Some("a:1"), t0 + Duration::from_secs(60), ft),
+            ClaimVerdict::Dismissed
+        );
+        // Another sentinel's claim is its own.
+        assert_eq!(
+            c.observe(2, Some("a:1"), t0 + Duration::from_secs(60), ft),
+            ClaimVerdict::Active
+        );
+        // Withdrawn, then made again: a new claim.
+        assert_eq!(
+            c.observe(0, None, t0 + Duration::from_secs(61), ft),
+            ClaimVerdict::None
+        );
+        assert_eq!(
+            c.observe(0, Some("a:1"), t0 + Duration::from_secs(62), ft),
+            ClaimVerdict::Active
+        );
+        // A claim about another address is new too.
+        assert_eq!(
+            c.observe(0, Some("b:2"), t0 + Duration::from_secs(63), ft),
+            ClaimVerdict::Active
+        );
+    }
+}
