@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
 
