@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 HOST = "127.0.0.1"
@@ -157,10 +158,18 @@ def resp_command(*args):
     return payload
 
 
-def redis_cmd(port, *args, timeout=2.0):
-    """Sends one command (RESP array), returns the first reply line (or bulk line) as str."""
+def redis_cmd(port, *args, timeout=2.0, tls=None):
+    """Sends one command (RESP array), returns the first reply line (or bulk line) as str.
+    `tls`: an `ssl.SSLContext` to speak TLS with (the TLS scenario's nodes have no plain port)."""
     payload = resp_command(*args)
-    with socket.create_connection((HOST, port), timeout=timeout) as s:
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    if tls is not None:
+        try:
+            s = tls.wrap_socket(s, server_hostname=HOST)
+        except BaseException:
+            s.close()
+            raise
+    with s:
         s.sendall(payload)
         data = b""
         while b"\r\n" not in data:
@@ -326,12 +335,14 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
     return listen, f"{HOST}:{admin}", p
 
 
-def start_haproxy(procs, work, node_ports, name="haproxy", global_extra=""):
+def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra=""):
     """HAProxy the canonical way for Sentinel setups: route to whichever node says role:master.
-    `global_extra`: more `global` lines (indented, newline-terminated), e.g. a `cpu-map`."""
+    `global_extra`: more `global` lines (indented, newline-terminated), e.g. a `cpu-map`;
+    `server_extra`: more keywords for every `server` line (leading space), e.g. `ssl ...`."""
     listen = free_port()
     servers = "\n".join(
-        f"    server node{i + 1} {HOST}:{p} check inter 1s" for i, p in enumerate(node_ports)
+        f"    server node{i + 1} {HOST}:{p} check inter 1s{server_extra}"
+        for i, p in enumerate(node_ports)
     )
     cfg = os.path.join(work, f"{name}.cfg")
     stats = haproxy_stats_path(work, name)
@@ -420,9 +431,9 @@ def scenarios(quick):
     ]
 
 
-def run_benchmark(port, args, n):
+def run_benchmark(port, args, n, timeout=600):
     argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-n", str(n), "--csv", *args]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
     rows = [l for l in r.stdout.splitlines() if l.startswith('"')]
@@ -1040,6 +1051,313 @@ def timeline_scenario(procs, work, binary, tl_bin, out_dir, quick):
     return runs
 
 
+# --------------------------------------------------------------------------- TLS
+#
+# Mutual TLS between each middle box and the master (and, for the proxy, the sentinel); the
+# clients of the proxy and of HAProxy speak plain RESP on loopback, as an application next to
+# its sidecar does. direct is redis-benchmark speaking TLS to the master itself.
+
+TLS_MASTER = "benchtls"
+TLS_TARGETS = ("direct", "proxy", "haproxy")
+# How long the proxy may take to become ready (/readyz and a PING through it) before the
+# scenario reports it as not available and goes on with direct and HAProxy.
+TLS_PROXY_READY_S = 30
+# The target at c=50 P=16 GET: the proxy at least this share of direct TLS, and ahead of HAProxy.
+TLS_TARGET_SID = "tls_c50_p16"
+TLS_TARGET_RATIO = 0.80
+
+
+def tls_scenarios(quick):
+    """(id, description, redis-benchmark args, requests per test), as `scenarios`."""
+    q = quick
+    return [
+        ("tls_c50_p1", "TLS c=50 P=1, SET and GET (3-byte values)",
+         ["-c", "50", "-P", "1", "-t", "set,get"], 2_000 if q else 100_000),
+        ("tls_c50_p16", "TLS c=50 P=16, GET",
+         ["-c", "50", "-P", "16", "-t", "get"], 20_000 if q else 1_000_000),
+        ("tls_c1_lat", "TLS c=1 P=1, GET (latency)",
+         ["-c", "1", "-P", "1", "-t", "get"], 500 if q else 20_000),
+    ]
+
+
+def make_certs(d):
+    """With the openssl CLI, in `d`: a CA, a server certificate (SAN IP:127.0.0.1 and
+    DNS:localhost; redis-server's and the sentinel's) and a client certificate (redis-benchmark's,
+    the proxy's, HAProxy's and the sentinel's own connections to the master), all ECDSA P-256,
+    X.509 v3 with the usual extensions (strict verifiers such as webpki reject v1 or
+    CA-less chains). Returns {name: path}."""
+    os.makedirs(d, exist_ok=True)
+    p = {k: os.path.join(d, f) for k, f in (
+        ("ca", "ca.crt"), ("ca_key", "ca.key"), ("server", "server.crt"),
+        ("server_key", "server.key"), ("client", "client.crt"), ("client_key", "client.key"),
+        ("client_pem", "client.pem"))}
+
+    def openssl(*argv):
+        r = subprocess.run(["openssl", *argv], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {argv[0]} failed ({r.returncode}): {r.stderr.strip()}")
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", "-new", *key, "-keyout", p["ca_key"], "-out", p["ca"], "-days", "30",
+            "-subj", "/CN=redis-failover-proxy bench CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for who, usage, san in (("server", "serverAuth", "IP:127.0.0.1,DNS:localhost"),
+                            ("client", "clientAuth", None)):
+        csr, ext = os.path.join(d, f"{who}.csr"), os.path.join(d, f"{who}.ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=critical,CA:FALSE\n"
+                    "keyUsage=critical,digitalSignature\n"
+                    f"extendedKeyUsage={usage}\n"
+                    + (f"subjectAltName={san}\n" if san else "")
+                    + "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        openssl("req", "-new", *key, "-keyout", p[f"{who}_key"], "-out", csr,
+                "-subj", f"/CN=redis-failover-proxy bench {who}")
+        openssl("x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca_key"],
+                "-set_serial", str(int.from_bytes(os.urandom(8), "big") >> 1), "-days", "30",
+                "-out", p[who], "-extfile", ext)
+    # HAProxy's `crt` takes the certificate and its key in one file.
+    with open(p["client_pem"], "w") as f:
+        for k in ("client", "client_key"):
+            f.write(open(p[k]).read())
+    return p
+
+
+def tls_context(certs, client_cert=True):
+    """A client context that verifies the server against the bench CA (and its name,
+    127.0.0.1) and, unless `client_cert` is false, presents the client certificate."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=certs["ca"])
+    if client_cert:
+        ctx.load_cert_chain(certs["client"], certs["client_key"])
+    return ctx
+
+
+def rcli_tls(port, certs, *args):
+    r = subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), "--tls", "--cacert", certs["ca"],
+                        "--cert", certs["client"], "--key", certs["client_key"], "--raw",
+                        *map(str, args)], capture_output=True, text=True, timeout=5)
+    return r.stdout.splitlines()
+
+
+def start_tls_master(procs, work, certs):
+    """redis-server with a TLS port only (`port 0`) and `tls-auth-clients yes`."""
+    port = free_port()
+    d = os.path.join(work, "tls_master")
+    os.makedirs(d, exist_ok=True)
+    argv = [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", HOST, "--dir", d,
+        "--tls-cert-file", certs["server"], "--tls-key-file", certs["server_key"],
+        "--tls-ca-cert-file", certs["ca"], "--tls-auth-clients", "yes",
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--maxclients", "30000",
+    ]
+    p = procs.start("tls_master", argv, cwd=d)
+    ctx = tls_context(certs)
+    wait_until(f"tls_master PING over TLS on :{port}",
+               lambda: redis_cmd(port, "PING", timeout=1.0, tls=ctx) == "+PONG", procs=procs)
+    # Mutual TLS really is on: without a client certificate the master refuses the session.
+    try:
+        refused = redis_cmd(port, "PING", timeout=1.0,
+                            tls=tls_context(certs, client_cert=False)) != "+PONG"
+    except OSError:  # ssl.SSLError and connection resets alike
+        refused = True
+    if not refused:
+        raise RuntimeError("tls_master answers a TLS client without a certificate "
+                           "(tls-auth-clients not in effect)")
+    return port, p
+
+
+def start_tls_sentinel(procs, work, certs, master_port):
+    """One sentinel on a TLS port only, talking TLS (with the client certificate) to the
+    master; down-after 10 minutes, so it never fails over during the run."""
+    port = free_port()
+    d = os.path.join(work, "tls_sentinel")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "sentinel.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"bind {HOST}\nport 0\ntls-port {port}\ndir {d}\ndaemonize no\n"
+            f"tls-cert-file {certs['server']}\ntls-key-file {certs['server_key']}\n"
+            f"tls-client-cert-file {certs['client']}\ntls-client-key-file {certs['client_key']}\n"
+            f"tls-ca-cert-file {certs['ca']}\ntls-auth-clients yes\ntls-replication yes\n"
+            f"sentinel monitor {TLS_MASTER} {HOST} {master_port} 1\n"
+            f"sentinel down-after-milliseconds {TLS_MASTER} 600000\n"
+            f"sentinel failover-timeout {TLS_MASTER} 20000\n"
+            f"sentinel parallel-syncs {TLS_MASTER} 1\n"
+        )
+    p = procs.start("tls_sentinel", ["redis-server", conf, "--sentinel"], cwd=d)
+
+    def knows_master():
+        lines = rcli_tls(port, certs, "SENTINEL", "MASTER", TLS_MASTER)
+        f = dict(zip(lines[::2], lines[1::2]))
+        # A run id comes from the master's INFO: the sentinel has reached it over TLS.
+        return f.get("flags") == "master" and len(f.get("runid", "")) == 40
+
+    wait_until(f"tls_sentinel reaching {TLS_MASTER} over TLS", knows_master, timeout=30,
+               procs=procs)
+    return port, p
+
+
+def haproxy_check_status(stats_sock, server):
+    """`check_status` of one server of backend redis_master (e.g. L7OK, SOCKERR)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(stats_sock)
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    rows = list(csv.reader(data.decode().lstrip("# ").splitlines()))
+    h = rows[0]
+    for r in rows[1:]:
+        if len(r) == len(h) and r[0] == "redis_master" and r[h.index("svname")] == server:
+            return r[h.index("check_status")].lstrip("* ")
+    return None
+
+
+def tls_haproxy_server_extra(certs):
+    return (f" ssl verify required ca-file {certs['ca']} crt {certs['client_pem']} check-ssl")
+
+
+def last_log_line(path, work):
+    """The last non-empty line of a log, shortened for a report: ANSI colours removed, the
+    work dir's path left out, at most 300 characters."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+    except OSError:
+        return "(no log)"
+    if not lines:
+        return "(empty log)"
+    line = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).replace(work.rstrip("/") + "/", "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_READY_S):
+    """The proxy with `[tls]` (TLS to the sentinel and to every master session, plain to
+    clients). Returns (listen port, admin addr, Popen, None) once /readyz answers 200 and a PING
+    through it is answered, else (None, None, None, reason) with the proxy stopped: a binary
+    without TLS support refuses the config (an unknown `[tls]` table) and exits."""
+    listen, admin = free_port(), free_port()
+    conf = os.path.join(work, "tls_proxy.toml")
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    with open(conf, "w") as f:
+        f.write(f"[admin]\nlisten = {q(f'{HOST}:{admin}')}\n\n"
+                f"[sentinel]\naddresses = [{q(f'{HOST}:{sent_port}')}]\n\n"
+                f"[tls]\nca = {q(certs['ca'])}\ncert = {q(certs['client'])}\n"
+                f"key = {q(certs['client_key'])}\n\n"
+                f"[[route]]\nmaster = {q(TLS_MASTER)}\nlisten = {q(f'{HOST}:{listen}')}\n"
+                "max_connections = 50000\n")
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    p = procs.start("tls_proxy", [binary, "--config", conf], env=env)
+    logf = os.path.join(work, "tls_proxy.log")
+    deadline = time.monotonic() + timeout
+    last = "no answer from its admin port"
+    reason = None
+    while reason is None:
+        if p.poll() is not None:
+            reason = f"exited with status {p.returncode}: {last_log_line(logf, work)}"
+            break
+        if time.monotonic() > deadline:
+            reason = (f"not ready within {timeout} s ({last}; last log line: "
+                      f"{last_log_line(logf, work)})")
+            break
+        try:
+            status, _ = http_get(f"{HOST}:{admin}", "/readyz")
+            if status == 200:
+                try:
+                    if pings(listen):
+                        return listen, f"{HOST}:{admin}", p, None
+                    last = "/readyz 200, but a PING through it got no +PONG"
+                except OSError as e:
+                    last = f"/readyz 200, but a PING through it failed: {e}"
+        except urllib.error.HTTPError as e:
+            last = f"/readyz {e.code}"
+        except OSError as e:
+            last = f"admin port: {e}"
+        time.sleep(0.1)
+    procs.stop("tls_proxy")
+    return None, None, None, reason
+
+
+def tls_scenario(procs, work, binary, rounds, quick):
+    """Mutual TLS to the master: direct (redis-benchmark --tls) vs the proxy vs HAProxy, both
+    with TLS to the master, interleaved per scenario in every round. Returns a dict for the
+    report; a proxy that cannot run it is reported as not available, with the reason."""
+    certs = make_certs(os.path.join(work, "tls"))
+    master_port, master = start_tls_master(procs, work, certs)
+    sent_port, _ = start_tls_sentinel(procs, work, certs, master_port)
+    hap_extra = tls_haproxy_server_extra(certs)
+    hap_port, hap = start_haproxy(procs, work, [master_port], name="tls_haproxy",
+                                  server_extra=hap_extra)
+    stats = haproxy_stats_path(work, "tls_haproxy")
+    # A server counts as UP before its first check: wait for a check that passed over TLS.
+    wait_until("tls_haproxy: a health check passed over TLS (L7OK)",
+               lambda: haproxy_check_status(stats, "node1") == "L7OK", timeout=15, procs=procs)
+    proxy_port, admin, proxy, proxy_error = start_tls_proxy(procs, work, binary, sent_port, certs)
+    log(f"tls: master :{master_port} (TLS only), sentinel :{sent_port} (TLS only), "
+        f"haproxy :{hap_port}, proxy "
+        + (f":{proxy_port} (admin {admin})" if proxy else f"not available ({proxy_error})"))
+
+    tls_args = ["--tls", "--cacert", certs["ca"], "--cert", certs["client"],
+                "--key", certs["client_key"]]
+    ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
+    pid_of = {"direct": master.pid, "proxy": proxy.pid if proxy else None, "haproxy": hap.pid}
+    # A stalled middle box must not hold the whole run for long (a quick run's are ~1 s).
+    timeout = 120 if quick else 600
+    scen = tls_scenarios(quick)
+    results, cpu = [], {}
+
+    def drop_proxy(reason):
+        nonlocal proxy_error
+        proxy_error = reason
+        log(f"tls: proxy not available: {reason}")
+        procs.stop("tls_proxy")
+        results[:] = [r for r in results if r["target"] != "proxy"]
+        for k in [k for k in cpu if k[1] == "proxy"]:
+            del cpu[k]
+
+    for rnd in range(1, rounds + 1):
+        for sid, desc, bargs, n in scen:
+            for tg in TLS_TARGETS:
+                if not proxy_error and proxy.poll() is not None:
+                    drop_proxy(f"exited with status {proxy.returncode} during round {rnd} "
+                               f"({sid}): "
+                               + last_log_line(os.path.join(work, "tls_proxy.log"), work))
+                if tg == "proxy" and proxy_error:
+                    continue
+                procs.check_alive()
+                c0 = cpu_seconds(pid_of[tg])
+                try:
+                    rows = run_benchmark(ports[tg], bargs + (tls_args if tg == "direct" else []),
+                                         n, timeout=timeout)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    if tg != "proxy":
+                        raise
+                    drop_proxy(f"redis-benchmark through it failed in round {rnd} {sid}: "
+                               + str(e).replace(work.rstrip("/") + "/", "")[:300])
+                    continue
+                dc = cpu_seconds(pid_of[tg]) - c0
+                cpm = dc / (n * len(rows)) * 1e6
+                cpu.setdefault((sid, tg), []).append(cpm)
+                for r in rows:
+                    r.update(scenario=sid, target=tg, round=rnd, requests=n, cpu_per_m=cpm)
+                    results.append(r)
+                log(f"tls round {rnd}/{rounds} {sid:11} {tg:8} "
+                    + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
+                                for r in rows)
+                    + f", cpu {cpm:.2f}s/M")
+    procs.stop_prefix("tls_")
+    return {
+        "rounds": rounds, "scen": scen, "results": results, "cpu": cpu,
+        "proxy_error": proxy_error,
+        "haproxy_server": f"server node1 127.0.0.1:PORT check inter 1s"
+                          + hap_extra.replace(os.path.join(work, "tls") + "/", ""),
+    }
+
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -1356,7 +1674,189 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
     return lines
 
 
-def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence, timeline):
+def spread(xs):
+    """(max − min) / median over the rounds, in percent; – with fewer than two rounds."""
+    m = med(xs)
+    if len(xs) < 2 or not m or m != m:
+        return "–"
+    return f"{(max(xs) - min(xs)) / m * 100:.0f} %"
+
+
+def tls_medians(tls):
+    """{(scenario, test): {target: {metric: median}}} and {(scenario, test): {target: [rps]}}."""
+    meds, rps = {}, {}
+    for r in tls["results"]:
+        rps.setdefault((r["scenario"], r["test"]), {}).setdefault(r["target"], []).append(r["rps"])
+    for key, by_tg in rps.items():
+        for tg in by_tg:
+            rows = [r for r in tls["results"]
+                    if (r["scenario"], r["test"]) == key and r["target"] == tg]
+            meds.setdefault(key, {})[tg] = {k: med([r[k] for r in rows])
+                                            for k in ("rps", "p50_ms", "p99_ms", "avg_ms")}
+    return meds, rps
+
+
+def tls_verdict(tls):
+    """The target at c=50 P=16 GET. Returns (ratio to direct, ratio to HAProxy, met) with
+    met None when the proxy was not measured."""
+    meds, _ = tls_medians(tls)
+    m = meds.get((TLS_TARGET_SID, "GET"), {})
+    d, p, h = (m.get(tg, {}).get("rps", float("nan")) for tg in TLS_TARGETS)
+    if tls["proxy_error"] or p != p:
+        return None, None, None
+    rd = p / d if d else float("nan")
+    rh = p / h if h else float("nan")
+    return rd, rh, rd >= TLS_TARGET_RATIO and rh > 1.0
+
+
+def tls_lines(tls):
+    """The TLS section of the report (latest.md and tls.md)."""
+    head = "## TLS: mutual TLS to the master (same run, interleaved)"
+    if tls.get("error"):
+        return [head, "", f"**The TLS scenario failed**: {tls['error']}"]
+    na = tls["proxy_error"]
+    meds, rps = tls_medians(tls)
+    nan = {"rps": float("nan"), "p50_ms": float("nan"), "p99_ms": float("nan"),
+           "avg_ms": float("nan")}
+
+    def m(key, tg):
+        return meds.get(key, {}).get(tg, nan)
+
+    def cell(v, tg, nd=0):
+        return "not available" if tg == "proxy" and na else fmt(v, nd)
+
+    lines = [
+        head,
+        "",
+        "One redis-server with a TLS port only (`port 0`, `tls-auth-clients yes`: every client "
+        "must present a certificate of the bench CA) and one sentinel monitoring it, on a TLS "
+        "port only too (`tls-replication yes`); certificates from the `openssl` CLI (a CA, a "
+        "server certificate for IP 127.0.0.1 and localhost, a client certificate; ECDSA P-256). "
+        "**direct**: `redis-benchmark --tls --cacert ca.crt --cert client.crt --key client.key`. "
+        "**proxy**: `[tls]` `ca`, `cert`, `key` in its config (TLS to the sentinel and to the "
+        "master in every session); `redis-benchmark` speaks plain RESP to it on loopback. "
+        "**HAProxy**: plain frontend, the canonical tcp-check (over TLS), "
+        f"`{tls['haproxy_server']}`. {tls['rounds']} round(s), in every round direct, proxy and "
+        "HAProxy in turn per scenario. Medians over the rounds; ratios are to direct TLS; "
+        "spread is (max − min) / median of requests/s over the rounds.",
+        "",
+    ]
+    if na:
+        lines += [f"- proxy: not available ({na}); direct and HAProxy were measured as usual.", ""]
+    lines += [
+        "| scenario | test | direct TLS | proxy | HAProxy | proxy / direct | HAProxy / direct | "
+        "proxy / HAProxy | spread: direct / proxy / HAProxy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for sid, desc, _, _ in tls["scen"]:
+        for (s, t) in rps:
+            if s != sid:
+                continue
+            d, p, h = (m((s, t), tg)["rps"] for tg in TLS_TARGETS)
+            rd = p / d if d else float("nan")
+            rh = h / d if d else float("nan")
+            ph = p / h if h else float("nan")
+            sp = " / ".join("n/a" if tg == "proxy" and na else spread(rps[(s, t)].get(tg, []))
+                            for tg in TLS_TARGETS)
+            lines.append(f"| {desc} | {t} | {fmt(d)} | {cell(p, 'proxy')} | {fmt(h)} | "
+                         f"{fmt(rd, 2)} | {fmt(rh, 2)} | {fmt(ph, 2)} | {sp} |")
+    rd, rh, met = tls_verdict(tls)
+    td, th = (m((TLS_TARGET_SID, "GET"), tg)["rps"] for tg in ("direct", "haproxy"))
+    tgt = th / td if td else float("nan")
+    lines += [""]
+    if met is None:
+        lines.append(f"Target at c=50 P=16 GET (proxy ≥ {TLS_TARGET_RATIO:.2f} of direct TLS and "
+                     f"ahead of HAProxy): **not measured** (proxy not available). HAProxy: "
+                     f"{fmt(tgt, 2)} of direct TLS.")
+    else:
+        lines.append(
+            f"Target at c=50 P=16 GET: proxy ≥ {TLS_TARGET_RATIO:.2f} of direct TLS: "
+            + ("**met**" if rd >= TLS_TARGET_RATIO else "**not met**") + f" ({fmt(rd, 2)}); "
+            "proxy ahead of HAProxy: " + ("**met**" if rh > 1.0 else "**not met**")
+            + f" (proxy / HAProxy {fmt(rh, 2)}; HAProxy {fmt(tgt, 2)} of direct TLS). "
+            + ("Both met." if met else "Not met."))
+    lines.append("c=50 P=1 SET/GET and the c=1 latency are reported without a target.")
+    key = ("tls_c1_lat", "GET")
+    if key in rps:
+        lines += [
+            "",
+            "### Latency at c=1 under TLS (ms, redis-benchmark percentiles)",
+            "",
+            "| percentile | direct TLS | proxy | HAProxy | proxy added | HAProxy added |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for k, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("avg_ms", "mean")):
+            d, p, h = (m(key, tg)[k] for tg in TLS_TARGETS)
+            lines.append(
+                f"| {label} | {d:.3f} | " + ("not available" if na else f"{p:.3f}")
+                + f" | {h:.3f} | " + ("–" if na else f"{p - d:+.3f}") + f" | {h - d:+.3f} |")
+    lines += [
+        "",
+        "### CPU per million requests under TLS (seconds of utime+stime, from /proc/PID/stat)",
+        "",
+        "| scenario | proxy | HAProxy | redis-server (direct TLS run) | proxy / HAProxy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for sid, desc, _, _ in tls["scen"]:
+        c = {tg: med(tls["cpu"].get((sid, tg), [])) for tg in TLS_TARGETS}
+        if c["direct"] != c["direct"]:
+            continue
+        ratio = c["proxy"] / c["haproxy"] if c["haproxy"] else float("nan")
+        lines.append(f"| {desc} | {cell(c['proxy'], 'proxy', 2)} | {fmt(c['haproxy'], 2)} | "
+                     f"{fmt(c['direct'], 2)} | {fmt(ratio, 2)} |")
+    return lines
+
+
+def tls_rows(tls):
+    """Long-format rows (scenario, test, target, round, metric, value), as latest.csv's."""
+    rows = []
+    if tls.get("error"):
+        return [("tls", "", "", "", "error", tls["error"])]
+    for r in tls["results"]:
+        for k in ("requests", "rps", "avg_ms", "p50_ms", "p99_ms"):
+            rows.append((r["scenario"], r["test"], r["target"], r["round"], k, r[k]))
+        rows.append((r["scenario"], r["test"], r["target"], r["round"], "cpu_s_per_million",
+                     f"{r['cpu_per_m']:.4f}"))
+    rows.append(("tls", "", "proxy", "", "available", 0 if tls["proxy_error"] else 1))
+    if tls["proxy_error"]:
+        rows.append(("tls", "", "proxy", "", "unavailable_reason", tls["proxy_error"]))
+    rd, rh, met = tls_verdict(tls)
+    if met is not None:
+        rows += [(TLS_TARGET_SID, "GET", "proxy", "", "median_ratio_to_direct", f"{rd:.4f}"),
+                 (TLS_TARGET_SID, "GET", "proxy", "", "median_ratio_to_haproxy", f"{rh:.4f}"),
+                 (TLS_TARGET_SID, "GET", "proxy", "", "target_met", int(met))]
+    return rows
+
+
+def write_tls_report(out_dir, info, tls, binary, repo):
+    """tls.md and tls.csv: the TLS scenario on its own, so that a run of only this scenario
+    does not replace latest.md."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "tls.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "test", "target", "round", "metric", "value"])
+        w.writerows(tls_rows(tls))
+    head = [
+        "# Benchmark under TLS: direct vs redis-failover-proxy vs HAProxy",
+        "",
+        f"- date: {info['date']}; machine: {info['nproc']} CPUs, {info['cpu']}, "
+        f"kernel {info['kernel']}",
+        f"- {info['redis']}; {info['haproxy']}; {sh(['openssl', 'version'])}",
+        "- proxy: "
+        + (f"release build of `{info['commit']}`"
+           if os.path.abspath(binary) == os.path.join(repo, "target/release/redis-failover-proxy")
+           else f"`RFP_BENCH_BIN` = `{binary}` (working tree at `{info['commit']}`)")
+        + f"; load average at start {info['load']}"
+        + ("" if info["busy"] == 0 else
+           f"; **NOT QUIET**: {', '.join(info['busy_names'])} running at the start"),
+        "- raw data: `tls.csv` (every round)",
+    ]
+    with open(os.path.join(out_dir, "tls.md"), "w") as f:
+        f.write("\n".join(head + tls_lines(tls)[1:] + [""]))
+
+
+def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence, timeline,
+                 tls=None):
     """latest.md and latest.csv: every section that ran (a run with --rounds 0 has no
     throughput, latency or CPU tables)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -1378,6 +1878,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
             w.writerow([f"fence_{fence['sessions']}", "", "", "", k, v])
         for sid, target, k, v in timeline_rows(timeline):
             w.writerow([sid, "", target, "", k, v])
+        if tls:
+            w.writerows(tls_rows(tls))
 
     def vals(sid, test, target, key):
         return [r[key] for r in results
@@ -1408,6 +1910,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
     if results:
         lines += throughput_lines(results, cpu, scen, vals, headline,
                                   getattr(args, "pinned_note", None))
+    if tls:
+        lines += [""] + tls_lines(tls)
     if idle:
         lines += [
             "",
@@ -1479,9 +1983,14 @@ def main():
                     help="also run the proxy with pinned threads and HAProxy with cpu-map "
                          "in " + " and ".join(PINNED_SCENARIOS))
     ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
+    ap.add_argument("--tls", type=int, choices=(0, 1), default=1,
+                    help="the TLS scenario: mutual TLS to the master, direct vs proxy vs HAProxy")
+    ap.add_argument("--tls-rounds", type=int,
+                    help="rounds of the TLS scenario (default: --rounds; 0 = skip)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    args.tls_rounds = args.tls_rounds if args.tls_rounds is not None else args.rounds
     args.fence = args.fence if args.fence is not None else (100 if args.quick else 1000)
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
     if args.timeline and not args.timeline_bin:
@@ -1503,7 +2012,8 @@ def main():
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
     _die_with_parent(signal.SIGTERM)
 
-    for tool in ("redis-server", "redis-benchmark", "haproxy"):
+    tools = ("redis-server", "redis-benchmark", "haproxy") + (("openssl",) if args.tls else ())
+    for tool in tools:
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found (bench/run.sh installs it)")
 
@@ -1513,6 +2023,18 @@ def main():
         results, cpu, idle, scen = [], {}, {}, scenarios(args.quick)
         if args.rounds > 0 or args.idle > 0:
             results, cpu, idle = single_master_steps(procs, args, scen)
+
+        tls = None
+        if args.tls and args.tls_rounds > 0:
+            log(f"tls: mutual TLS to the master, {args.tls_rounds} round(s)")
+            try:
+                tls = tls_scenario(procs, args.work, args.bin, args.tls_rounds, args.quick)
+            except Exception as e:  # noqa: BLE001 - reported; the other scenarios still run
+                log(f"tls: the scenario failed: {e}")
+                procs.stop_prefix("tls_")
+                tls = {"error": str(e).replace(args.work.rstrip("/") + "/", "")}
+            write_tls_report(args.out, info, tls, args.bin, args.repo)
+            log(f"wrote {args.out}/tls.md and tls.csv")
 
         fence = None
         if args.fence > 0:
@@ -1531,15 +2053,19 @@ def main():
         info_end = machine(args.repo)
         if results or idle or fence:
             write_report(args.out, args, info, info_end, results, cpu, idle, scen, fence,
-                         timeline)
+                         timeline, tls)
             log(f"wrote {args.out}/latest.md and latest.csv")
             with open(os.path.join(args.out, "latest.md")) as f:
                 sys.stdout.write(f.read())
         else:
-            # Only the timeline ran: leave latest.md (a full run's report) as it is.
+            # Only the timeline and/or the TLS scenario ran: leave latest.md (a full run's
+            # report) as it is.
             log("no throughput, idle or fence step ran: latest.md and latest.csv not written")
-            with open(os.path.join(args.out, "timeline.md")) as f:
-                sys.stdout.write(f.read())
+            for name in (["tls.md"] if tls else []) + (["timeline.md"] if timeline else []):
+                with open(os.path.join(args.out, name)) as f:
+                    sys.stdout.write(f.read())
+        if tls and tls.get("error"):
+            sys.exit(f"bench: the TLS scenario failed: {tls['error']}")
     finally:
         procs.stop()
 

@@ -2,7 +2,7 @@
 # The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
 #
 #   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N] [--timeline 0|1]
-#                [--pinned 0|1] [--out DIR]
+#                [--pinned 0|1] [--tls 0|1] [--tls-rounds N] [--out DIR]
 #
 #   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
 #                 to target/bench-quick/ unless --out is given (the committed results are
@@ -20,21 +20,29 @@
 #   --pinned 0|1  also run the proxy with `[runtime] pin_threads = true` and HAProxy with
 #                 `cpu-map auto:1/1-N <CPUs>` in the c=50 P=1 and P=16 scenarios, in the same
 #                 rounds; a "Pinned threads" table in latest.md (default 1, also with --quick)
-#   --out DIR     where latest.md, latest.csv and the timeline files go (default
+#   --tls 0|1     mutual TLS to the master: redis-benchmark --tls direct vs the proxy (`[tls]`)
+#                 vs HAProxy (`ssl verify required`), c=50 P=1 and P=16 and c=1 latency, on a
+#                 TLS-only redis-server and sentinel; writes tls.md and tls.csv, and a "TLS"
+#                 section in latest.md (default 1, also with --quick)
+#   --tls-rounds N  rounds of the TLS scenario (default: --rounds; 0 = skip). Only the TLS
+#                 scenario: --rounds 0 --idle 0 --fence 0 --timeline 0 --tls-rounds 5
+#   --out DIR     where latest.md, latest.csv, the timeline and the tls files go (default
 #                 bench/results/). A run of only the timeline (--rounds 0 --idle 0 --fence 0)
-#                 leaves latest.md and latest.csv alone.
+#                 or only the TLS scenario leaves latest.md and latest.csv alone.
 #
 # Installs redis-server/redis-sentinel/redis-tools and haproxy from Debian's packages if
 # missing, builds the proxy in release, starts its own redis-server, sentinel, proxy and
 # HAProxy on free loopback ports in a temp dir, and stops them all on exit (also on Ctrl-C).
-# RFP_BENCH_BIN=PATH uses that proxy binary instead of building one (the smoke test does).
+# RFP_BENCH_BIN=PATH uses that proxy binary instead of building one (the smoke test does). A
+# binary that refuses the TLS scenario's config (no `[tls]` support) or does not get ready is
+# reported there as "proxy: not available (reason)"; the rest of the run goes on.
 # See bench/README.md for what each scenario measures.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd -- "$ROOT"
 
-quick=0 keep=0 timeline=1 out=""
+quick=0 keep=0 timeline=1 tls=1 out=""
 py_args=()
 while (($#)); do
     case $1 in
@@ -46,9 +54,13 @@ while (($#)); do
         timeline=$2; shift ;;
     --pinned) [[ ${2:-} == [01] ]] || { echo "bench: --pinned takes 0 or 1" >&2; exit 2; }
         py_args+=(--pinned "$2"); shift ;;
+    --tls) [[ ${2:-} == [01] ]] || { echo "bench: --tls takes 0 or 1" >&2; exit 2; }
+        tls=$2; py_args+=(--tls "$2"); shift ;;
+    --tls-rounds) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
+        py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,32s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,39s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -64,7 +76,11 @@ if (($(ulimit -n) < 25000)); then
     echo "bench: fd limit $(ulimit -n) (hard limit); fewer idle sessions will be opened" >&2
 fi
 
-deploy/local/ensure-packages.sh haproxy
+if ((tls)); then
+    deploy/local/ensure-packages.sh haproxy openssl
+else
+    deploy/local/ensure-packages.sh haproxy
+fi
 
 if [[ -n ${RFP_BENCH_BIN:-} ]]; then
     bin=$RFP_BENCH_BIN

@@ -1,6 +1,7 @@
 //! Keeps `bench/run.sh` from rotting: with `RFP_BENCH_SMOKE=1` it runs the benchmark in
-//! `--quick` mode (tiny request counts, 200 idle sessions) against this test build's binary and
-//! checks that a report came out. Off by default, so the suite stays as fast as it was.
+//! `--quick` mode (tiny request counts, 200 idle sessions, the TLS scenario included) against
+//! this test build's binary and checks that a report came out. Off by default, so the suite stays
+//! as fast as it was.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +30,9 @@ fn bench_quick_run_writes_a_report() {
         "HAProxy / direct",
         "per session",
         "CPU per million",
+        // The TLS scenario ran (with a binary without `[tls]`: direct and HAProxy, and
+        // "proxy: not available (...)").
+        "## TLS: mutual TLS to the master",
     ] {
         assert!(
             md.contains(expect),
