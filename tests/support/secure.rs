@@ -158,6 +158,10 @@ pub struct ServerTls {
     pub auth_clients: &'static str,
     /// What the harness's `redis-cli` presents.
     pub admin_cert: CertPair,
+    /// `false`: the sentinels listen on a plain port (no `tls-port`) but still reach the
+    /// nodes over TLS (`tls-replication yes`). Sentinel-to-sentinel links then fail (a
+    /// sentinel with `tls-replication` speaks TLS to every peer): use one sentinel.
+    pub sentinels_listen_tls: bool,
 }
 
 /// How the processes of a [`SecureTopology`] are protected. `Default` is nothing at all.
@@ -197,6 +201,7 @@ impl Security {
                 sentinel_cert: certs.server.clone(),
                 auth_clients: "yes",
                 admin_cert: certs.client.clone(),
+                sentinels_listen_tls: true,
             }),
             ..Default::default()
         }
@@ -239,6 +244,12 @@ impl Security {
 
     pub fn node_cert(mut self, pair: &CertPair) -> Security {
         self.tls_mut().node_cert = pair.clone();
+        self
+    }
+
+    /// Sentinels on a plain port, TLS to the nodes only (see [`ServerTls::sentinels_listen_tls`]).
+    pub fn plain_sentinels(mut self) -> Security {
+        self.tls_mut().sentinels_listen_tls = false;
         self
     }
 
@@ -387,6 +398,26 @@ impl SecureNode {
             .unwrap_or(0)
     }
 
+    /// The `INFO commandstats` line of `command` (lowercase), if the node ever saw it: run,
+    /// failed or rejected (a command refused with NOAUTH counts as `rejected_calls`).
+    pub fn commandstat(&self, command: &str) -> Option<String> {
+        let key = format!("cmdstat_{command}:");
+        self.info("commandstats")
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .map(str::to_string)
+    }
+
+    /// `run_id` from `INFO server` (it changes on restart).
+    pub fn run_id(&self) -> String {
+        self.info("server")
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
@@ -436,6 +467,13 @@ impl SecureSentinel {
         std::fs::create_dir_all(&dir).expect("sentinel dir");
         let conf_path = dir.join("sentinel.conf");
         let mut conf = match &sec.tls {
+            Some(t) if !t.sentinels_listen_tls => format!(
+                "port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-replication yes\n",
+                t.sentinel_cert.cert.display(),
+                t.sentinel_cert.key.display(),
+                t.ca.display(),
+            ),
             Some(t) => sec.listen_lines(port, &t.sentinel_cert),
             None => sec.listen_lines(port, &dummy_pair()),
         };
@@ -470,12 +508,16 @@ impl SecureSentinel {
         }
         std::fs::write(&conf_path, conf).expect("sentinel.conf");
         let cert = sec.tls.as_ref().map(|t| t.sentinel_cert.clone());
+        let mut cli = sec.cli(port, cert.as_ref(), sec.sentinel_password.as_ref());
+        if sec.tls.as_ref().is_some_and(|t| !t.sentinels_listen_tls) {
+            cli.tls = None;
+        }
         let mut s = SecureSentinel {
             port,
             dir,
             conf: conf_path,
             child: None,
-            cli: sec.cli(port, cert.as_ref(), sec.sentinel_password.as_ref()),
+            cli,
         };
         s.spawn();
         s
@@ -655,6 +697,22 @@ impl SecureTopology {
             .iter()
             .copied()
             .find(|p| named.iter().filter(|q| *q == p).count() > named.len() / 2)
+    }
+
+    /// The port of the node a client connection reaches (by `run_id`: a TLS-only node says
+    /// `tcp_port:0` in `INFO server`). The client must be logged in if the nodes want it.
+    pub fn node_reached_by(&self, c: &mut super::Client) -> std::io::Result<u16> {
+        let info = c.cmd(&["INFO", "server"])?;
+        let id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| s.trim().to_string())
+            .ok_or_else(|| std::io::Error::other(format!("no run_id in {info:?}")))?;
+        self.nodes
+            .iter()
+            .find(|n| n.run_id() == id)
+            .map(|n| n.port)
+            .ok_or_else(|| std::io::Error::other(format!("no node has run_id {id}")))
     }
 
     /// The node the sentinels name as master.
@@ -1038,4 +1096,91 @@ pub const SENTINEL_ACL: &str = "resetchannels -@all +sentinel|master +sentinel|r
 pub fn acl_user(name: &str, password: &str, rules: &str) -> String {
     assert!(!password.contains(char::is_whitespace));
     format!("{name} on >{password} {rules}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios the auth and TLS tests share
+// ---------------------------------------------------------------------------------------------
+
+/// A client of `proxy`, logged in with `AUTH <auth...>` unless `auth` is empty.
+pub fn client_via(proxy: &Proxy, auth: &[&str]) -> super::Client {
+    let mut c = super::Client::connect(proxy.port);
+    if !auth.is_empty() {
+        let mut cmd = vec!["AUTH"];
+        cmd.extend_from_slice(auth);
+        assert_eq!(c.cmd(&cmd).expect("AUTH through the proxy"), "+OK");
+    }
+    c
+}
+
+/// The core path through a ready `proxy` in front of `t` (three nodes): PING, SET and GET
+/// reach the master; `SENTINEL FAILOVER` closes every old session (fence) and new sessions
+/// reach the new master, which has the key. Clients log in with `auth` themselves. Returns
+/// the new master's port.
+pub fn serves_and_follows_failover(t: &SecureTopology, proxy: &Proxy, auth: &[&str]) -> u16 {
+    let old = t.master_port().expect("a master");
+    let mut c = client_via(proxy, auth);
+    assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
+    assert_eq!(c.cmd(&["SET", "k", "v"]).unwrap(), "+OK");
+    assert_eq!(c.cmd(&["GET", "k"]).unwrap(), "v");
+    assert_eq!(t.node_reached_by(&mut c).unwrap(), old);
+    let replicas = format!(":{}", t.nodes.len() - 1);
+    assert_eq!(
+        c.cmd(&["WAIT", &(t.nodes.len() - 1).to_string(), "5000"])
+            .unwrap(),
+        replicas
+    );
+    let mut sessions: Vec<super::Client> = (0..5).map(|_| client_via(proxy, auth)).collect();
+    for s in &mut sessions {
+        assert_eq!(s.cmd(&["PING"]).unwrap(), "+PONG");
+    }
+    sessions.push(c);
+
+    let new = t.failover();
+    for s in &mut sessions {
+        assert!(
+            s.closed_within(Duration::from_secs(5)),
+            "a session to the old master outlived the failover"
+        );
+    }
+    proxy.wait_routes_to(&format!("127.0.0.1:{new}"));
+    let mut c = client_via(proxy, auth);
+    assert_eq!(t.node_reached_by(&mut c).unwrap(), new);
+    assert_eq!(c.cmd(&["GET", "k"]).unwrap(), "v");
+    assert!(proxy.metric("redis_failover_proxy_fences_total", &[]) >= 1.0);
+    assert!(
+        proxy.metric(
+            "redis_failover_proxy_sessions_closed_total",
+            &[("reason", "master_switch")]
+        ) >= 6.0
+    );
+    new
+}
+
+/// `proxy` routes nowhere: `/readyz` 503, no master switch ever, a client is held and then
+/// closed, and its command (`ECHO`) never reached any of `nodes`.
+pub fn assert_not_routing(proxy: &Proxy, nodes: &[SecureNode]) {
+    let (code, body) = proxy.http("/readyz").expect("admin answers");
+    assert_eq!(code, 503, "/readyz: {body}");
+    let mut c = super::Client::connect(proxy.port);
+    use std::io::Write;
+    c.stream
+        .write_all(b"*2\r\n$4\r\nECHO\r\n$13\r\nvia-the-proxy\r\n")
+        .expect("send to the proxy");
+    assert!(
+        c.closed_within(Duration::from_secs(15)),
+        "a held client was never released"
+    );
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_switches_total", &[]),
+        0.0
+    );
+    for n in nodes {
+        assert_eq!(
+            n.commandstat("echo"),
+            None,
+            "a client session reached node {}",
+            n.port
+        );
+    }
 }
