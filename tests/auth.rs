@@ -63,9 +63,10 @@ fn passwords_in_the_config_file_route_and_follow_a_failover() {
     );
 }
 
-/// (b) The same credentials from the environment (which beats the file's) and from files
-/// (`password_file`, `REDIS_FAILOVER_PROXY_*_PASSWORD_FILE`, trailing newline trimmed), and
-/// usernames from the environment; all three proxies follow one failover.
+/// (b) The same credentials from the environment (which beats the file's), from files
+/// (`password_file`, `REDIS_FAILOVER_PROXY_*_PASSWORD_FILE`, trailing newline trimmed),
+/// usernames from the environment, and per-route overrides of the shared tables; all four
+/// proxies follow one failover.
 #[test]
 fn passwords_from_the_environment_and_from_files_route_and_follow_a_failover() {
     if !lab_ready() {
@@ -106,7 +107,19 @@ fn passwords_from_the_environment_and_from_files_route_and_follow_a_failover() {
         .env("REDIS_FAILOVER_PROXY_NODE_USERNAME", "rfp")
         .env("REDIS_FAILOVER_PROXY_NODE_PASSWORD_FILE", &rfp_node_file)
         .start();
-    let proxies = [&from_env, &from_files, &user_from_env];
+    // Per-route overrides beat the shared [sentinel]/[node] credentials.
+    let per_route = ProxyConf::for_topology(&t)
+        .sentinel_auth(None, "wrong-shared")
+        .node_auth(None, "wrong-shared")
+        .route_line("sentinel_username = \"rfp\"")
+        .route_line("sentinel_password = \"rfp-sentinel-pw\"")
+        .route_line("node_username = \"rfp\"")
+        .route_line(&format!(
+            "node_password_file = {}",
+            toml_str(&rfp_node_file)
+        ))
+        .start();
+    let proxies = [&from_env, &from_files, &user_from_env, &per_route];
     for p in proxies {
         p.wait_ready();
     }
