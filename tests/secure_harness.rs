@@ -11,6 +11,10 @@ use support::secure::*;
 use support::tls::Certs;
 use support::*;
 
+/// What the Redis docs give a sentinel's own user on the nodes (`sentinel auth-user`).
+const SENTINEL_USER_ACL: &str = "allchannels -@all +multi +slaveof +ping +exec +subscribe \
+     +config|rewrite +role +publish +info +client|setname +client|kill +script|kill";
+
 #[test]
 fn certificates_are_what_the_tls_tests_need() {
     let Some(c) = Certs::generate() else {
@@ -210,8 +214,15 @@ fn least_privilege_acls_allow_what_the_proxy_does_and_nothing_else() {
             "nosub",
             "rpw",
             "resetchannels -@all +sentinel|master +subscribe +ping",
-        ));
+        ))
+        // The sentinels log in to the nodes as a user with what Redis's docs list for them.
+        .node_user(&acl_user("sentinel-user", "supw", SENTINEL_USER_ACL))
+        .sentinels_log_in_as("sentinel-user", "supw");
     let t = SecureTopology::start_sized(&sec, 2, 1, 60_000);
+    assert!(t.nodes[0]
+        .cmd(&["CLIENT", "LIST"])
+        .unwrap()
+        .contains("user=sentinel-user"));
     let node = t.nodes[0].cli.as_user(Some("rfp"), Some("rpw"));
     assert_eq!(node.run(&["ROLE"]).unwrap().lines().next(), Some("master"));
     assert_eq!(
