@@ -4,6 +4,8 @@
 
 pub mod fake_sentinel;
 pub mod net;
+pub mod secure;
+pub mod tls;
 pub mod workload;
 
 use std::io::{Read, Write};
