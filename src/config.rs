@@ -1314,4 +1314,99 @@ mod tests {
         assert!(parse_host_port("fe80::1").is_err());
         assert!(parse_host_port("[::1").is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A config file built from known keys with arbitrary values.
+        fn file_text() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                "[a-z0-9 ]{0,12}".prop_map(|s| format!("{s:?}")),
+                "[0-9]{1,6}(ns|ms|s|m|h|d)".prop_map(|s| format!("{s:?}")),
+                Just("true".to_string()),
+                Just("[\"127.0.0.1:1\", \"localhost:2\"]".to_string()),
+                Just("\"127.0.0.1:6380\"".to_string()),
+            ];
+            let key = prop::sample::select(vec![
+                "poll_interval",
+                "timeout",
+                "minority_grace",
+                "on_minority",
+                "addresses",
+                "hold_timeout",
+                "max_connections",
+                "connect_timeout",
+                "keepalive",
+                "tcp_user_timeout",
+                "listen",
+                "master",
+                "name",
+                "password",
+                "username",
+                "threads",
+                "shutdown_grace",
+                "enabled",
+                "verify_server_name",
+            ]);
+            let table = prop::sample::select(vec![
+                "",
+                "[sentinel]",
+                "[[route]]",
+                "[runtime]",
+                "[admin]",
+                "[node]",
+            ]);
+            prop::collection::vec((table, key, value), 0..12).prop_map(|lines| {
+                let mut out = String::from("[sentinel]\naddresses = [\"127.0.0.1:1\"]\n");
+                for (t, k, v) in lines {
+                    out.push_str(&format!("{t}\n{k} = {v}\n"));
+                }
+                out
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// Any file: a config or one error line, never a panic; a password never shows.
+            #[test]
+            fn any_file_is_a_config_or_one_error_line(text in file_text()) {
+                match parse(&text) {
+                    Ok(c) => {
+                        for r in &c.routes {
+                            prop_assert!(r.max_connections >= 1);
+                            prop_assert!(r.sentinel.poll_interval >= MIN_POLL_INTERVAL);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(!msg.contains('\n'), "{}", msg);
+                    }
+                }
+            }
+
+            /// Arbitrary bytes never panic the parser.
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,300}") {
+                let _ = parse(&text);
+            }
+
+            /// A password's value never appears in a config error.
+            #[test]
+            fn password_values_stay_out_of_errors(n in 100_000_000u64.., bad in "[0-9]{9,12}") {
+                for text in [
+                    format!("[sentinel]\naddresses=[\"a:1\"]\npassword = {n}\n"),
+                    format!("[node]\npassword = {n}\n[sentinel]\naddresses=[\"a:1\"]\n"),
+                    format!("[sentinel]\naddresses=[\"a:1\"]\npassword = \"{bad}\n"),
+                ] {
+                    let msg = parse(&text).unwrap_err().to_string();
+                    prop_assert!(!msg.contains(&n.to_string()), "{}", msg);
+                    prop_assert!(!msg.contains(&bad), "{}", msg);
+                }
+            }
+        }
+    }
 }

@@ -276,7 +276,10 @@ fn event_floods_do_not_become_query_floods() {
     });
     let secs = start.elapsed().as_secs_f64();
     let queries = (fake.queries.load(Ordering::Relaxed) - q0) as f64;
-    eprintln!("event flood: 20,000 events in {secs:.2} s, {queries} polls ({:.1}/s)", queries / secs);
+    eprintln!(
+        "event flood: 20,000 events in {secs:.2} s, {queries} polls ({:.1}/s)",
+        queries / secs
+    );
     // At most one early round per 100 ms, plus the regular polls (250 ms here).
     assert!(queries / secs <= 15.0, "{queries} polls in {secs:.2} s");
     assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(200));
@@ -309,7 +312,8 @@ fn malformed_event_floods_are_counted_not_logged_line_by_line() {
     let lines = log.matches("malformed sentinel event ignored").count();
     assert!(lines <= 5, "{lines} log lines for the flood");
     assert!(
-        !log.lines().any(|l| l.starts_with("2026-12-02T00:00:00Z ERROR forged")),
+        !log.lines()
+            .any(|l| l.starts_with("2026-12-02T00:00:00Z ERROR forged")),
         "a newline in an event forged a log line"
     );
     assert!(!log.contains('\u{1b}'), "an escape code reached the log");
@@ -326,7 +330,10 @@ fn peer_text_is_escaped_in_check_and_status() {
     let dir = tempdir();
     let sentinel = format!("127.0.0.1:{}", fake.port);
     let (_, out, err) = run_bin(dir.path(), &["check", "--sentinel", &sentinel]);
-    assert!(!out.contains('\u{1b}') && !err.contains('\u{1b}'), "{out:?}");
+    assert!(
+        !out.contains('\u{1b}') && !err.contains('\u{1b}'),
+        "{out:?}"
+    );
     assert!(!out.lines().any(|l| l.starts_with("forged")), "{out}");
     assert!(out.contains("\\u{1b}"), "{out}");
 }
@@ -335,7 +342,8 @@ fn peer_text_is_escaped_in_check_and_status() {
 fn oversized_replies_and_events_are_dropped_not_buffered() {
     // Declares 2 GiB and sends nothing more: buffering or pre-allocating it would show in RSS.
     let huge_reply = b"*2\r\n$2\r\nip\r\n$2147483648\r\n".to_vec();
-    let huge_event = b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$2147483648\r\nredis-ha ".to_vec();
+    let huge_event =
+        b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$2147483648\r\nredis-ha ".to_vec();
     let fake = FakeSentinel::scripted(Script {
         master_reply: Some(huge_reply),
         raw_after_subscribe: Some(huge_event),

@@ -695,4 +695,90 @@ mod tests {
         assert!(parse_role(&Value::Array(vec![])).is_err());
         assert!(parse_role(&Value::Nil).is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                any::<Vec<u8>>().prop_map(Value::BulkString),
+                ".*".prop_map(Value::SimpleString),
+                any::<i64>().prop_map(Value::Int),
+                Just(Value::Nil),
+            ]
+        }
+
+        fn any_value() -> impl Strategy<Value = Value> {
+            text_value().prop_recursive(3, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Whatever a peer sends, interpreting it never panics, and what is accepted
+            /// holds only printable, bounded text.
+            #[test]
+            fn any_reply_is_interpreted_or_refused(v in any_value()) {
+                if let Some(f) = pairs(&v) {
+                    if let Ok(r) = parse_master_report(&f) {
+                        prop_assert!(r.port != 0);
+                        prop_assert!(r.config_epoch <= MAX_PLAUSIBLE_EPOCH);
+                        prop_assert!(!r.host.chars().any(char::is_control));
+                        prop_assert!(!r.flags.chars().any(char::is_control));
+                    }
+                }
+                let _ = parse_role(&v);
+            }
+
+            /// A well-formed report round-trips; hostile fields in it are refused or escaped.
+            #[test]
+            fn generated_reports_parse(
+                host in "[a-z0-9.-]{1,40}",
+                port in 1u16..,
+                epoch in any::<u64>(),
+                flags in ".{0,40}",
+                timeout_ms in proptest::option::of(0u64..10_000_000),
+            ) {
+                let mut fields = vec![
+                    ("ip".to_string(), host.clone()),
+                    ("port".to_string(), port.to_string()),
+                    ("config-epoch".to_string(), epoch.to_string()),
+                    ("flags".to_string(), flags.clone()),
+                ];
+                if let Some(t) = timeout_ms {
+                    fields.push(("failover-timeout".to_string(), t.to_string()));
+                }
+                let v = Value::Array(
+                    fields
+                        .iter()
+                        .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                        .collect(),
+                );
+                let r = parse_master_report(&pairs(&v).unwrap());
+                if epoch > MAX_PLAUSIBLE_EPOCH {
+                    prop_assert!(r.is_err());
+                } else {
+                    let r = r.unwrap();
+                    prop_assert_eq!(r.host, host);
+                    prop_assert_eq!(r.port, port);
+                    prop_assert_eq!(r.config_epoch, epoch);
+                    prop_assert_eq!(r.failover_timeout, timeout_ms.map(Duration::from_millis));
+                    prop_assert!(!r.flags.chars().any(char::is_control));
+                }
+            }
+
+            #[test]
+            fn peer_text_is_printable_and_bounded(s in ".*") {
+                let shown = peer_text(&s);
+                prop_assert!(!shown.chars().any(char::is_control));
+                prop_assert!(shown.len() <= 300 + 3 + 10);
+            }
+        }
+    }
 }

@@ -160,7 +160,10 @@ mod tests {
     fn failover_timeout_is_the_median() {
         let s = Duration::from_secs;
         assert_eq!(group_failover_timeout(&[]), DEFAULT_FAILOVER_TIMEOUT);
-        assert_eq!(group_failover_timeout(&[None, None]), DEFAULT_FAILOVER_TIMEOUT);
+        assert_eq!(
+            group_failover_timeout(&[None, None]),
+            DEFAULT_FAILOVER_TIMEOUT
+        );
         assert_eq!(group_failover_timeout(&[Some(s(6))]), s(6));
         // One peer cannot stretch it.
         assert_eq!(

@@ -464,7 +464,10 @@ impl Watcher {
             return self.poll_interval;
         }
         self.failover_timeout = evidence::group_failover_timeout(
-            &reports.iter().map(|r| r.failover_timeout).collect::<Vec<_>>(),
+            &reports
+                .iter()
+                .map(|r| r.failover_timeout)
+                .collect::<Vec<_>>(),
         );
         let (reports, reporters) = self.set_aside_leaders(reports, reporters);
         // Failover claims: evidence while they last, dismissed once they outlive the group's
@@ -1084,5 +1087,52 @@ mod tests {
         assert!(names("127.0.0.1:16300", "redis1:16300", addr));
         assert!(names("redis1:16300", "redis1:16300", addr));
         assert!(!names("127.0.0.1:26300", "redis1:16300", addr));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Any payload on any channel is an event for us, another master's, or refused;
+            /// never a panic, and what is accepted names printable addresses.
+            #[test]
+            fn any_event_payload_is_interpreted_or_refused(
+                channel in prop::sample::select(vec![
+                    "+switch-master",
+                    "+failover-state-send-slaveof-noone",
+                    "+promoted-slave",
+                ]),
+                payload in ".{0,200}",
+            ) {
+                match parse_event(channel, &payload, 0, "redis-ha") {
+                    Ok(Some(Event::Switch { old, new, .. })) => {
+                        prop_assert!(!old.chars().any(char::is_control));
+                        prop_assert!(!new.chars().any(char::is_control));
+                    }
+                    Ok(Some(Event::Promoting { master, .. })) => {
+                        prop_assert!(!master.chars().any(char::is_control));
+                    }
+                    _ => {}
+                }
+            }
+
+            #[test]
+            fn generated_switch_payloads_round_trip(
+                name in "[a-z-]{1,20}",
+                old_ip in "[0-9.]{7,15}",
+                old_port in any::<u16>(),
+                new_ip in "[a-z0-9.]{1,30}",
+                new_port in any::<u16>(),
+            ) {
+                let p = format!("{name} {old_ip} {old_port} {new_ip} {new_port}");
+                let (n, o, w) = parse_switch(&p).unwrap();
+                prop_assert_eq!(n, name);
+                prop_assert_eq!(o, format!("{old_ip}:{old_port}"));
+                prop_assert_eq!(w, format!("{new_ip}:{new_port}"));
+            }
+        }
     }
 }
