@@ -1005,9 +1005,6 @@ fn client_tls(
             (cert.is_some(), "tls.cert"),
             (key.is_some(), "tls.key"),
             (server_name.is_some(), "tls.server_name"),
-            (file.verify_server_name.is_some(), "tls.verify_server_name"),
-            (file.sentinels.is_some(), "tls.sentinels"),
-            (file.nodes.is_some(), "tls.nodes"),
         ];
         if let Some((_, k)) = stray.iter().find(|(set, _)| *set) {
             return Err(invalid(
