@@ -255,6 +255,13 @@ impl Watcher {
                 Wake::Done(d) => Instant::now() + d,
             };
             let (route, soon) = (self.route.clone(), self.fast_retry());
+            // A session could not connect to the master: look again soon, not at once, so a
+            // stream of refused clients cannot make the watcher spin.
+            let recheck = async {
+                route.recheck_requested().await;
+                tokio::time::sleep(soon).await
+            };
+            tokio::pin!(recheck);
             loop {
                 tokio::select! {
                     biased;
@@ -266,12 +273,7 @@ impl Watcher {
                         next = next.min(started + MIN_ROUND_GAP);
                     }
                     _ = tokio::time::sleep_until(next.into()) => break,
-                    // A session could not connect to the master: look again soon, not at
-                    // once, so a stream of refused clients cannot make the watcher spin.
-                    _ = async {
-                        route.recheck_requested().await;
-                        tokio::time::sleep(soon).await
-                    } => break,
+                    _ = &mut recheck => break,
                 }
             }
         }
