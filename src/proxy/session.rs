@@ -388,6 +388,30 @@ async fn splice(
         Side::Master,
         Side::Client,
     );
+    race(c2m, m2c, master, shutdown, |side| {
+        // Pass the half-close on while the other direction still flows; once both ended,
+        // dropping the sockets sends the FINs (one syscall less per session).
+        let to = if side == Side::Client {
+            master_conn
+        } else {
+            client
+        };
+        // The peer may already be gone; then the other direction reports it.
+        let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    })
+    .await
+}
+
+/// Runs both directions of a session until both reached EOF, either failed, the epoch was
+/// fenced or shutdown's grace period ended; names why the session ends. `half_closed(side)`
+/// runs when `side` reached EOF while the other direction still flows.
+async fn race(
+    c2m: impl std::future::Future<Output = Result<(), Side>>,
+    m2c: impl std::future::Future<Output = Result<(), Side>>,
+    master: &Master,
+    shutdown: &Shutdown,
+    mut half_closed: impl FnMut(Side),
+) -> Closed {
     tokio::pin!(c2m, m2c);
     let (mut c2m_done, mut m2c_done) = (false, false);
     let mut first_eof: Option<Side> = None;
@@ -402,16 +426,8 @@ async fn splice(
         match result {
             Ok(()) => {
                 first_eof.get_or_insert(side);
-                // Pass the half-close on while the other direction still flows; once both
-                // ended, dropping the sockets sends the FINs (one syscall less per session).
                 if !(c2m_done && m2c_done) {
-                    let to = if side == Side::Client {
-                        master_conn
-                    } else {
-                        client
-                    };
-                    // The peer may already be gone; then the other direction reports it.
-                    let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                    half_closed(side);
                 }
             }
             Err(Side::Client) => return Closed::ClientError,
@@ -453,31 +469,8 @@ async fn splice_io<C: Transport, M: Transport>(
             Side::Master,
             Side::Client,
         );
-        tokio::pin!(c2m, m2c);
-        let (mut c2m_done, mut m2c_done) = (false, false);
-        let mut first_eof: Option<Side> = None;
-        loop {
-            let (side, result) = tokio::select! {
-                biased;
-                _ = master.fenced().cancelled() => break Closed::MasterSwitch,
-                _ = shutdown.close.cancelled() => break Closed::Shutdown,
-                r = &mut c2m, if !c2m_done => { c2m_done = true; (Side::Client, r) }
-                r = &mut m2c, if !m2c_done => { m2c_done = true; (Side::Master, r) }
-            };
-            match result {
-                Ok(()) => {
-                    first_eof.get_or_insert(side);
-                }
-                Err(Side::Client) => break Closed::ClientError,
-                Err(Side::Master) => break Closed::MasterError,
-            }
-            if c2m_done && m2c_done {
-                break match first_eof {
-                    Some(Side::Master) => Closed::MasterClosed,
-                    _ => Closed::ClientClosed,
-                };
-            }
-        }
+        // copy_half passes the half-close on itself.
+        race(c2m, m2c, master, shutdown, |_| {}).await
     };
     if reason == Closed::MasterSwitch {
         abort_master(mr.unsplit(mw).tcp());
