@@ -47,6 +47,10 @@ pub const SENTINEL_ERRORS: &str = "redis_failover_proxy_sentinel_errors_total";
 pub const SWITCH_EVENTS: &str = "redis_failover_proxy_switch_events_total";
 /// ROLE checks, by result (`master`, `replica`, `error`). Labels: `route`, `result`.
 pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
+/// Admin HTTP connections closed at once because [`crate::admin::MAX_CONNECTIONS`] were
+/// open. No labels (the admin server is not a route's).
+pub const ADMIN_CONNECTIONS_REJECTED: &str =
+    "redis_failover_proxy_admin_connections_rejected_total";
 
 /// Why a client connection was closed without a session.
 #[derive(Debug, Clone, Copy)]
@@ -242,4 +246,8 @@ pub fn describe() {
         "+switch-master events received for the route's master"
     );
     describe_counter!(ROLE_CHECKS, "ROLE checks of master candidates, by result");
+    describe_counter!(
+        ADMIN_CONNECTIONS_REJECTED,
+        "Admin HTTP connections closed at once because the admin connection cap was reached"
+    );
 }
