@@ -191,8 +191,8 @@ fn lower_priority() {}
 
 /// Serves the admin endpoints on `listener` until `stop`, within the bounds in the module
 /// doc, on the runtime it is polled on ([`AdminServer::start`] gives it a thread of its own).
-/// Returns at most [`CLOSE_GRACE`] after `stop`; connections still open then are dropped with
-/// their tasks when the runtime is.
+/// Returns about [`CLOSE_GRACE`] after `stop` at most; connections still open then are dropped
+/// with their tasks when the runtime is.
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
     let app = Router::new()
         .route("/metrics", get(metrics))
