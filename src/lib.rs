@@ -1,8 +1,8 @@
 //! redis-failover-proxy: one fixed local address per route for the current master of a Redis
 //! Sentinel group. [`run`] wires the pieces: per route a watcher ([`sentinel`]) that is the only
 //! writer of the route's master state ([`route`]) and, on every session thread, an accept loop
-//! ([`proxy`]) that only reads it; plus the admin HTTP server ([`admin`]). The binary is a thin
-//! shell around [`run`].
+//! ([`proxy`]) that only reads it; plus the admin HTTP server ([`admin`]) on a thread of its
+//! own. The binary is a thin shell around [`run`].
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -106,8 +106,10 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 
 /// Runs the proxy until `shutdown.drain` is cancelled, then stops accepting, lets sessions
 /// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest, stops the
-/// session threads and returns. Sessions run on `workers` (see [`Workers::start`]); the error
-/// is a failure to start accepting on them, before anything ran.
+/// session threads and the admin server and returns. Sessions run on `workers` (see
+/// [`Workers::start`]); the admin server on a thread of its own ([`admin::AdminServer`]). The
+/// error is a failure to start accepting on the session threads or to start the admin
+/// server, before anything ran.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -121,17 +123,47 @@ pub async fn run(
     // accepts but counts as the least loaded.
     let mut per_route = Vec::with_capacity(listeners.routes.len());
     for (rc, listener) in config.routes.iter().zip(listeners.routes) {
-        let fds = share_listener(listener, &workers).map_err(|source| StartError {
+        let fds = share_listener(listener, &workers).map_err(|source| StartError::Route {
             route: rc.name.clone(),
             source,
         })?;
         per_route.push(fds);
     }
     let tasks = TaskTracker::new();
-    let stop_background = CancellationToken::new();
-    let mut routes = Vec::new();
-    for (rc, fds) in config.routes.iter().cloned().zip(per_route) {
-        let route = route::Route::new(rc);
+    let stop_watchers = CancellationToken::new();
+    let routes: Vec<Arc<route::Route>> = config
+        .routes
+        .iter()
+        .cloned()
+        .map(route::Route::new)
+        .collect();
+    // The admin server starts before the watchers and accept loops, so a failure to start it
+    // stops the start with nothing running. It gets a thread of its own: no admin client can
+    // take a turn from the watchers (this runtime) or the sessions (the session threads).
+    let admin = match listeners.admin {
+        Some(listener) => {
+            let admin_addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let server = admin::AdminServer::start(
+                listener,
+                admin::AdminState {
+                    routes: routes.clone(),
+                    metrics,
+                    draining: shutdown.drain.clone(),
+                },
+            )
+            .map_err(|source| StartError::Admin { source })?;
+            info!(listen = %admin_addr, "admin server listening");
+            Some(server)
+        }
+        None => {
+            info!("admin server switched off");
+            None
+        }
+    };
+    for (route, fds) in routes.into_iter().zip(per_route) {
         let addr = fds[0]
             .local_addr()
             .map(|a| a.to_string())
@@ -143,7 +175,7 @@ pub async fn run(
             sentinels = ?route.config.sentinel.addresses,
             "route listening"
         );
-        tokio::spawn(sentinel::watch(route.clone(), stop_background.clone()));
+        tokio::spawn(sentinel::watch(route.clone(), stop_watchers.clone()));
         let limit = Arc::new(Semaphore::new(route.config.max_connections));
         for (thread, fd) in fds.into_iter().enumerate() {
             tasks.spawn_on(
@@ -159,30 +191,7 @@ pub async fn run(
                 workers.handle(thread),
             );
         }
-        routes.push(route);
     }
-    let mut admin = match listeners.admin {
-        Some(listener) => {
-            let admin_addr = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            info!(listen = %admin_addr, "admin server listening");
-            Some(tokio::spawn(admin::serve(
-                listener,
-                admin::AdminState {
-                    routes,
-                    metrics,
-                    draining: shutdown.drain.clone(),
-                },
-                stop_background.clone(),
-            )))
-        }
-        None => {
-            info!("admin server switched off");
-            None
-        }
-    };
 
     shutdown.drain.cancelled().await;
     tasks.close();
@@ -205,29 +214,37 @@ pub async fn run(
     {
         warn!(sessions = tasks.len(), "sessions did not close in time");
     }
-    stop_background.cancel();
+    stop_watchers.cancel();
     workers.stop(Duration::from_secs(2)).await;
-    // A scraper holding a half-sent request must not keep the process alive.
-    if let Some(admin) = admin.as_mut() {
-        if tokio::time::timeout(Duration::from_secs(1), &mut *admin)
-            .await
-            .is_err()
-        {
-            admin.abort();
-        }
+    // The admin server answered (503 on /readyz) through the drain; now it closes its
+    // connections, a response in flight getting admin::CLOSE_GRACE. A client holding a
+    // half-sent request must not keep the process alive: it is not waited for beyond that.
+    if let Some(admin) = admin {
+        admin
+            .stop(admin::CLOSE_GRACE + Duration::from_secs(1))
+            .await;
     }
     info!("shutdown complete");
     Ok(())
 }
 
-/// Starting the session threads' accept loops failed.
+/// Starting failed, before anything ran.
 #[derive(Debug, thiserror::Error)]
-#[error("route {route}: cannot share the listening socket with the session threads: {source}")]
-pub struct StartError {
-    /// The route's name.
-    pub route: String,
-    /// Why.
-    pub source: io::Error,
+pub enum StartError {
+    /// Starting the session threads' accept loops of a route failed.
+    #[error("route {route}: cannot share the listening socket with the session threads: {source}")]
+    Route {
+        /// The route's name.
+        route: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Starting the admin server's thread failed.
+    #[error("admin server: cannot start its thread: {source}")]
+    Admin {
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// One descriptor of `listener` per session thread, each registered with that thread's

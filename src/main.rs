@@ -54,8 +54,8 @@ fn main() -> ExitCode {
     for w in config.warnings() {
         tracing::warn!(warning = %w, "configuration");
     }
-    // The control runtime: watchers and the admin server. Clients are accepted and served on
-    // the session threads (`Workers`).
+    // The control runtime: the watchers. Clients are accepted and served on the session
+    // threads (`Workers`), the admin server on a thread of its own (`run` starts it).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

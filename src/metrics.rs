@@ -53,6 +53,10 @@ pub const NODE_CHECK_ERRORS: &str = "redis_failover_proxy_node_check_errors_tota
 pub const SENTINEL_EVENTS_IGNORED: &str = "redis_failover_proxy_sentinel_events_ignored_total";
 /// ROLE checks, by result (`master`, `replica`, `error`). Labels: `route`, `result`.
 pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
+/// Admin HTTP connections closed at once because [`crate::admin::MAX_CONNECTIONS`] were
+/// open. No labels (the admin server is not a route's).
+pub const ADMIN_CONNECTIONS_REJECTED: &str =
+    "redis_failover_proxy_admin_connections_rejected_total";
 
 /// Why a client connection was closed without a session.
 #[derive(Debug, Clone, Copy)]
@@ -296,5 +300,9 @@ pub fn describe() {
     describe_counter!(
         SENTINEL_EVENTS_IGNORED,
         "Sentinel events ignored (malformed, or a repeat of evidence already acted on)"
+    );
+    describe_counter!(
+        ADMIN_CONNECTIONS_REJECTED,
+        "Admin HTTP connections closed at once because the admin connection cap was reached"
     );
 }

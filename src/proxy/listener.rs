@@ -91,13 +91,13 @@ pub async fn serve(
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is out of something; retrying at
-/// once would spin.
-fn is_resource_errno(errno: i32) -> bool {
+/// once would spin. (Also used by the admin server's accept loop.)
+pub(crate) fn is_resource_errno(errno: i32) -> bool {
     matches!(errno, 24 | 23 | 105 | 12)
 }
 
 /// Errors about one pending connection (it went away before we accepted it).
-fn is_per_connection(e: &io::Error) -> bool {
+pub(crate) fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted

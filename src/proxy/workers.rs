@@ -3,8 +3,8 @@
 //! threads: no work stealing, no cross-thread wakeups on the hot path. Every session thread
 //! runs an accept loop on each route's listening socket and keeps the clients it accepts; to
 //! keep pooled clients spread evenly, a thread accepts only while it is at most a few clients
-//! ahead of the thread with the fewest ([`Turns::wait_turn`]). The watchers and the admin
-//! server run on the control runtime. Measured on 2 cores: see bench/README.md.
+//! ahead of the thread with the fewest ([`Turns::wait_turn`]). The watchers run on the control
+//! runtime, the admin server on a thread of its own. Measured on 2 cores: see bench/README.md.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
