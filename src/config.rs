@@ -481,9 +481,19 @@ fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
     let key = line_text
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"'))
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        // Only something shaped like one of our keys: inside a multi-line string, the text
+        // before an `=` may be part of a secret.
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        });
+    // Inside a multi-line string, the line is part of a value (perhaps a secret): no key.
+    let in_string =
+        before.matches("\"\"\"").count() % 2 == 1 || before.matches("\'\'\'").count() % 2 == 1;
+    let key = key.filter(|_| !in_string);
     // The parser quotes the offending value; on a password's line that value is the secret.
-    let message = if key.is_some_and(is_secret_key) || line_text.contains("password") {
+    let message = if in_string || key.is_some_and(is_secret_key) || line_text.contains("password") {
         "invalid value (expected a quoted string; the value is not shown because it is a secret)"
             .to_string()
     } else {
@@ -1273,6 +1283,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs a password"), "{e}");
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\npassword=\"\"\"\ns3cr=et\\q\"\"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr"), "{e}");
         let e = parse("[sentinel]\naddresses=[\"a:1\"]\npassword=987654321\n")
             .unwrap_err()
             .to_string();

@@ -311,10 +311,8 @@ async fn connect(master: &Master, cfg: &RouteConfig) -> Result<MasterIo, Connect
     let Some(tls) = &cfg.node.tls else {
         return Ok(MasterIo::Plain(tcp));
     };
-    let host = crate::config::parse_host_port(&master.announced)
-        .map(|(h, _)| h)
-        .unwrap_or_else(|_| master.addr.ip().to_string());
-    match tokio::time::timeout_at(start + cfg.connect_timeout, tls.connect(tcp, &host)).await {
+    let host = crate::sentinel::client::announced_host(&master.announced);
+    match tokio::time::timeout_at(start + cfg.connect_timeout, tls.connect(tcp, host)).await {
         Ok(Ok(s)) => Ok(MasterIo::Tls(Box::new(s))),
         Ok(Err(e)) => Err(ConnectError::Master(e)),
         Err(_) => Err(ConnectError::Master(io::Error::new(

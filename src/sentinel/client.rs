@@ -88,7 +88,12 @@ fn classify(e: &redis::RedisError) -> (SentinelErrorKind, String) {
     // rustls error type (e.g. the server's "certificate required" alert, which TLS 1.3 only
     // delivers after the handshake).
     let text = e.to_string();
-    if crate::tls::looks_like_tls_error(&text) {
+    // Only for errors of the connection: an error reply's text is the peer's to choose.
+    let reply = matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    );
+    if !reply && crate::tls::looks_like_tls_error(&text) {
         return (K::Tls, format!("TLS: {text}"));
     }
     match e.code() {
@@ -164,6 +169,16 @@ impl MasterReport {
     pub fn failover_in_progress(&self) -> bool {
         self.flags.split(',').any(|f| f == "failover_in_progress")
     }
+}
+
+/// The host part of an announced `host:port` (IPv6 brackets removed): the name a node's TLS
+/// certificate is checked against.
+pub fn announced_host(announced: &str) -> &str {
+    announced
+        .rsplit_once(':')
+        .map_or(announced, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// `host:port`, bracketing IPv6 literals.
@@ -570,20 +585,16 @@ pub async fn role(
     access: &PeerAccess,
     timeouts: Timeouts,
 ) -> Result<Role, PeerError> {
+    // Connects to the resolved address, but verifies TLS against the announced host.
     let peer = Peer {
         role: "node",
-        host: addr.ip().to_string(),
+        host: host.to_string(),
         port: addr.port(),
         access: access.clone(),
         timeout: timeouts.timeout,
     };
     let err = |kind, m: &str| PeerError::new("node", &addr.to_string(), kind, m);
     let work = async {
-        // Connect to the resolved address, but verify TLS against the announced host.
-        let peer = Peer {
-            host: host.to_string(),
-            ..peer.clone()
-        };
         let mut conn = peer.connect_at(addr).await?;
         redis::cmd("ROLE")
             .query_async::<Value>(&mut conn.conn)

@@ -5,11 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-/// How far one sentinel's config-epoch may lead every other view (other reachable sentinels
-/// and the verified master's) before it needs a second sentinel to agree. An honest leader
-/// leads by the elections it needed (usually one) and only until its hello messages reach the
-/// others, within seconds.
-pub const MAX_EPOCH_LEAD: u64 = 10;
+/// How far one sentinel's config-epoch may lead every other view (the other reachable
+/// sentinels and the verified master's) before it needs a second sentinel to agree. A
+/// sentinel draws failover epochs from one counter shared by every master it monitors, and
+/// failed elections raise it too, so an honest leader of a busy fleet can lead by many; this
+/// bound only catches a jump no fleet makes between two failovers of one group.
+pub const MAX_EPOCH_LEAD: u64 = 1000;
 
 /// Sentinel's default `failover-timeout`, used while no sentinel reports one.
 pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
@@ -18,8 +19,12 @@ pub const FAILOVER_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(3600));
 
 /// For each report's config-epoch, whether it leads every other view by more than
-/// [`MAX_EPOCH_LEAD`]: such a report is set aside this round.
+/// [`MAX_EPOCH_LEAD`]: such a report is set aside this round. A lone report (no other
+/// sentinel answered) is never set aside: with nothing to wait for, waiting could last forever.
 pub fn epoch_set_aside(epochs: &[u64], current: Option<u64>) -> Vec<bool> {
+    if epochs.len() < 2 {
+        return vec![false; epochs.len()];
+    }
     epochs
         .iter()
         .enumerate()
@@ -36,15 +41,17 @@ pub fn epoch_set_aside(epochs: &[u64], current: Option<u64>) -> Vec<bool> {
         .collect()
 }
 
-/// The group's failover-timeout: the median of what the reports say (so one peer cannot
-/// stretch or shrink it), clamped; the Sentinel default when none says.
+/// The group's failover-timeout: the upper median of what the reports say (one peer among
+/// three cannot move it; with two, the longer wins: shrinking it would let the proxy route
+/// back to a master mid-failover, stretching it only holds clients longer), clamped; the
+/// Sentinel default when none says.
 pub fn group_failover_timeout(reported: &[Option<Duration>]) -> Duration {
     let mut known: Vec<Duration> = reported.iter().flatten().copied().collect();
     if known.is_empty() {
         return DEFAULT_FAILOVER_TIMEOUT;
     }
     known.sort();
-    known[(known.len() - 1) / 2].clamp(FAILOVER_TIMEOUT_RANGE.0, FAILOVER_TIMEOUT_RANGE.1)
+    known[known.len() / 2].clamp(FAILOVER_TIMEOUT_RANGE.0, FAILOVER_TIMEOUT_RANGE.1)
 }
 
 /// Tracks, per sentinel, how long it has claimed a failover of one address in progress. A real
@@ -136,16 +143,18 @@ mod tests {
             (&[0, 0, 0], Some(0), &[false, false, false]),
             // An honest failover: the leader is one ahead until the others hear of it.
             (&[1, 0, 0], Some(0), &[false, false, false]),
-            (&[99, 0, 0], Some(0), &[true, false, false]),
+            // A busy fleet's shared epoch counter: a big honest jump.
+            (&[957, 3, 3], Some(3), &[false, false, false]),
+            (&[5000, 0, 0], Some(0), &[true, false, false]),
             (&[u64::MAX, 0, 0], Some(0), &[true, false, false]),
             // Two agree: corroborated.
-            (&[99, 99, 0], Some(0), &[false, false, false]),
-            // Alone and no master yet: nothing to compare with.
-            (&[99], None, &[false]),
-            // Alone, but far ahead of the verified master.
-            (&[99], Some(3), &[true]),
-            (&[13], Some(3), &[false]),
-            (&[14], Some(3), &[true]),
+            (&[5000, 5000, 0], Some(0), &[false, false, false]),
+            // Alone: nothing to wait for, never set aside.
+            (&[5000], None, &[false]),
+            (&[5000], Some(3), &[false]),
+            // The verified master's epoch counts as a view.
+            (&[1004, 3], Some(3), &[true, false]),
+            (&[1003, 3], Some(3), &[false, false]),
         ];
         for (epochs, current, want) in rows {
             assert_eq!(
@@ -168,6 +177,15 @@ mod tests {
         // One peer cannot stretch it.
         assert_eq!(
             group_failover_timeout(&[Some(s(6)), Some(s(6)), Some(s(999_999))]),
+            s(6)
+        );
+        assert_eq!(
+            group_failover_timeout(&[Some(Duration::ZERO), Some(s(6)), Some(s(6))]),
+            s(6)
+        );
+        // Two views: the longer (shrinking would be the dangerous direction).
+        assert_eq!(
+            group_failover_timeout(&[Some(Duration::ZERO), Some(s(6))]),
             s(6)
         );
         assert_eq!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use metrics::{counter, gauge, histogram};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -33,6 +33,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Rounds started early (by events) are at least this far apart: a flood of events, honest or
 /// not, cannot turn into a flood of queries to every sentinel.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+/// At most one "+switch-master received" line for events that change nothing, this often.
+const SWITCH_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Failover events that arrive during a round without fencing anything are kept for the log
+/// up to this many; more are only counted as a re-query hint.
+const MAX_PENDING_EVENTS: usize = 16;
 /// At most one "malformed sentinel event" log line per sentinel this often.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A subscription that lasted this long resets its reconnect backoff.
@@ -131,6 +136,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
     }
     let (tx, rx) = mpsc::channel(64);
     let gate = Arc::new(EventGate::new(sentinels.len()));
+    let hints = Arc::new(Notify::new());
     for (i, s) in sentinels.iter().enumerate() {
         let peer = match s.peer() {
             Ok(p) => p.clone(),
@@ -144,8 +150,11 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
             s.addr.clone(),
             peer,
             route.clone(),
-            tx.clone(),
-            gate.clone(),
+            ToWatcher {
+                tx: tx.clone(),
+                hints: hints.clone(),
+                gate: gate.clone(),
+            },
             shutdown.clone(),
         ));
     }
@@ -168,8 +177,9 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         claims: evidence::Claims::default(),
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
+        switch_log: Throttle::new(SWITCH_LOG_EVERY),
     };
-    w.run(rx, shutdown).await;
+    w.run(rx, hints, shutdown).await;
 }
 
 struct Watcher {
@@ -202,6 +212,8 @@ struct Watcher {
     failover_timeout: Duration,
     /// Per sentinel: its report was set aside last round (config-epoch too far ahead).
     set_aside: Vec<bool>,
+    /// Limits the "+switch-master received" lines of events that change nothing.
+    switch_log: Throttle,
 }
 
 /// See [`Watcher::quarantined`].
@@ -222,14 +234,30 @@ enum Wake {
 }
 
 impl Watcher {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Event>,
+        hints: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        // When the last round started ahead of its schedule (for an event or a hint): early
+        // rounds are at least MIN_ROUND_GAP apart, so no flood of events, honest or not,
+        // becomes a flood of queries to every sentinel. A round on schedule does not delay
+        // the first early one.
+        let mut last_early: Option<Instant> = None;
+        let mut early = false;
         loop {
-            let started = Instant::now();
-            // A hint (resubscribed, a replica promoted) asks for another round soon; it does
-            // not abandon this one.
+            if early {
+                last_early = Some(Instant::now());
+            }
+            let early_at = |now: Instant| last_early.map_or(now, |t| now.max(t + MIN_ROUND_GAP));
             let mut hinted = false;
-            // A round is abandoned when a failover event arrives: what it learned may predate
-            // the switch.
+            let mut pending: Vec<Event> = Vec::new();
+            let (route, gate) = (self.route.clone(), self.gate.clone());
+            // A round is abandoned only for an event that fences: what it learned may predate
+            // the switch. Any other event (naming another master, from a distrusted sentinel,
+            // or after the fence) waits for the round to end, so no stream of events can keep
+            // every round from finishing.
             let wake = {
                 let round = self.round();
                 tokio::pin!(round);
@@ -237,23 +265,34 @@ impl Watcher {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break Wake::Stop,
-                        Some(ev) = rx.recv() => match ev {
-                            Event::Hint => hinted = true,
-                            ev => break Wake::Event(ev),
-                        },
+                        Some(ev) = rx.recv() => {
+                            if would_fence(&route, &gate, &ev) {
+                                break Wake::Event(ev);
+                            }
+                            if pending.len() < MAX_PENDING_EVENTS {
+                                pending.push(ev);
+                            }
+                            hinted = true;
+                        }
+                        _ = hints.notified() => hinted = true,
                         d = &mut round => break Wake::Done(d),
                     }
                 }
             };
+            for ev in pending {
+                self.on_event(ev);
+            }
+            let now = Instant::now();
             let mut next = match wake {
                 Wake::Stop => return,
                 Wake::Event(ev) => {
                     self.on_event(ev);
-                    started + MIN_ROUND_GAP
+                    early_at(now)
                 }
-                Wake::Done(d) if hinted => (Instant::now() + d).min(started + MIN_ROUND_GAP),
-                Wake::Done(d) => Instant::now() + d,
+                Wake::Done(d) if hinted => (now + d).min(early_at(now)),
+                Wake::Done(d) => now + d,
             };
+            let scheduled = next;
             let (route, soon) = (self.route.clone(), self.fast_retry());
             // A session could not connect to the master: look again soon, not at once, so a
             // stream of refused clients cannot make the watcher spin.
@@ -262,20 +301,19 @@ impl Watcher {
                 tokio::time::sleep(soon).await
             };
             tokio::pin!(recheck);
-            loop {
+            early = loop {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,
                     Some(ev) = rx.recv() => {
-                        if !matches!(ev, Event::Hint) {
-                            self.on_event(ev);
-                        }
-                        next = next.min(started + MIN_ROUND_GAP);
+                        self.on_event(ev);
+                        next = next.min(early_at(Instant::now()));
                     }
-                    _ = tokio::time::sleep_until(next.into()) => break,
-                    _ = &mut recheck => break,
+                    _ = hints.notified() => next = next.min(early_at(Instant::now())),
+                    _ = tokio::time::sleep_until(next.into()) => break next < scheduled,
+                    _ = &mut recheck => break true,
                 }
-            }
+            };
         }
     }
 
@@ -301,21 +339,26 @@ impl Watcher {
                 master,
                 at,
             } => {
-                info!(
-                    route = self.route.name(),
-                    sentinel = %self.sentinels[sentinel].addr,
-                    master.addr = %master,
-                    "sentinel is promoting a replica"
-                );
-                if let Some(cur) = self.route.current() {
-                    if names(&master, &cur.announced, cur.addr) {
-                        self.fence_for_failover(
-                            FenceReason::FailoverStarted,
-                            at,
-                            Some(sentinel),
-                            true,
-                        );
-                    }
+                let fences = self
+                    .route
+                    .current()
+                    .is_some_and(|cur| names(&master, &cur.announced, cur.addr));
+                let shown = if fences {
+                    Some(0)
+                } else {
+                    self.switch_log.allow(Instant::now())
+                };
+                if let Some(suppressed) = shown {
+                    info!(
+                        route = self.route.name(),
+                        sentinel = %self.sentinels[sentinel].addr,
+                        master.addr = %master,
+                        suppressed,
+                        "sentinel is promoting a replica"
+                    );
+                }
+                if fences {
+                    self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel), true);
                 }
                 return;
             }
@@ -323,17 +366,27 @@ impl Watcher {
         };
         let route = self.route.name().to_string();
         counter!(m::SWITCH_EVENTS, "route" => route.clone()).increment(1);
-        info!(
-            route,
-            sentinel = %self.sentinels[sentinel].addr,
-            old.addr = %old,
-            new.addr = %new,
-            "+switch-master received"
-        );
-        if let Some(cur) = self.route.current() {
-            if names(&old, &cur.announced, cur.addr) {
-                self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
-            }
+        let fences = self
+            .route
+            .current()
+            .is_some_and(|cur| names(&old, &cur.announced, cur.addr));
+        let shown = if fences {
+            Some(0)
+        } else {
+            self.switch_log.allow(Instant::now())
+        };
+        if let Some(suppressed) = shown {
+            info!(
+                route,
+                sentinel = %self.sentinels[sentinel].addr,
+                old.addr = %old,
+                new.addr = %new,
+                suppressed,
+                "+switch-master received"
+            );
+        }
+        if fences {
+            self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
         }
     }
 
@@ -695,13 +748,8 @@ impl Watcher {
     /// `ROLE` of a candidate; `None` when it could not be asked.
     async fn verify(&mut self, addr: SocketAddr, announced: &str) -> Option<Role> {
         let route = self.route.name().to_string();
-        let host = announced
-            .rsplit_once(':')
-            .map_or(announced, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let result = role(addr, &host, &self.route.config.node, self.timeouts).await;
+        let host = client::announced_host(announced);
+        let result = role(addr, host, &self.route.config.node, self.timeouts).await;
         let (label, outcome) = match &result {
             Ok(Role::Master) => ("master", "master"),
             Ok(_) => ("replica", "replica"),
@@ -806,6 +854,30 @@ impl Watcher {
     }
 }
 
+/// What a subscription hands the watcher: failover events (bounded), re-query hints (a flag,
+/// so no flood of hints can crowd out an event), and the gate saying whose events count.
+struct ToWatcher {
+    tx: mpsc::Sender<Event>,
+    hints: Arc<Notify>,
+    gate: Arc<EventGate>,
+}
+
+/// Whether `ev` would fence the current master now (a trusted sentinel naming it as the
+/// master being replaced or promoted away from).
+fn would_fence(route: &Route, gate: &EventGate, ev: &Event) -> bool {
+    let (sentinel, named) = match ev {
+        Event::Switch { sentinel, old, .. } => (*sentinel, old),
+        Event::Promoting {
+            sentinel, master, ..
+        } => (*sentinel, master),
+        Event::Hint => return false,
+    };
+    gate.trusts(sentinel, Instant::now())
+        && route
+            .current()
+            .is_some_and(|cur| names(named, &cur.announced, cur.addr))
+}
+
 /// Lets one thing through per `every`, counting what it held back.
 struct Throttle {
     every: Duration,
@@ -850,10 +922,10 @@ async fn subscribe(
     addr: String,
     peer: Peer,
     route: Arc<Route>,
-    tx: mpsc::Sender<Event>,
-    gate: Arc<EventGate>,
+    to: ToWatcher,
     shutdown: CancellationToken,
 ) {
+    let ToWatcher { tx, hints, gate } = to;
     let timeout = peer.timeout;
     let name = route.name().to_string();
     let master_name = route.config.master_name.clone();
@@ -910,48 +982,57 @@ async fn subscribe(
         failed_before = false;
         let subscribed_at = Instant::now();
         route.update_sentinel(index, |s| s.subscribed = true);
-        let _ = tx.try_send(Event::Hint);
+        hints.notify_one();
 
         let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
-        ping.tick().await;
+        // The keep-alive runs beside the reading, so messages keep draining while a PONG is
+        // awaited (redis-rs queues them without bound until read).
+        let pinger = async move {
+            let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+            ping.tick().await;
+            loop {
+                ping.tick().await;
+                match tokio::time::timeout(timeout * 2, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return "ping failed",
+                    Err(_) => return "ping timed out",
+                }
+            }
+        };
+        tokio::pin!(pinger);
         let why = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                why = &mut pinger => break why,
                 msg = stream.next() => {
                     let Some(msg) = msg else { break "connection closed (or a message over the size bound)" };
-                    let payload: String = match msg.get_payload() {
-                        Ok(p) => p,
-                        Err(_) => continue,
-                    };
                     let channel = msg.get_channel_name().to_string();
-                    match parse_event(&channel, &payload, index, &master_name) {
-                        // The channel is bounded: if the watcher is that far behind, one
-                        // queued event already makes it re-query.
-                        Ok(Some(ev)) => {
-                            let ev = if matches!(ev, Event::Hint) || gate.trusts(index, Instant::now()) {
-                                ev
-                            } else {
-                                counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "repeat").increment(1);
-                                Event::Hint
-                            };
-                            let _ = tx.try_send(ev);
+                    let parsed = match msg.get_payload::<String>() {
+                        Ok(payload) => parse_event(&channel, &payload, index, &master_name)
+                            .map_err(|()| payload),
+                        Err(_) => Err("(not UTF-8)".to_string()),
+                    };
+                    match parsed {
+                        Ok(Some(Event::Hint)) => hints.notify_one(),
+                        Ok(Some(ev)) if gate.trusts(index, Instant::now()) => {
+                            // Bounded: if the watcher is that far behind, the events queued
+                            // already make it fence or re-query.
+                            if tx.try_send(ev).is_err() {
+                                hints.notify_one();
+                            }
+                        }
+                        Ok(Some(_)) => {
+                            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "repeat").increment(1);
+                            hints.notify_one();
                         }
                         Ok(None) => {}
-                        Err(()) => {
+                        Err(payload) => {
                             counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => addr.clone(), "why" => "malformed").increment(1);
                             // A flood of garbage must not become a flood of log lines.
                             if let Some(suppressed) = malformed.allow(Instant::now()) {
                                 warn!(route = name, sentinel = %addr, channel = %peer_text(&channel), payload = %peer_text(&payload), suppressed, "malformed sentinel event ignored");
                             }
                         }
-                    }
-                }
-                _ = ping.tick() => {
-                    match tokio::time::timeout(timeout * 2, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => break "ping failed",
-                        Err(_) => break "ping timed out",
                     }
                 }
             }
