@@ -8,6 +8,8 @@ cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 # iproute2 and nftables: the network-namespace fault tests (tests/faults_net.rs).
 deploy/local/ensure-packages.sh iproute2 nftables
 command -v prlimit >/dev/null 2>&1 || deploy/local/ensure-packages.sh util-linux
+# openssl: the TLS tests make their certificates with it (tests/support/tls.rs).
+command -v openssl >/dev/null 2>&1 || deploy/local/ensure-packages.sh openssl
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -132,6 +132,31 @@ fn hostile_configuration_is_refused_cleanly() {
 }
 
 #[test]
+fn the_admin_server_can_be_switched_off() {
+    let dir = tempdir();
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--sentinel", "127.0.0.1:1", "--no-admin"])
+        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+        .spawn()
+        .expect("spawn proxy");
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "route listening",
+        || log().contains("route listening"),
+    );
+    assert!(log().contains("admin server switched off"), "{}", log());
+    assert!(http_get(admin, "/healthz").is_none(), "admin answered");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn the_shipped_proxy_toml_is_valid() {
     let dir = tempdir();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
