@@ -95,6 +95,37 @@ fn tls_only_topology_routes_and_fences_on_failover() {
     );
 }
 
+/// Sentinels announcing hostnames (`announce-hostnames yes`, nodes announcing `localhost`) and
+/// node certificates for DNS:localhost only: the proxy checks each master's certificate against
+/// the name the sentinels announce (an IP check would fail), before and after a failover.
+#[test]
+fn masters_announced_by_hostname_are_verified_by_that_name() {
+    let Some(certs) = lab() else {
+        return;
+    };
+    let sec = Security::tls(&certs)
+        .node_cert(&certs.localhost_only)
+        .hostnames();
+    let t = SecureTopology::start(&sec, 5000);
+    let conf = ProxyConf::for_topology(&t).tls_client(&certs);
+    let (code, out, err) = conf.check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("master: localhost:"), "{out}");
+    let proxy = conf.start();
+    proxy.wait_ready();
+    serves_and_follows_failover(&t, &proxy, &[]);
+    let status = proxy.status();
+    let announced = status["routes"][0]["master"]["announced"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(announced.starts_with("localhost:"), "{announced}");
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_node_check_errors_total", &[]),
+        0.0
+    );
+}
+
 /// TLS and least-privilege ACL users together (TLS handshake first, then AUTH user pass).
 #[test]
 fn tls_with_acl_users_routes() {

@@ -180,6 +180,10 @@ pub struct Security {
     /// nodes with, instead of the default user and `node_password`.
     pub sentinel_auth_user: Option<(String, String)>,
     pub tls: Option<ServerTls>,
+    /// Sentinels monitor the master as `localhost` with `resolve-hostnames` and
+    /// `announce-hostnames`, and nodes announce themselves as `localhost`: every master the
+    /// sentinels name is a hostname.
+    pub announce_hostnames: bool,
 }
 
 impl Security {
@@ -239,6 +243,12 @@ impl Security {
     /// `tls-auth-clients` on every process.
     pub fn auth_clients(mut self, mode: &'static str) -> Security {
         self.tls_mut().auth_clients = mode;
+        self
+    }
+
+    /// See [`Security::announce_hostnames`].
+    pub fn hostnames(mut self) -> Security {
+        self.announce_hostnames = true;
         self
     }
 
@@ -354,6 +364,9 @@ impl SecureNode {
         }
         if let Some(m) = replica_of {
             conf.push_str(&format!("replicaof 127.0.0.1 {m}\n"));
+        }
+        if sec.announce_hostnames {
+            conf.push_str("replica-announce-ip localhost\n");
         }
         std::fs::write(&self.conf, conf).expect("redis.conf");
         self.child = Some(
@@ -490,8 +503,16 @@ impl SecureSentinel {
         for u in &sec.sentinel_users {
             conf.push_str(&format!("user {u}\n"));
         }
+        if sec.announce_hostnames {
+            conf.push_str("sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n");
+        }
+        let master_host = if sec.announce_hostnames {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
         conf.push_str(&format!(
-            "sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+            "sentinel monitor {MASTER_NAME} {master_host} {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
              sentinel failover-timeout {MASTER_NAME} 6000\n\
              sentinel parallel-syncs {MASTER_NAME} 2\n"

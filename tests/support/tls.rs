@@ -34,6 +34,8 @@ pub struct Certs {
     pub expired: CertPair,
     /// Like `server`, but for DNS:wrong.example only (no IP SAN).
     pub wrong_name: CertPair,
+    /// A server certificate for DNS:localhost only (no IP): good only when reached by name.
+    pub localhost_only: CertPair,
     /// A second CA that signed nothing the servers use.
     pub other_ca: PathBuf,
     /// A server certificate (same SANs as `server`) signed by `other_ca`.
@@ -64,6 +66,13 @@ basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth,clientAuth
 subjectAltName = DNS:wrong.example
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[localhost_only]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 [client]
@@ -109,6 +118,14 @@ impl Certs {
         let server = leaf(d, "server", "localhost", "ca", "server", true);
         let client = leaf(d, "client", "rfp client", "ca", "client", true);
         let wrong_name = leaf(d, "wrong-name", "wrong.example", "ca", "wrong_name", true);
+        let localhost_only = leaf(
+            d,
+            "localhost-only",
+            "localhost",
+            "ca",
+            "localhost_only",
+            true,
+        );
         let other_server = leaf(d, "other-server", "localhost", "other-ca", "server", false);
         let other_client = leaf(d, "other-client", "rfp client", "other-ca", "client", false);
         // The expired one: same request as a server certificate, dates in the past.
@@ -149,6 +166,7 @@ impl Certs {
             client,
             expired,
             wrong_name,
+            localhost_only,
             other_server,
             other_client,
             dir,
