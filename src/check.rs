@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::config::{Config, RouteConfig};
-use crate::sentinel::arbiter;
 use crate::sentinel::client::{peer_text, resolve, role, MasterReport, Role, Sentinel, Timeouts};
+use crate::sentinel::{arbiter, decide};
 
 /// Checks every route; returns the report and whether every route has a verified master.
 pub async fn check(config: &Config) -> (String, bool) {
@@ -27,10 +27,11 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
         "route {}: listen {}, sentinel master name {:?}",
         route.name, route.listen, name
     );
-    let mut reports: Vec<MasterReport> = Vec::new();
+    let mut reports: Vec<(usize, MasterReport)> = Vec::new();
+    let mut sentinels: Vec<Sentinel> = Vec::new();
     let mut topology_shown = false;
     let n = route.sentinel.addresses.len();
-    for addr in &route.sentinel.addresses {
+    for (i, addr) in route.sentinel.addresses.iter().enumerate() {
         let mut s = Sentinel::new(addr, &route.sentinel.access, timeouts);
         match s.master(name).await {
             Ok(r) => {
@@ -59,7 +60,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
                         }
                     }
                 }
-                reports.push(r);
+                reports.push((i, r));
             }
             Err(e) => {
                 let _ = writeln!(
@@ -69,6 +70,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
                 );
             }
         }
+        sentinels.push(s);
     }
     let _ = writeln!(out, "  sentinels reachable: {}/{}", reports.len(), n);
     if reports.len() <= n / 2 {
@@ -77,18 +79,65 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             "  warning: no majority of the configured sentinels answered; their view may be stale"
         );
     }
-    let ranked = arbiter::rank(&reports, None);
-    for other in ranked.iter().skip(1) {
+    // The proxy's own rules decide (sentinel::decide), so `check` approves exactly what the
+    // proxy would route to.
+    let failing_over: Vec<String> = reports
+        .iter()
+        .filter(|(_, r)| r.failover_in_progress())
+        .map(|(_, r)| r.announced())
+        .collect();
+    let disqualified = |a: &str| failing_over.iter().any(|f| f == a);
+    let mut members: Option<Vec<Vec<String>>> = None;
+    let decision = loop {
+        let view = decide::View {
+            configured: n,
+            reports: &reports,
+            current: None,
+            members: members.as_deref(),
+        };
+        let d = decide::choose(&view, &disqualified);
+        if d.choice == decide::Choice::NeedMembers && members.is_none() {
+            let mut lists = Vec::new();
+            for (i, _) in &reports {
+                let listed = sentinels[*i]
+                    .replicas(name)
+                    .await
+                    .map(|r| r.into_iter().map(|(a, _)| a).collect())
+                    .unwrap_or_default();
+                lists.push(listed);
+            }
+            members = Some(lists);
+            continue;
+        }
+        break d;
+    };
+    let all = reports.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>();
+    let candidates = match decision.choice {
+        decide::Choice::Move(c) => c,
+        _ => Vec::new(),
+    };
+    for other in arbiter::rank(&all, None) {
+        if candidates
+            .iter()
+            .any(|c| c.announced() == other.announced())
+        {
+            continue;
+        }
         let _ = writeln!(
             out,
-            "  also named: {} by {}/{} sentinels at config-epoch {} (lower rank, not a candidate)",
+            "  also named: {} by {}/{} sentinels at config-epoch {} (not a candidate: {})",
             other.announced(),
             other.votes,
             n,
-            other.config_epoch
+            other.config_epoch,
+            if disqualified(&other.announced()) {
+                "a failover of it is in progress"
+            } else {
+                "neither a majority nor, at a higher config-epoch, a replica the majority knows"
+            }
         );
     }
-    if let Some(top) = ranked.first() {
+    for top in &candidates {
         let announced = top.announced();
         match resolve(&top.host, top.port, timeouts.timeout).await {
             Err(e) => {

@@ -5,6 +5,7 @@
 
 pub mod arbiter;
 pub mod client;
+pub mod decide;
 pub mod evidence;
 
 use std::collections::HashMap;
@@ -177,6 +178,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         claims: evidence::Claims::default(),
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
+        stale: vec![false; n],
         switch_log: Throttle::new(SWITCH_LOG_EVERY),
     };
     w.run(rx, hints, shutdown).await;
@@ -212,6 +214,8 @@ struct Watcher {
     failover_timeout: Duration,
     /// Per sentinel: its report was set aside last round (config-epoch too far ahead).
     set_aside: Vec<bool>,
+    /// Per sentinel: its report was stale last round (older than the verified master's).
+    stale: Vec<bool>,
     /// Limits the "+switch-master received" lines of events that change nothing.
     switch_log: Throttle,
 }
@@ -417,14 +421,9 @@ impl Watcher {
     /// `failover_in_progress`), within the group's failover-timeout. A sentinel whose own poll
     /// contradicts the event it sent loses its events' power to fence for that long, so
     /// repeated false events cannot cut sessions again and again.
-    fn quarantined(
-        &mut self,
-        announced: &str,
-        reports: &[MasterReport],
-        reporters: &[usize],
-    ) -> bool {
+    fn update_quarantine(&mut self, reports: &[MasterReport], reporters: &[usize]) {
         let Some(q) = &self.quarantine else {
-            return false;
+            return;
         };
         let newer = reports.iter().any(|r| r.config_epoch > q.config_epoch);
         let abandoned = q.sentinel.is_some_and(|s| {
@@ -445,9 +444,35 @@ impl Watcher {
                 self.gate.distrust(s, now + self.failover_timeout);
             }
             self.quarantine = None;
-            return false;
         }
-        q.announced == announced
+    }
+
+    /// Whether `announced` is quarantined now (see [`Watcher::update_quarantine`]).
+    fn quarantined(&self, announced: &str) -> bool {
+        self.quarantine
+            .as_ref()
+            .is_some_and(|q| q.announced == announced)
+    }
+
+    /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
+    /// once; a sentinel that fails to answer lists nothing.
+    async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
+        let name = self.route.config.master_name.clone();
+        let asks = self
+            .sentinels
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| reporters.contains(i))
+            .map(|(_, s)| {
+                let name = name.clone();
+                async move {
+                    s.replicas(&name)
+                        .await
+                        .map(|r| r.into_iter().map(|(a, _)| a).collect())
+                        .unwrap_or_default()
+                }
+            });
+        futures_util::future::join_all(asks).await
     }
 
     /// Ends the current epoch and reports, in the background, when its last session closed.
@@ -575,19 +600,10 @@ impl Watcher {
         }
 
         let current = self.route.current();
-        let ranked = arbiter::rank(&reports, current.as_ref().map(|c| c.announced.as_str()));
-        // Only the winner is a candidate: falling back to a runner-up (often the old master,
-        // still answering ROLE master) would re-route to a node the newest config has left.
-        let Some(top) = ranked.into_iter().next() else {
-            return self.poll_interval;
-        };
-        // A sentinel that is failing over an address may promote a replica at any moment:
-        // writes to that address from then on can be lost, so it is not routed to.
+        // A sentinel that is failing over the master may promote a replica at any moment:
+        // writes to it from then on can be lost, so it is fenced first.
         if let Some(cur) = &current {
-            // The newest config has moved on: fence before anything else.
-            if top.announced() != cur.announced {
-                self.fence(FenceReason::SentinelsNameOther, Instant::now());
-            } else if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
+            if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
                 self.fence_for_failover(
                     FenceReason::FailoverStarted,
                     Instant::now(),
@@ -597,45 +613,116 @@ impl Watcher {
                 return self.fast_retry();
             }
         }
-        if failing_over.iter().any(|(_, a)| *a == top.announced()) {
-            return self.fast_retry();
-        }
-        if self.quarantined(&top.announced(), &reports, &reporters) {
-            return self.fast_retry();
-        }
-        if let Some(cur) = self.route.current() {
-            // A master announced by name may move to another address under the same name
-            // (a rescheduled pod): look the name up again and treat a new address as a new
-            // master.
-            let moved = top.host.parse::<std::net::IpAddr>().is_err()
-                && client::resolve(&top.host, top.port, self.timeouts.timeout)
-                    .await
-                    .is_ok_and(|a| a != cur.addr);
-            if moved {
+        self.update_quarantine(&reports, &reporters);
+        let view_reports: Vec<(usize, MasterReport)> = reporters
+            .iter()
+            .copied()
+            .zip(reports.iter().cloned())
+            .collect();
+        let mut members: Option<Vec<Vec<String>>> = None;
+        let decision = loop {
+            let view = decide::View {
+                configured: self.sentinels.len(),
+                reports: &view_reports,
+                current: current
+                    .as_ref()
+                    .map(|c| (c.announced.as_str(), c.config_epoch)),
+                members: members.as_deref(),
+            };
+            let disqualified =
+                |a: &str| failing_over.iter().any(|(_, f)| f == a) || self.quarantined(a);
+            let d = decide::choose(&view, &disqualified);
+            if d.choice == decide::Choice::NeedMembers && members.is_none() {
+                members = Some(self.members(&reporters).await);
+                continue;
+            }
+            break d;
+        };
+        self.note_stale(&decision.stale, &view_reports);
+        let candidates = match decision.choice {
+            decide::Choice::Keep | decide::Choice::NeedMembers => {
+                // Nothing acceptable is named (only stale reports, or an address a minority
+                // names alone): keep the current master while ROLE agrees.
+                if let Some(cur) = current {
+                    let checked = Instant::now();
+                    match self.verify(cur.addr, &cur.announced).await {
+                        Some(Role::Master) => cur.confirm(checked),
+                        Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
+                        None => {}
+                    }
+                }
+                return self.poll_interval;
+            }
+            decide::Choice::Current => {
+                let Some(cur) = current else {
+                    return self.poll_interval;
+                };
+                // A master announced by name may move to another address under the same name
+                // (a rescheduled pod): look the name up again and treat a new address as a
+                // new master.
+                let moved = cur.announced.rsplit_once(':').is_some_and(|(h, _)| {
+                    h.trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                }) && {
+                    let (host, port) = crate::config::parse_host_port(&cur.announced)
+                        .unwrap_or_else(|_| (String::new(), 0));
+                    client::resolve(&host, port, self.timeouts.timeout)
+                        .await
+                        .is_ok_and(|a| a != cur.addr)
+                };
+                if !moved {
+                    let checked = Instant::now();
+                    return match self.verify(cur.addr, &cur.announced).await {
+                        Some(Role::Master) => {
+                            cur.confirm(checked);
+                            self.poll_interval
+                        }
+                        None => self.poll_interval,
+                        Some(_) => {
+                            self.fence(FenceReason::RoleReplica, Instant::now());
+                            self.fast_retry()
+                        }
+                    };
+                }
                 info!(route = self.route.name(), master.announced = %cur.announced, master.addr = %cur.addr, "the master's name resolves to another address now");
                 self.fence(FenceReason::SentinelsNameOther, Instant::now());
-            } else if top.announced() == cur.announced {
-                let checked = Instant::now();
-                return match self.verify(cur.addr, &cur.announced).await {
-                    Some(Role::Master) => {
-                        cur.confirm(checked);
-                        self.poll_interval
-                    }
-                    None => self.poll_interval,
-                    Some(_) => {
-                        self.fence(FenceReason::RoleReplica, Instant::now());
-                        self.fast_retry()
-                    }
-                };
+                let (host, port) = crate::config::parse_host_port(&cur.announced)
+                    .unwrap_or_else(|_| (String::new(), 0));
+                vec![arbiter::Candidate {
+                    host,
+                    port,
+                    config_epoch: cur.config_epoch,
+                    votes: 0,
+                }]
+            }
+            decide::Choice::Move(candidates) => {
+                // The newest acceptable config has moved on: fence before anything else.
+                if current.is_some() {
+                    self.fence(FenceReason::SentinelsNameOther, Instant::now());
+                }
+                candidates
+            }
+        };
+        // The first candidate that resolves and passes ROLE is installed; a disqualified one
+        // gives way to the next in the same round.
+        for top in candidates {
+            if self.try_install(&top, reports.len()).await {
+                return self.poll_interval;
             }
         }
+        self.fast_retry()
+    }
 
+    /// Resolves `top`, checks its ROLE and installs it as the new master if it says master.
+    async fn try_install(&mut self, top: &arbiter::Candidate, reachable: usize) -> bool {
+        let route = self.route.name().to_string();
         let announced = top.announced();
         let Some(addr) = self.resolve(&top.host, top.port).await else {
-            return self.fast_retry();
+            return false;
         };
         if self.verify(addr, &announced).await != Some(Role::Master) {
-            return self.fast_retry();
+            return false;
         }
         let previous = self.previous.replace(addr);
         let master = self.route.install(addr, announced, top.config_epoch);
@@ -651,11 +738,30 @@ impl Watcher {
             epoch = master.epoch,
             config_epoch = top.config_epoch,
             votes = top.votes,
-            reachable = reports.len(),
+            reachable,
             no_master_ms = ?no_master_ms,
             "master verified; routing"
         );
-        self.poll_interval
+        true
+    }
+
+    /// Logs, once per episode, each sentinel whose report is older than the verified master.
+    fn note_stale(&mut self, stale: &[usize], reports: &[(usize, MasterReport)]) {
+        for (i, r) in reports {
+            let is_stale = stale.contains(i);
+            if is_stale && !self.stale[*i] {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "stale sentinel: it reports an older config-epoch than the verified master's; ignoring its report until it catches up");
+            }
+            if is_stale {
+                let note = format!(
+                    "stale: config-epoch {} is older than the verified master's; ignored",
+                    r.config_epoch
+                );
+                self.route
+                    .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
+            }
+            self.stale[*i] = is_stale;
+        }
     }
 
     /// Sets aside reports whose config-epoch leads every other view by more than

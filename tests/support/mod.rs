@@ -198,6 +198,8 @@ pub struct Sentinel {
     pub port: u16,
     pub host: Host,
     conf: PathBuf,
+    /// The config it started from (a sentinel rewrites its file as it learns).
+    pristine: String,
     child: Option<Child>,
 }
 
@@ -230,23 +232,21 @@ impl Sentinel {
         let dir = dir.join(format!("sentinel-{port}"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
         let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind {bind}\nprotected-mode no\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
-                 {hostnames}sentinel monitor {MASTER_NAME} {host} {master_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
-                 sentinel failover-timeout {MASTER_NAME} 6000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 2\n",
-                dir = dir.display(),
-                bind = on.bind(),
-            ),
-        )
-        .expect("sentinel conf");
+        let pristine = format!(
+            "port {port}\nbind {bind}\nprotected-mode no\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+             {hostnames}sentinel monitor {MASTER_NAME} {host} {master_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n\
+             sentinel failover-timeout {MASTER_NAME} 6000\n\
+             sentinel parallel-syncs {MASTER_NAME} 2\n",
+            dir = dir.display(),
+            bind = on.bind(),
+        );
+        std::fs::write(&conf, &pristine).expect("sentinel conf");
         let mut s = Sentinel {
             port,
             host: on.clone(),
             conf,
+            pristine,
             child: None,
         };
         s.spawn();
@@ -280,6 +280,14 @@ impl Sentinel {
 
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Restarts it from the config it first started with, forgetting every failover since
+    /// (what a config map without a volume gives).
+    pub fn restart_pristine(&mut self) {
+        self.kill();
+        std::fs::write(&self.conf, &self.pristine).expect("sentinel conf");
         self.spawn();
     }
 

@@ -1,0 +1,383 @@
+//! The trust rules, as one pure function of what the sentinels said ([`choose`]): which address
+//! a route may move to, which reports are stale, and when the group's replica lists are needed
+//! to judge. The watcher (I/O, `ROLE`, metrics, logs) and `check` both call it, so they agree.
+//!
+//! Rules (one table row each below):
+//! - a report at a lower config-epoch than the verified master's is stale: it neither fences
+//!   nor is installed;
+//! - an address is acceptable if a majority of the configured sentinels name it, or if it is
+//!   named at a config-epoch above every other view and a majority of the configured sentinels
+//!   either name it or list it as a replica of this group (`SENTINEL REPLICAS`): one sentinel
+//!   alone, or sentinels of another group monitoring a master under the same name, cannot move
+//!   the route;
+//! - among acceptable addresses the highest config-epoch wins, then votes, then the current
+//!   master, then the address; a disqualified winner (a failover in progress, quarantined) gives
+//!   way to the next acceptable address at the same config-epoch, never to an older one.
+
+use super::arbiter::{rank, Candidate};
+use super::client::MasterReport;
+
+/// What one round saw.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// Sentinels configured for the route (the majority is of these, not of those reachable).
+    pub configured: usize,
+    /// Each answering sentinel's index and report.
+    pub reports: &'a [(usize, MasterReport)],
+    /// The verified master: its announced address and the config-epoch it was verified at.
+    pub current: Option<(&'a str, u64)>,
+    /// Per answering sentinel, the replicas it lists for the group, once asked for (see
+    /// [`Choice::NeedMembers`]).
+    pub members: Option<&'a [Vec<String>]>,
+}
+
+/// What the route should do, before any `ROLE` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// No acceptable address is named: keep the current master (re-checked by `ROLE`) if
+    /// there is one, else keep holding.
+    Keep,
+    /// An address is named at a higher config-epoch by fewer than a majority: ask the
+    /// sentinels for the group's replicas and decide again.
+    NeedMembers,
+    /// The acceptable winner is the current master.
+    Current,
+    /// Move: fence the current master (if any), then try these in order; the first that
+    /// passes `ROLE` is installed. Empty when every acceptable address is disqualified now.
+    Move(Vec<Candidate>),
+}
+
+/// A decision and what it set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Sentinels whose report was older than the verified master's config-epoch.
+    pub stale: Vec<usize>,
+    /// What to do.
+    pub choice: Choice,
+}
+
+/// Applies the rules to one round's `view`; `disqualified(announced)` says whether an address
+/// may not be routed to now (a failover of it in progress, quarantined).
+pub fn choose(view: &View, disqualified: &dyn Fn(&str) -> bool) -> Decision {
+    let floor = view.current.map_or(0, |(_, e)| e);
+    let stale: Vec<usize> = view
+        .reports
+        .iter()
+        .filter(|(_, r)| r.config_epoch < floor)
+        .map(|(i, _)| *i)
+        .collect();
+    let reports: Vec<MasterReport> = view
+        .reports
+        .iter()
+        .filter(|(_, r)| r.config_epoch >= floor)
+        .map(|(_, r)| r.clone())
+        .collect();
+    let current = view.current.map(|(a, _)| a);
+    let ranked = rank(&reports, current);
+    let majority = |n: usize| n * 2 > view.configured;
+
+    let mut acceptable: Vec<Candidate> = Vec::new();
+    for c in ranked {
+        let announced = c.announced();
+        let is_current = current == Some(announced.as_str());
+        let others_top = reports
+            .iter()
+            .filter(|r| r.announced() != announced)
+            .map(|r| r.config_epoch)
+            .chain(view.current.map(|(_, e)| e))
+            .max();
+        let ahead = others_top.is_none_or(|o| c.config_epoch > o);
+        let ok = if majority(c.votes) || is_current {
+            true
+        } else if ahead {
+            match view.members {
+                None => {
+                    return Decision {
+                        stale,
+                        choice: Choice::NeedMembers,
+                    }
+                }
+                Some(members) => {
+                    let listing = members.iter().filter(|m| m.contains(&announced)).count();
+                    majority(c.votes + listing)
+                }
+            }
+        } else {
+            false
+        };
+        if ok {
+            acceptable.push(c);
+        }
+    }
+    let Some(winner) = acceptable.first() else {
+        return Decision {
+            stale,
+            choice: Choice::Keep,
+        };
+    };
+    if current == Some(winner.announced().as_str()) {
+        return Decision {
+            stale,
+            choice: Choice::Current,
+        };
+    }
+    let epoch = winner.config_epoch;
+    let tries: Vec<Candidate> = acceptable
+        .into_iter()
+        .filter(|c| c.config_epoch == epoch && !disqualified(&c.announced()))
+        .collect();
+    let choice = match tries.first() {
+        Some(first) if current == Some(first.announced().as_str()) => Choice::Current,
+        _ => Choice::Move(tries),
+    };
+    Decision { stale, choice }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(addr: &str, epoch: u64) -> MasterReport {
+        let (host, port) = addr.split_once(':').unwrap();
+        MasterReport {
+            host: host.into(),
+            port: port.parse().unwrap(),
+            config_epoch: epoch,
+            flags: "master".into(),
+            other_sentinels: 2,
+            replicas: 2,
+            quorum: 2,
+            failover_timeout: None,
+        }
+    }
+
+    fn moves(d: &Decision) -> Vec<String> {
+        match &d.choice {
+            Choice::Move(c) => c.iter().map(Candidate::announced).collect(),
+            other => vec![format!("{other:?}")],
+        }
+    }
+
+    struct Row {
+        name: &'static str,
+        configured: usize,
+        reports: Vec<(usize, MasterReport)>,
+        current: Option<(&'static str, u64)>,
+        members: Option<Vec<Vec<String>>>,
+        disqualified: &'static [&'static str],
+        want: Vec<&'static str>,
+        stale: Vec<usize>,
+    }
+
+    fn row(name: &'static str, configured: usize, reports: Vec<(usize, MasterReport)>) -> Row {
+        Row {
+            name,
+            configured,
+            reports,
+            current: None,
+            members: None,
+            disqualified: &[],
+            want: vec![],
+            stale: vec![],
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let a = "10.0.0.1:6379";
+        let b = "10.0.0.2:6379";
+        let c = "10.0.0.3:6379";
+        let foreign = "10.9.0.1:6379";
+        let replicas = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let rows = vec![
+            Row {
+                want: vec!["Current"],
+                current: Some((a, 0)),
+                ..row(
+                    "all agree on the current master",
+                    3,
+                    vec![(0, rep(a, 0)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec![a],
+                ..row(
+                    "start: the majority's master",
+                    3,
+                    vec![(0, rep(a, 0)), (1, rep(a, 0)), (2, rep(b, 0))],
+                )
+            },
+            Row {
+                want: vec!["NeedMembers"],
+                ..row(
+                    "start: one of three names an address alone: ask",
+                    3,
+                    vec![(0, rep(b, 0))],
+                )
+            },
+            Row {
+                want: vec!["Keep"],
+                members: Some(vec![replicas(&[a, c])]),
+                ..row(
+                    "start: one of three names an address alone",
+                    3,
+                    vec![(0, rep(b, 0))],
+                )
+            },
+            Row {
+                want: vec![a],
+                ..row(
+                    "one configured sentinel is the majority",
+                    1,
+                    vec![(0, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["NeedMembers"],
+                current: Some((a, 0)),
+                ..row(
+                    "a failover's leader alone at a higher epoch: ask for the replicas",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec![b],
+                current: Some((a, 0)),
+                members: Some(vec![
+                    replicas(&[a, c]),
+                    replicas(&[b, c]),
+                    replicas(&[b, c]),
+                ]),
+                ..row(
+                    "the leader's new master is a replica the others know: move",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((a, 0)),
+                members: Some(vec![
+                    replicas(&[b, c]),
+                    replicas(&[b, c]),
+                    replicas(&[b, c]),
+                    replicas(&["10.9.0.2:6379"]),
+                ]),
+                ..row(
+                    "another group's sentinel at a higher epoch: ignored",
+                    4,
+                    vec![
+                        (0, rep(a, 0)),
+                        (1, rep(a, 0)),
+                        (2, rep(a, 0)),
+                        (3, rep(foreign, 1)),
+                    ],
+                )
+            },
+            Row {
+                want: vec!["Keep"],
+                current: Some((a, 0)),
+                members: Some(vec![replicas(&[b, c])]),
+                ..row(
+                    "one reachable sentinel of three names an unknown address higher",
+                    3,
+                    vec![(0, rep(foreign, 1))],
+                )
+            },
+            Row {
+                want: vec!["Keep"],
+                current: Some((b, 1)),
+                stale: vec![0],
+                ..row(
+                    "a pristine sentinel names the old master at epoch 0: stale",
+                    3,
+                    vec![(0, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((b, 1)),
+                stale: vec![2],
+                ..row(
+                    "stale report beside fresh ones",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(b, 1)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec![b],
+                current: Some((a, 0)),
+                ..row(
+                    "the majority moved on",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(b, 1)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec![b, c],
+                current: Some((c, 2)),
+                ..row(
+                    "more sentinels within one epoch",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(c, 2)),
+                        (4, rep(c, 2)),
+                    ],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((c, 2)),
+                disqualified: &["10.0.0.2:6379"],
+                ..row(
+                    "a disqualified winner gives way to the next at its epoch",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(c, 2)),
+                        (4, rep(c, 2)),
+                    ],
+                )
+            },
+            Row {
+                want: vec![],
+                current: Some((a, 0)),
+                disqualified: &["10.0.0.2:6379"],
+                members: Some(vec![replicas(&[b]), replicas(&[b]), replicas(&[b])]),
+                ..row(
+                    "never to an older epoch: wait",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((a, 3)),
+                ..row(
+                    "tie at one epoch keeps the current master",
+                    2,
+                    vec![(0, rep(a, 3)), (1, rep(b, 3))],
+                )
+            },
+        ];
+        for r in rows {
+            let members = r.members.clone();
+            let view = View {
+                configured: r.configured,
+                reports: &r.reports,
+                current: r.current,
+                members: members.as_deref(),
+            };
+            let dq = r.disqualified;
+            let d = choose(&view, &|a: &str| dq.contains(&a));
+            assert_eq!(moves(&d), r.want, "{}", r.name);
+            assert_eq!(d.stale, r.stale, "{}", r.name);
+        }
+    }
+}
