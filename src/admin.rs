@@ -326,6 +326,13 @@ async fn readyz(State(s): State<AdminState>) -> Response {
                     ""
                 }
             ));
+        } else if let Some(m) = r.current().filter(|m| !m.is_trusted()) {
+            // New clients are being held: say so, whatever the sentinels still say.
+            problems.push(format!(
+                "route {}: master {} is not answering (refused since its last ROLE check); holding new clients",
+                r.name(),
+                m.addr
+            ));
         } else if blind {
             notes.push(format!(
                 "route {}: no sentinel reachable, serving the last verified master",
@@ -411,10 +418,10 @@ async fn status(State(s): State<AdminState>) -> Response {
                 name: r.name().to_string(),
                 master_name: r.config.master_name.clone(),
                 listen: r.config.listen.to_string(),
-                state: if master.is_some() {
-                    "routing"
-                } else {
-                    "holding"
+                state: match r.current() {
+                    Some(m) if m.is_trusted() => "routing",
+                    Some(_) => "untrusted",
+                    None => "holding",
                 },
                 master,
                 clients_open: r.open_clients(),

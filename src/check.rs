@@ -143,7 +143,10 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             Err(e) => {
                 let _ = writeln!(out, "  candidate {announced}: rejected: {e}");
             }
-            Ok(addr) => match role(addr, &top.host, &route.node, timeouts).await {
+            Ok(addr) => match role(addr, &top.host, &route.node, timeouts)
+                .await
+                .map(|(r, _)| r)
+            {
                 Ok(Role::Master) => {
                     let _ = writeln!(
                         out,

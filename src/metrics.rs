@@ -144,6 +144,8 @@ pub enum FenceReason {
     /// Fewer than a majority of the sentinels answered for `minority_grace`, with
     /// `on_minority = "fence"`.
     NoMajority,
+    /// The master's replication offset went backwards: the process restarted.
+    MasterRestarted,
 }
 
 impl FenceReason {
@@ -155,6 +157,7 @@ impl FenceReason {
             FenceReason::RoleReplica => "role_replica",
             FenceReason::FailoverStarted => "failover_started",
             FenceReason::NoMajority => "no_sentinel_majority",
+            FenceReason::MasterRestarted => "master_restarted",
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Master {
     token: CancellationToken,
     sessions: TaskTracker,
     health: watch::Sender<Health>,
+    /// `master_verified` of the route: 0 while this master is not trusted.
+    verified: Gauge,
 }
 
 /// What is known about a master's process since it was verified: a refused connect means it may
@@ -81,12 +83,22 @@ impl Master {
             }
             newer
         });
+        self.show_trust();
     }
 
-    /// Records a failed connect: new connects wait for the next confirmation.
+    /// Records a failure of the master itself (a refused connect, a refused `ROLE` check): new
+    /// connects wait for the next confirmation, and the route reports it as not verified.
     pub fn connect_failed(&self, at: Instant) {
         self.health
             .send_modify(|h| h.failed = Some(h.failed.map_or(at, |f| f.max(at))));
+        self.show_trust();
+    }
+
+    /// `master_verified` follows trust while this epoch lasts (a fence sets it to 0 itself).
+    fn show_trust(&self) {
+        if !self.token.is_cancelled() {
+            self.verified.set(if self.is_trusted() { 1.0 } else { 0.0 });
+        }
     }
 
     /// Whether no connect failed since the last confirmation.
@@ -165,7 +177,14 @@ pub struct Route {
     held_clients: AtomicUsize,
     last_fence: Mutex<Option<FenceRecord>>,
     node_error: Mutex<Option<String>>,
+    /// Connects to the master in flight at once (see [`MAX_CONNECTING`]).
+    pub connecting: tokio::sync::Semaphore,
 }
+
+/// Connects to the master a route has in flight at once: enough to keep a reconnect storm
+/// moving, few enough that it does not overflow a master's listen queue (Redis's default
+/// `tcp-backlog` is 511).
+pub const MAX_CONNECTING: usize = 256;
 
 /// The route's most recent fence, for /status.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -227,6 +246,7 @@ impl Route {
             held_clients: AtomicUsize::new(0),
             last_fence: Mutex::new(None),
             node_error: Mutex::new(None),
+            connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
         })
     }
 
@@ -288,6 +308,7 @@ impl Route {
                 confirmed: Instant::now(),
                 failed: None,
             }),
+            verified: gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()),
         });
         let old = self.master.swap(Some(master.clone()));
         if let Some(old) = old {

@@ -111,8 +111,11 @@ impl Prober {
     }
 }
 
+/// The master restarts (no persistence) faster than the sentinels' down-after: they never fail
+/// over. The proxy holds clients while it is down, sees its replication offset went backwards,
+/// and treats it as a new master: one fence (`master_restarted`), a new epoch, same address.
 #[test]
-fn master_rebooting_fast_as_a_master_is_not_fenced() {
+fn master_rebooting_fast_is_verified_again_as_a_new_master() {
     let opts = ProxyOpts {
         hold_timeout: "20s",
         ..Default::default()
@@ -165,16 +168,25 @@ fn master_rebooting_fast_as_a_master_is_not_fenced() {
         .filter(|(_, r)| !matches!(r, Ok((p, role)) if *p == master && role == "master"))
         .collect();
     assert!(bad.is_empty(), "probes after the kill failed: {bad:?}");
-    assert_eq!(fences(&proxy), 0.0, "a fast reboot is not a failover");
+    assert_eq!(fences(&proxy), 1.0, "one fence for the restart");
     assert_eq!(
-        metric_or_zero(&proxy, "redis_failover_proxy_master_switches_total", &[]),
+        metric_or_zero(
+            &proxy,
+            "redis_failover_proxy_fences_total",
+            &[("reason", "master_restarted")]
+        ),
         1.0
     );
     assert_eq!(
-        proxy.master(),
-        Some((1, format!("127.0.0.1:{master}"))),
-        "epoch changed"
+        metric_or_zero(&proxy, "redis_failover_proxy_master_switches_total", &[]),
+        2.0
     );
+    assert_eq!(
+        proxy.master(),
+        Some((2, format!("127.0.0.1:{master}"))),
+        "not verified again as a new epoch"
+    );
+    assert!(proxy.log().contains("the master restarted"));
     for s in &t.sentinels {
         assert_eq!(s.master_port(), Some(master), "a sentinel failed over");
     }
@@ -183,7 +195,7 @@ fn master_rebooting_fast_as_a_master_is_not_fenced() {
     let kept = c.cmd(&["GET", "before-reboot"]).unwrap();
     eprintln!(
         "fast reboot: master down {down:?}; 5 held clients served {:?} after the restart; \
-         {} probes after the kill all reached the master; fences 0, epoch 1; key before reboot: {kept}",
+         {} probes after the kill all reached the master; one fence (master_restarted), epoch 2; key before reboot: {kept}",
         waits.iter().max().unwrap(),
         after_kill.len(),
     );

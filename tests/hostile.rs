@@ -406,3 +406,30 @@ fn oversized_replies_and_events_are_dropped_not_buffered() {
     assert!(rss < 100 * 1024, "RSS {rss} KiB");
     assert_not_routing(&proxy);
 }
+
+#[test]
+fn a_silent_sentinel_does_not_slow_the_rounds() {
+    let Some((_t, _fake, proxy)) = lab_with_fake(|_| Script {
+        master_reply: None,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    // Rounds every 250 ms once a majority (3 of 4) has answered; waiting for the silent one's
+    // timeout (2 x 500 ms) would make them 1.25 s apart.
+    let start = proxy.metric("redis_failover_proxy_role_checks_total", &[]);
+    let took = proxy.wait_metric(
+        Duration::from_secs(20),
+        "eight more rounds",
+        "redis_failover_proxy_role_checks_total",
+        &[],
+        |v| v >= start + 8.0,
+    );
+    eprintln!("eight rounds beside a silent sentinel in {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let last = proxy.status()["routes"][0]["sentinels"][3]["last_error"].clone();
+    assert!(
+        last.as_str().is_some_and(|e| e.contains("no answer")),
+        "{last}"
+    );
+}

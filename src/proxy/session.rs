@@ -129,24 +129,50 @@ async fn serve(
         if master.fenced().is_cancelled() {
             continue;
         }
+        // Connects in flight are paced: a herd of held clients released at once by an install
+        // must not overflow the new master's listen queue (lost SYNs cost a second each).
+        let pace = match hold(
+            route.connecting.acquire(),
+            client.tcp(),
+            &shutdown,
+            deadline,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(end) => break Err(end),
+        };
         let attempt = tokio::select! {
             biased;
             _ = master.fenced().cancelled() => None,
             r = connect(&master, &route.config) => Some(r),
         };
+        drop(pace);
         match attempt {
             // Fenced while connecting: never use a connection of an ended epoch.
             None => continue,
             Some(Ok(conn)) if !master.fenced().is_cancelled() => break Ok((master, guard, conn)),
             Some(Ok(_)) => continue,
-            Some(Err(ConnectError::Master(e))) => {
+            Some(Err(ConnectError::Master(e))) if refused_by_master(&e) => {
                 counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
                     .increment(1);
-                debug!(master.addr = %master.addr, error = %e, "connect to master failed; holding client");
+                debug!(master.addr = %master.addr, error = %e, "connect to master refused; holding client");
                 // Whatever listens there next may be a restarted node that is no longer the
                 // master: no session connects again before `ROLE` says master once more.
                 master.connect_failed(Instant::now());
                 route.request_recheck();
+            }
+            Some(Err(ConnectError::Master(e))) => {
+                // A timeout or a lost SYN (a reconnect storm overflowing a listen queue) says
+                // nothing about the master: retry this client shortly, distrust nobody.
+                counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
+                    .increment(1);
+                debug!(master.addr = %master.addr, error = %e, "connect to master failed; retrying");
+                held.get_or_insert_with(|| HeldGuard::new(&route));
+                let retry = tokio::time::sleep(LOCAL_RETRY);
+                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
+                    break Err(end);
+                }
             }
             Some(Err(ConnectError::Local(e))) => {
                 // Out of descriptors or the like: nothing to do with the master, so do not
@@ -243,7 +269,21 @@ enum ConnectError {
     Local(io::Error),
 }
 
-/// Pause before retrying after a local error (e.g. EMFILE).
+/// Whether a failed connect was the master's own answer (its host refused or reset the
+/// connection), as opposed to a timeout the network or a full listen queue may cause.
+fn refused_by_master(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            // A TLS handshake the master failed (its certificate, its alert).
+            | io::ErrorKind::InvalidData
+    )
+}
+
+/// Pause before retrying after a local error (e.g. EMFILE) or a connect timeout.
 const LOCAL_RETRY: Duration = Duration::from_millis(100);
 
 /// Abort rather than close a demoted master's side: a plain close would leave bytes still in

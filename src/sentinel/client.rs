@@ -565,26 +565,48 @@ fn parse_master_report(f: &HashMap<String, String>) -> Result<MasterReport, Stri
 
 /// Resolves a master address the sentinels announce, rejecting the unspecified address.
 pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, String> {
-    let found = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| format!("resolving {host:?} timed out"))?
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .next();
-    match found {
-        Some(a) if a.ip().is_unspecified() => Err(format!("{a} is the unspecified address")),
-        Some(a) => Ok(a),
-        None => Err(format!("{host:?} resolves to no address")),
+    let all = resolve_all(host, port, timeout).await?;
+    pick(&all, None).ok_or_else(|| format!("{host:?} resolves to no usable address"))
+}
+
+/// Every address `host` resolves to, the unspecified address refused.
+pub async fn resolve_all(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, String> {
+    let found: Vec<SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| format!("resolving {host:?} timed out"))?
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+            .collect();
+    if let Some(a) = found.iter().find(|a| a.ip().is_unspecified()) {
+        return Err(format!("{a} is the unspecified address"));
+    }
+    if found.is_empty() {
+        return Err(format!("{host:?} resolves to no address"));
+    }
+    Ok(found)
+}
+
+/// A stable choice among the addresses a name resolves to: `current` while it is still one of
+/// them (round-robin DNS must not move a route), else the lowest.
+pub fn pick(addrs: &[SocketAddr], current: Option<SocketAddr>) -> Option<SocketAddr> {
+    match current {
+        Some(c) if addrs.contains(&c) => Some(c),
+        _ => addrs.iter().min().copied(),
     }
 }
 
 /// Asks the node at `addr` (announced by the sentinels as `host`, the name TLS verifies) for
-/// its `ROLE` on a fresh connection.
+/// its `ROLE` on a fresh connection; a master's answer carries its replication offset.
 pub async fn role(
     addr: SocketAddr,
     host: &str,
     access: &PeerAccess,
     timeouts: Timeouts,
-) -> Result<Role, PeerError> {
+) -> Result<(Role, Option<u64>), PeerError> {
     // Connects to the resolved address, but verifies TLS against the announced host.
     let peer = Peer {
         role: "node",
@@ -608,7 +630,19 @@ pub async fn role(
             e.addr = addr.to_string();
             e
         })?;
-    parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))
+    let role = parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))?;
+    Ok((role, master_offset(&v)))
+}
+
+/// A master's replication offset from its `ROLE` reply (`["master", offset, [...]]`).
+fn master_offset(v: &Value) -> Option<u64> {
+    let Value::Array(items) = v else {
+        return None;
+    };
+    match items.get(1) {
+        Some(Value::Int(i)) => u64::try_from(*i).ok(),
+        _ => None,
+    }
 }
 
 fn parse_role(v: &Value) -> Result<Role, String> {
@@ -686,6 +720,26 @@ mod tests {
         assert!(mk("h", "1", "-1").is_err());
         assert!(pairs(&Value::Array(vec![bulk("odd")])).is_none());
         assert!(pairs(&Value::Int(1)).is_none());
+    }
+
+    #[test]
+    fn stable_pick_among_addresses() {
+        let a: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        assert_eq!(pick(&[a, b], None), Some(b));
+        assert_eq!(pick(&[b, a], None), Some(b));
+        assert_eq!(pick(&[a, b], Some(a)), Some(a));
+        assert_eq!(pick(&[b], Some(a)), Some(b));
+        assert_eq!(pick(&[], None), None);
+    }
+
+    #[test]
+    fn master_offsets() {
+        let v = Value::Array(vec![bulk("master"), Value::Int(1234), Value::Array(vec![])]);
+        assert_eq!(master_offset(&v), Some(1234));
+        assert_eq!(master_offset(&Value::Array(vec![bulk("master")])), None);
+        let v = Value::Array(vec![bulk("master"), Value::Int(-1)]);
+        assert_eq!(master_offset(&v), None);
     }
 
     #[test]

@@ -34,6 +34,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Rounds started early (by events) are at least this far apart: a flood of events, honest or
 /// not, cannot turn into a flood of queries to every sentinel.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+/// How long a round waits for the remaining sentinels once a majority has answered.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
 /// At most one "+switch-master received" line for events that change nothing, this often.
 const SWITCH_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Failover events that arrive during a round without fencing anything are kept for the log
@@ -179,6 +181,8 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
         stale: vec![false; n],
+        offset: None,
+        last_top_epoch: 0,
         switch_log: Throttle::new(SWITCH_LOG_EVERY),
     };
     w.run(rx, hints, shutdown).await;
@@ -216,6 +220,10 @@ struct Watcher {
     set_aside: Vec<bool>,
     /// Per sentinel: its report was stale last round (older than the verified master's).
     stale: Vec<bool>,
+    /// The current master's epoch and replication offset at its last ROLE check.
+    offset: Option<(u64, u64)>,
+    /// The highest config-epoch of the last round's reports.
+    last_top_epoch: u64,
     /// Limits the "+switch-master received" lines of events that change nothing.
     switch_log: Throttle,
 }
@@ -287,16 +295,17 @@ impl Watcher {
                 self.on_event(ev);
             }
             let now = Instant::now();
-            let mut next = match wake {
+            // `scheduled`: when the next round is due by the poll interval alone; a round that
+            // starts before it is an early one.
+            let (mut next, scheduled) = match wake {
                 Wake::Stop => return,
                 Wake::Event(ev) => {
                     self.on_event(ev);
-                    early_at(now)
+                    (early_at(now), None)
                 }
-                Wake::Done(d) if hinted => (now + d).min(early_at(now)),
-                Wake::Done(d) => now + d,
+                Wake::Done(d) if hinted => ((now + d).min(early_at(now)), Some(now + d)),
+                Wake::Done(d) => (now + d, Some(now + d)),
             };
-            let scheduled = next;
             let (route, soon) = (self.route.clone(), self.fast_retry());
             // A session could not connect to the master: look again soon, not at once, so a
             // stream of refused clients cannot make the watcher spin.
@@ -314,7 +323,9 @@ impl Watcher {
                         next = next.min(early_at(Instant::now()));
                     }
                     _ = hints.notified() => next = next.min(early_at(Instant::now())),
-                    _ = tokio::time::sleep_until(next.into()) => break next < scheduled,
+                    _ = tokio::time::sleep_until(next.into()) => {
+                        break scheduled.is_none_or(|s| next < s)
+                    }
                     _ = &mut recheck => break true,
                 }
             };
@@ -363,6 +374,8 @@ impl Watcher {
                 }
                 if fences {
                     self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel), true);
+                } else {
+                    self.remember(&master, sentinel);
                 }
                 return;
             }
@@ -391,7 +404,26 @@ impl Watcher {
         }
         if fences {
             self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
+        } else {
+            self.remember(&old, sentinel);
         }
+    }
+
+    /// Remembers failover evidence naming `announced` while no master is installed: it is
+    /// quarantined as if it had been fenced, so no round installs it until the failover
+    /// completes or is given up.
+    fn remember(&mut self, announced: &str, sentinel: usize) {
+        if self.route.current().is_some() || self.quarantine.is_some() {
+            return;
+        }
+        info!(route = self.route.name(), master.announced = %peer_text(announced), sentinel = %self.sentinels[sentinel].addr, "failover evidence while no master is installed; not routing to that address until the failover ends");
+        self.quarantine = Some(Quarantine {
+            announced: announced.to_string(),
+            config_epoch: self.last_top_epoch,
+            sentinel: Some(sentinel),
+            by_event: true,
+            until: Instant::now() + self.failover_timeout,
+        });
     }
 
     /// Fences the current master because a failover away from it is under way, and keeps it
@@ -513,28 +545,71 @@ impl Watcher {
             .iter()
             .map(|r| r.is_none_or(|t| t <= now))
             .collect();
-        let queries = self.sentinels.iter_mut().zip(&due).map(|(s, due)| {
-            let name = name.clone();
-            async move {
-                if *due {
-                    Some(s.master(&name).await)
-                } else {
-                    None
+        let majority = self.sentinels.len() / 2 + 1;
+        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> = Vec::new();
+        {
+            let mut queries: futures_util::stream::FuturesUnordered<_> = self
+                .sentinels
+                .iter_mut()
+                .enumerate()
+                .zip(&due)
+                .filter(|(_, due)| **due)
+                .map(|((i, s), _)| {
+                    let name = name.clone();
+                    async move { (i, s.master(&name).await) }
+                })
+                .collect();
+            // Decide as soon as a majority has answered, after a short grace for the rest: one
+            // slow sentinel must not delay every round (its query is dropped, its connection
+            // kept; it is simply not heard this round).
+            // The grace is as long again as the majority took (at least STRAGGLER_GRACE), so
+            // a sentinel a little farther away than the others is still heard.
+            let started = tokio::time::Instant::now();
+            let grace = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(grace);
+            let mut answered = 0;
+            let mut waiting_grace = false;
+            loop {
+                tokio::select! {
+                    r = queries.next() => match r {
+                        Some((i, res)) => {
+                            answered += usize::from(res.is_ok());
+                            results.push((i, res));
+                            if answered >= majority && !waiting_grace {
+                                waiting_grace = true;
+                                let took = started.elapsed();
+                                grace
+                                    .as_mut()
+                                    .reset(started + took + took.max(STRAGGLER_GRACE));
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = &mut grace, if waiting_grace => break,
                 }
             }
-        });
-        let results = futures_util::future::join_all(queries).await;
+        }
+        results.sort_by_key(|(i, _)| *i);
+        for (i, due) in due.iter().enumerate() {
+            if *due && !results.iter().any(|(j, _)| *j == i) {
+                // Not an error (no backoff, no counter): it was not waited for.
+                self.route.update_sentinel(i, |s| {
+                    s.reachable = false;
+                    s.last_error =
+                        Some("no answer before this round ended (a majority had answered)".into());
+                });
+            }
+        }
         let mut reports: Vec<MasterReport> = Vec::new();
         let mut reporters: Vec<usize> = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
+        for (i, result) in results {
             match result {
-                Some(Ok(r)) => {
+                Ok(r) => {
                     self.record_ok(i, &r);
                     reports.push(r);
                     reporters.push(i);
                 }
-                Some(Err(e)) => self.record_err(i, e),
-                None => {}
+                Err(e) => self.record_err(i, e),
             }
         }
         let route = self.route.name().to_string();
@@ -614,6 +689,7 @@ impl Watcher {
             }
         }
         self.update_quarantine(&reports, &reporters);
+        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
         let view_reports: Vec<(usize, MasterReport)> = reporters
             .iter()
             .copied()
@@ -667,9 +743,9 @@ impl Watcher {
                 }) && {
                     let (host, port) = crate::config::parse_host_port(&cur.announced)
                         .unwrap_or_else(|_| (String::new(), 0));
-                    client::resolve(&host, port, self.timeouts.timeout)
+                    client::resolve_all(&host, port, self.timeouts.timeout)
                         .await
-                        .is_ok_and(|a| a != cur.addr)
+                        .is_ok_and(|all| !all.contains(&cur.addr))
                 };
                 if !moved {
                     let checked = Instant::now();
@@ -743,6 +819,26 @@ impl Watcher {
             "master verified; routing"
         );
         true
+    }
+
+    /// Whether the current master at `addr` restarted since its last check: its replication
+    /// offset went backwards (a restart without persistence starts again from 0). Then it is
+    /// not the process that was verified: its epoch is fenced, and the next round verifies it
+    /// afresh as a new master.
+    fn restarted(&mut self, addr: SocketAddr, offset: u64) -> bool {
+        let Some(cur) = self.route.current().filter(|c| c.addr == addr) else {
+            return false;
+        };
+        let last = self.offset.replace((cur.epoch, offset));
+        match last {
+            Some((epoch, before)) if epoch == cur.epoch && offset < before => {
+                warn!(route = self.route.name(), master.addr = %addr, offset_before = before, offset_now = offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master");
+                self.fence(FenceReason::MasterRestarted, Instant::now());
+                self.offset = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Logs, once per episode, each sentinel whose report is older than the verified master.
@@ -856,6 +952,15 @@ impl Watcher {
         let route = self.route.name().to_string();
         let host = client::announced_host(announced);
         let result = role(addr, host, &self.route.config.node, self.timeouts).await;
+        let result = match result {
+            Ok((Role::Master, Some(offset))) => {
+                if self.restarted(addr, offset) {
+                    return None;
+                }
+                Ok(Role::Master)
+            }
+            other => other.map(|(r, _)| r),
+        };
         let (label, outcome) = match &result {
             Ok(Role::Master) => ("master", "master"),
             Ok(_) => ("replica", "replica"),
@@ -890,6 +995,13 @@ impl Watcher {
                     debug!(route, master.addr = %addr, kind = e.kind.as_str(), error = %e, "ROLE check failed again");
                 }
                 self.route.set_node_error(Some(e.to_string()));
+                // The master itself refused: not trusted until a check answers master again
+                // (readiness and master_verified say so). A timeout may be the network's.
+                if e.kind == SentinelErrorKind::Connect {
+                    if let Some(cur) = self.route.current().filter(|c| c.addr == addr) {
+                        cur.connect_failed(Instant::now());
+                    }
+                }
                 None
             }
         }
