@@ -1,0 +1,1011 @@
+//! The watcher of one route: the only writer of the route's master state. Each round it asks
+//! every sentinel (`SENTINEL MASTER`), lets [`decide`](super::decide) apply the trust rules,
+//! proves the chosen address with `ROLE`, and fences or installs; it acts at once on failover
+//! events from the subscriptions. It does the I/O, metrics and logs; the rules are elsewhere.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use metrics::{counter, gauge, histogram};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::client::{
+    self, join_host_port, peer_text, role, MasterReport, Role, Sentinel, SentinelError, Timeouts,
+};
+use super::subscription::{names, subscribe, Event, EventGate, Throttle, ToWatcher};
+use super::{arbiter, decide, evidence, MAX_BACKOFF};
+use crate::config::MinorityPolicy;
+use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
+use crate::route::{self, Route};
+
+/// Rounds started early (by events) are at least this far apart: a flood of events, honest or
+/// not, cannot turn into a flood of queries to every sentinel.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+/// How long a round waits for the remaining sentinels once a majority has answered.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
+/// At most one "+switch-master received" line for events that change nothing, this often.
+const SWITCH_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Failover events that arrive during a round without fencing anything are kept for the log
+/// up to this many; more are only counted as a re-query hint.
+const MAX_PENDING_EVENTS: usize = 16;
+
+/// Runs the watcher of `route` until `shutdown`.
+pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
+    let cfg = route.config.sentinel.clone();
+    let timeouts = Timeouts {
+        timeout: cfg.timeout,
+    };
+    let sentinels: Vec<Sentinel> = cfg
+        .addresses
+        .iter()
+        .map(|a| Sentinel::new(a, &cfg.access, timeouts))
+        .collect();
+    // Every label value exists from the start, so `increase()` alerts see the first event.
+    let name = route.name().to_string();
+    for s in &sentinels {
+        for kind in SentinelErrorKind::ALL {
+            counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => s.addr.clone(), "kind" => kind.as_str()).increment(0);
+        }
+        for why in ["malformed", "repeat"] {
+            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => s.addr.clone(), "why" => why).increment(0);
+        }
+    }
+    for kind in SentinelErrorKind::NODE {
+        counter!(m::NODE_CHECK_ERRORS, "route" => name.clone(), "kind" => kind.as_str())
+            .increment(0);
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let gate = Arc::new(EventGate::new(sentinels.len()));
+    let hints = Arc::new(Notify::new());
+    for (i, s) in sentinels.iter().enumerate() {
+        let peer = match s.peer() {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                error!(route = route.name(), %e, "cannot subscribe to sentinel");
+                continue;
+            }
+        };
+        tokio::spawn(subscribe(
+            i,
+            s.addr.clone(),
+            peer,
+            route.clone(),
+            ToWatcher {
+                tx: tx.clone(),
+                hints: hints.clone(),
+                gate: gate.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
+    let n = sentinels.len();
+    let mut w = Watcher {
+        route,
+        timeouts,
+        poll_interval: cfg.poll_interval,
+        sentinels,
+        retry_at: vec![None; n],
+        failures: vec![0; n],
+        last_kind: vec![None; n],
+        blind: false,
+        fenced_at: None,
+        previous: None,
+        last_role: HashMap::new(),
+        minority_since: None,
+        quarantine: None,
+        gate,
+        claims: evidence::Claims::default(),
+        failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
+        set_aside: vec![false; n],
+        stale: vec![false; n],
+        offset: None,
+        last_top_epoch: 0,
+        switch_log: Throttle::new(SWITCH_LOG_EVERY),
+    };
+    w.run(rx, hints, shutdown).await;
+}
+
+struct Watcher {
+    route: Arc<Route>,
+    timeouts: Timeouts,
+    poll_interval: Duration,
+    sentinels: Vec<Sentinel>,
+    /// Per sentinel: not asked again before this instant (reconnect backoff).
+    retry_at: Vec<Option<Instant>>,
+    failures: Vec<u32>,
+    /// Per sentinel: the kind of its current run of failures (to log each episode once).
+    last_kind: Vec<Option<SentinelErrorKind>>,
+    /// No sentinel answered the last round.
+    blind: bool,
+    /// When the current fence started (for the failover log line).
+    fenced_at: Option<Instant>,
+    /// The last installed master address (for the failover log line).
+    previous: Option<SocketAddr>,
+    /// The last ROLE outcome per address (to log changes, not repeats).
+    last_role: HashMap<SocketAddr, &'static str>,
+    /// Since when fewer than a majority of the sentinels answer.
+    minority_since: Option<Instant>,
+    /// A master fenced for a failover, not to be re-installed meanwhile.
+    quarantine: Option<Quarantine>,
+    /// Whose failover events may fence at once (shared with the subscriptions).
+    gate: Arc<EventGate>,
+    /// How long each sentinel has claimed a failover in progress.
+    claims: evidence::Claims,
+    /// The group's failover-timeout, from the latest reports.
+    failover_timeout: Duration,
+    /// Per sentinel: its report was set aside last round (config-epoch too far ahead).
+    set_aside: Vec<bool>,
+    /// Per sentinel: its report was stale last round (older than the verified master's).
+    stale: Vec<bool>,
+    /// The current master's epoch and replication offset at its last ROLE check.
+    offset: Option<(u64, u64)>,
+    /// The highest config-epoch of the last round's reports.
+    last_top_epoch: u64,
+    /// Limits the "+switch-master received" lines of events that change nothing.
+    switch_log: Throttle,
+}
+
+/// See [`Watcher::quarantined`].
+struct Quarantine {
+    announced: String,
+    config_epoch: u64,
+    /// The sentinel whose event or poll showed the failover.
+    sentinel: Option<usize>,
+    /// Whether an event (not a poll) showed it.
+    by_event: bool,
+    until: Instant,
+}
+
+enum Wake {
+    Event(Event),
+    Done(Duration),
+    Stop,
+}
+
+impl Watcher {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Event>,
+        hints: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        // When the last round started ahead of its schedule (for an event or a hint): early
+        // rounds are at least MIN_ROUND_GAP apart, so no flood of events, honest or not,
+        // becomes a flood of queries to every sentinel. A round on schedule does not delay
+        // the first early one.
+        let mut last_early: Option<Instant> = None;
+        let mut early = false;
+        loop {
+            if early {
+                last_early = Some(Instant::now());
+            }
+            let early_at = |now: Instant| last_early.map_or(now, |t| now.max(t + MIN_ROUND_GAP));
+            let mut hinted = false;
+            let mut pending: Vec<Event> = Vec::new();
+            let (route, gate) = (self.route.clone(), self.gate.clone());
+            // A round is abandoned only for an event that fences: what it learned may predate
+            // the switch. Any other event (naming another master, from a distrusted sentinel,
+            // or after the fence) waits for the round to end, so no stream of events can keep
+            // every round from finishing.
+            let wake = {
+                let round = self.round();
+                tokio::pin!(round);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Wake::Stop,
+                        Some(ev) = rx.recv() => {
+                            if would_fence(&route, &gate, &ev) {
+                                break Wake::Event(ev);
+                            }
+                            if pending.len() < MAX_PENDING_EVENTS {
+                                pending.push(ev);
+                            }
+                            hinted = true;
+                        }
+                        _ = hints.notified() => hinted = true,
+                        d = &mut round => break Wake::Done(d),
+                    }
+                }
+            };
+            for ev in pending {
+                self.on_event(ev);
+            }
+            let now = Instant::now();
+            // `scheduled`: when the next round is due by the poll interval alone; a round that
+            // starts before it is an early one.
+            let (mut next, scheduled) = match wake {
+                Wake::Stop => return,
+                Wake::Event(ev) => {
+                    self.on_event(ev);
+                    (early_at(now), None)
+                }
+                Wake::Done(d) if hinted => ((now + d).min(early_at(now)), Some(now + d)),
+                Wake::Done(d) => (now + d, Some(now + d)),
+            };
+            let (route, soon) = (self.route.clone(), self.fast_retry());
+            // A session could not connect to the master: look again soon, not at once, so a
+            // stream of refused clients cannot make the watcher spin.
+            let recheck = async {
+                route.recheck_requested().await;
+                tokio::time::sleep(soon).await
+            };
+            tokio::pin!(recheck);
+            early = loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    Some(ev) = rx.recv() => {
+                        self.on_event(ev);
+                        next = next.min(early_at(Instant::now()));
+                    }
+                    _ = hints.notified() => next = next.min(early_at(Instant::now())),
+                    _ = tokio::time::sleep_until(next.into()) => {
+                        break scheduled.is_none_or(|s| next < s)
+                    }
+                    _ = &mut recheck => break true,
+                }
+            };
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let from = match &ev {
+            Event::Switch { sentinel, .. } | Event::Promoting { sentinel, .. } => *sentinel,
+            Event::Hint => return,
+        };
+        if !self.gate.trusts(from, Instant::now()) {
+            // Queued before the subscription learned to drop them.
+            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => self.route.name().to_string(), "sentinel" => self.sentinels[from].addr.clone(), "why" => "repeat").increment(1);
+            return;
+        }
+        let (sentinel, old, new, at) = match ev {
+            Event::Switch {
+                sentinel,
+                old,
+                new,
+                at,
+            } => (sentinel, old, new, at),
+            Event::Promoting {
+                sentinel,
+                master,
+                at,
+            } => {
+                let fences = self
+                    .route
+                    .current()
+                    .is_some_and(|cur| names(&master, &cur.announced, cur.addr));
+                let shown = if fences {
+                    Some(0)
+                } else {
+                    self.switch_log.allow(Instant::now())
+                };
+                if let Some(suppressed) = shown {
+                    info!(
+                        route = self.route.name(),
+                        sentinel = %self.sentinels[sentinel].addr,
+                        master.addr = %master,
+                        suppressed,
+                        "sentinel is promoting a replica"
+                    );
+                }
+                if fences {
+                    self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel), true);
+                } else {
+                    self.remember(&master, sentinel);
+                }
+                return;
+            }
+            Event::Hint => return,
+        };
+        let route = self.route.name().to_string();
+        counter!(m::SWITCH_EVENTS, "route" => route.clone()).increment(1);
+        let fences = self
+            .route
+            .current()
+            .is_some_and(|cur| names(&old, &cur.announced, cur.addr));
+        let shown = if fences {
+            Some(0)
+        } else {
+            self.switch_log.allow(Instant::now())
+        };
+        if let Some(suppressed) = shown {
+            info!(
+                route,
+                sentinel = %self.sentinels[sentinel].addr,
+                old.addr = %old,
+                new.addr = %new,
+                suppressed,
+                "+switch-master received"
+            );
+        }
+        if fences {
+            self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
+        } else {
+            self.remember(&old, sentinel);
+        }
+    }
+
+    /// Remembers failover evidence naming `announced` while no master is installed: it is
+    /// quarantined as if it had been fenced, so no round installs it until the failover
+    /// completes or is given up.
+    fn remember(&mut self, announced: &str, sentinel: usize) {
+        if self.route.current().is_some() || self.quarantine.is_some() {
+            return;
+        }
+        info!(route = self.route.name(), master.announced = %peer_text(announced), sentinel = %self.sentinels[sentinel].addr, "failover evidence while no master is installed; not routing to that address until the failover ends");
+        self.quarantine = Some(Quarantine {
+            announced: announced.to_string(),
+            config_epoch: self.last_top_epoch,
+            sentinel: Some(sentinel),
+            by_event: true,
+            until: Instant::now() + self.failover_timeout,
+        });
+    }
+
+    /// Fences the current master because a failover away from it is under way, and keeps it
+    /// from being re-installed on the word of sentinels that have not heard of the failover
+    /// yet (it still answers ROLE master until it is told to replicate): see `quarantined`.
+    fn fence_for_failover(
+        &mut self,
+        reason: FenceReason,
+        since: Instant,
+        sentinel: Option<usize>,
+        by_event: bool,
+    ) {
+        if let Some(cur) = self.route.current() {
+            self.quarantine = Some(Quarantine {
+                announced: cur.announced.clone(),
+                config_epoch: cur.config_epoch,
+                sentinel,
+                by_event,
+                until: Instant::now() + self.failover_timeout,
+            });
+        }
+        self.fence(reason, since);
+    }
+
+    /// Whether `announced` is a master fenced for a failover that has neither completed (a
+    /// higher config-epoch) nor been abandoned (the sentinel running it names it again without
+    /// `failover_in_progress`), within the group's failover-timeout. A sentinel whose own poll
+    /// contradicts the event it sent loses its events' power to fence for that long, so
+    /// repeated false events cannot cut sessions again and again.
+    fn update_quarantine(&mut self, reports: &[MasterReport], reporters: &[usize]) {
+        let Some(q) = &self.quarantine else {
+            return;
+        };
+        let newer = reports.iter().any(|r| r.config_epoch > q.config_epoch);
+        let abandoned = q.sentinel.is_some_and(|s| {
+            reports.iter().zip(reporters).any(|(r, i)| {
+                *i == s
+                    && r.announced() == q.announced
+                    && !r.flags.split(',').any(|f| f == "failover_in_progress")
+            })
+        });
+        let now = Instant::now();
+        let expired = now >= q.until;
+        if newer || abandoned || expired {
+            if expired && !newer && !abandoned {
+                warn!(route = self.route.name(), master.announced = %q.announced, "no sign of the failover finishing or being abandoned; the fenced master may be routed to again");
+            }
+            if let (true, false, true, Some(s)) = (abandoned, newer, q.by_event, q.sentinel) {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[s].addr, master.announced = %q.announced, ignore_for = %humantime::format_duration(self.failover_timeout), "sentinel's own report contradicts the failover event it sent; its events will not fence for a failover-timeout");
+                self.gate.distrust(s, now + self.failover_timeout);
+            }
+            self.quarantine = None;
+        }
+    }
+
+    /// Whether `announced` is quarantined now (see [`Watcher::update_quarantine`]).
+    fn quarantined(&self, announced: &str) -> bool {
+        self.quarantine
+            .as_ref()
+            .is_some_and(|q| q.announced == announced)
+    }
+
+    /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
+    /// once; a sentinel that fails to answer lists nothing.
+    async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
+        let name = self.route.config.master_name.clone();
+        let asks = self
+            .sentinels
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| reporters.contains(i))
+            .map(|(_, s)| {
+                let name = name.clone();
+                async move {
+                    s.replicas(&name)
+                        .await
+                        .map(|r| r.into_iter().map(|(a, _)| a).collect())
+                        .unwrap_or_default()
+                }
+            });
+        futures_util::future::join_all(asks).await
+    }
+
+    /// Ends the current epoch and reports, in the background, when its last session closed.
+    fn fence(&mut self, reason: FenceReason, since: Instant) {
+        let Some(old) = self.route.fence(reason) else {
+            return;
+        };
+        let route = self.route.name().to_string();
+        counter!(m::FENCES, "route" => route.clone(), "reason" => reason.as_str()).increment(1);
+        self.fenced_at = Some(since);
+        info!(
+            route,
+            master.addr = %old.addr,
+            epoch = old.epoch,
+            reason = reason.as_str(),
+            sessions = old.sessions(),
+            "master fenced; holding new clients"
+        );
+        tokio::spawn(async move {
+            let took = route::drained(&old, since).await;
+            histogram!(m::FENCE_DURATION, "route" => route.clone()).record(took.as_secs_f64());
+            info!(
+                route,
+                master.addr = %old.addr,
+                epoch = old.epoch,
+                fence_ms = took.as_secs_f64() * 1000.0,
+                "fenced epoch's sessions all closed"
+            );
+        });
+    }
+
+    /// One poll of every sentinel and the action it calls for; returns the delay to the next.
+    async fn round(&mut self) -> Duration {
+        let name = self.route.config.master_name.clone();
+        let now = Instant::now();
+        let due: Vec<bool> = self
+            .retry_at
+            .iter()
+            .map(|r| r.is_none_or(|t| t <= now))
+            .collect();
+        let majority = self.sentinels.len() / 2 + 1;
+        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> = Vec::new();
+        {
+            let mut queries: futures_util::stream::FuturesUnordered<_> = self
+                .sentinels
+                .iter_mut()
+                .enumerate()
+                .zip(&due)
+                .filter(|(_, due)| **due)
+                .map(|((i, s), _)| {
+                    let name = name.clone();
+                    async move { (i, s.master(&name).await) }
+                })
+                .collect();
+            // Decide as soon as a majority has answered, after a short grace for the rest: one
+            // slow sentinel must not delay every round (its query is dropped, its connection
+            // kept; it is simply not heard this round).
+            // The grace is as long again as the majority took (at least STRAGGLER_GRACE), so
+            // a sentinel a little farther away than the others is still heard.
+            let started = tokio::time::Instant::now();
+            let grace = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(grace);
+            let mut answered = 0;
+            let mut waiting_grace = false;
+            loop {
+                tokio::select! {
+                    r = queries.next() => match r {
+                        Some((i, res)) => {
+                            answered += usize::from(res.is_ok());
+                            results.push((i, res));
+                            if answered >= majority && !waiting_grace {
+                                waiting_grace = true;
+                                let took = started.elapsed();
+                                grace
+                                    .as_mut()
+                                    .reset(started + took + took.max(STRAGGLER_GRACE));
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = &mut grace, if waiting_grace => break,
+                }
+            }
+        }
+        results.sort_by_key(|(i, _)| *i);
+        for (i, due) in due.iter().enumerate() {
+            if *due && !results.iter().any(|(j, _)| *j == i) {
+                // Not an error (no backoff, no counter): it was not waited for.
+                self.route.update_sentinel(i, |s| {
+                    s.reachable = false;
+                    s.last_error =
+                        Some("no answer before this round ended (a majority had answered)".into());
+                });
+            }
+        }
+        let mut reports: Vec<MasterReport> = Vec::new();
+        let mut reporters: Vec<usize> = Vec::new();
+        for (i, result) in results {
+            match result {
+                Ok(r) => {
+                    self.record_ok(i, &r);
+                    reports.push(r);
+                    reporters.push(i);
+                }
+                Err(e) => self.record_err(i, e),
+            }
+        }
+        let route = self.route.name().to_string();
+        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(reports.len() as f64);
+        if self.minority(reports.len()) {
+            // Self-fenced: no routing on a minority's word until a majority answers again.
+            return self.poll_interval;
+        }
+        self.failover_timeout = evidence::group_failover_timeout(
+            &reports
+                .iter()
+                .map(|r| r.failover_timeout)
+                .collect::<Vec<_>>(),
+        );
+        let (reports, reporters) = self.set_aside_leaders(reports, reporters);
+        // Failover claims: evidence while they last, dismissed once they outlive the group's
+        // failover-timeout (a real failover ends by then, completed or given up).
+        let now = Instant::now();
+        let mut failing_over: Vec<(usize, String)> = Vec::new();
+        for (r, &i) in reports.iter().zip(&reporters) {
+            let claim = r.failover_in_progress().then(|| r.announced());
+            match self
+                .claims
+                .observe(i, claim.as_deref(), now, self.failover_timeout)
+            {
+                evidence::ClaimVerdict::Active => failing_over.push((i, r.announced())),
+                evidence::ClaimVerdict::DismissedNow => {
+                    warn!(route, sentinel = %self.sentinels[i].addr, master.announced = %r.announced(), failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
+                    self.gate.distrust(i, now + self.failover_timeout);
+                }
+                evidence::ClaimVerdict::Dismissed | evidence::ClaimVerdict::None => {}
+            }
+        }
+
+        if reports.is_empty() {
+            if !self.blind {
+                self.blind = true;
+                error!(
+                    route,
+                    sentinels = self.sentinels.len(),
+                    "no sentinel reachable; keeping the last verified master and re-checking it with ROLE"
+                );
+            }
+            if let Some(cur) = self.route.current() {
+                // Unreachable is not evidence of demotion: sessions fail on their own, and the
+                // sentinels, when back, decide. A replica answer is.
+                let checked = Instant::now();
+                match self.verify(cur.addr, &cur.announced).await {
+                    Some(Role::Master) => cur.confirm(checked),
+                    Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
+                    None => {}
+                }
+            }
+            return self.poll_interval;
+        }
+        if self.blind {
+            self.blind = false;
+            info!(
+                route,
+                reachable = reports.len(),
+                "sentinels reachable again"
+            );
+        }
+
+        let current = self.route.current();
+        // A sentinel that is failing over the master may promote a replica at any moment:
+        // writes to it from then on can be lost, so it is fenced first.
+        if let Some(cur) = &current {
+            if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
+                self.fence_for_failover(
+                    FenceReason::FailoverStarted,
+                    Instant::now(),
+                    Some(*i),
+                    false,
+                );
+                return self.fast_retry();
+            }
+        }
+        self.update_quarantine(&reports, &reporters);
+        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
+        let view_reports: Vec<(usize, MasterReport)> = reporters
+            .iter()
+            .copied()
+            .zip(reports.iter().cloned())
+            .collect();
+        let mut members: Option<Vec<Vec<String>>> = None;
+        let decision = loop {
+            let view = decide::View {
+                configured: self.sentinels.len(),
+                reports: &view_reports,
+                current: current
+                    .as_ref()
+                    .map(|c| (c.announced.as_str(), c.config_epoch)),
+                members: members.as_deref(),
+            };
+            let disqualified =
+                |a: &str| failing_over.iter().any(|(_, f)| f == a) || self.quarantined(a);
+            let d = decide::choose(&view, &disqualified);
+            if d.choice == decide::Choice::NeedMembers && members.is_none() {
+                members = Some(self.members(&reporters).await);
+                continue;
+            }
+            break d;
+        };
+        self.note_stale(&decision.stale, &view_reports);
+        let candidates = match decision.choice {
+            decide::Choice::Keep | decide::Choice::NeedMembers => {
+                // Nothing acceptable is named (only stale reports, or an address a minority
+                // names alone): keep the current master while ROLE agrees.
+                if let Some(cur) = current {
+                    let checked = Instant::now();
+                    match self.verify(cur.addr, &cur.announced).await {
+                        Some(Role::Master) => cur.confirm(checked),
+                        Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
+                        None => {}
+                    }
+                }
+                return self.poll_interval;
+            }
+            decide::Choice::Current => {
+                let Some(cur) = current else {
+                    return self.poll_interval;
+                };
+                // A master announced by name may move to another address under the same name
+                // (a rescheduled pod): look the name up again and treat a new address as a
+                // new master.
+                let moved = cur.announced.rsplit_once(':').is_some_and(|(h, _)| {
+                    h.trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                }) && {
+                    let (host, port) = crate::config::parse_host_port(&cur.announced)
+                        .unwrap_or_else(|_| (String::new(), 0));
+                    client::resolve_all(&host, port, self.timeouts.timeout)
+                        .await
+                        .is_ok_and(|all| !all.contains(&cur.addr))
+                };
+                if !moved {
+                    let checked = Instant::now();
+                    return match self.verify(cur.addr, &cur.announced).await {
+                        Some(Role::Master) => {
+                            cur.confirm(checked);
+                            self.poll_interval
+                        }
+                        None => self.poll_interval,
+                        Some(_) => {
+                            self.fence(FenceReason::RoleReplica, Instant::now());
+                            self.fast_retry()
+                        }
+                    };
+                }
+                info!(route = self.route.name(), master.announced = %cur.announced, master.addr = %cur.addr, "the master's name resolves to another address now");
+                self.fence(FenceReason::SentinelsNameOther, Instant::now());
+                let (host, port) = crate::config::parse_host_port(&cur.announced)
+                    .unwrap_or_else(|_| (String::new(), 0));
+                vec![arbiter::Candidate {
+                    host,
+                    port,
+                    config_epoch: cur.config_epoch,
+                    votes: 0,
+                }]
+            }
+            decide::Choice::Move(candidates) => {
+                // The newest acceptable config has moved on: fence before anything else.
+                if current.is_some() {
+                    self.fence(FenceReason::SentinelsNameOther, Instant::now());
+                }
+                candidates
+            }
+        };
+        // The first candidate that resolves and passes ROLE is installed; a disqualified one
+        // gives way to the next in the same round.
+        for top in candidates {
+            if self.try_install(&top, reports.len()).await {
+                return self.poll_interval;
+            }
+        }
+        self.fast_retry()
+    }
+
+    /// Resolves `top`, checks its ROLE and installs it as the new master if it says master.
+    async fn try_install(&mut self, top: &arbiter::Candidate, reachable: usize) -> bool {
+        let route = self.route.name().to_string();
+        let announced = top.announced();
+        let Some(addr) = self.resolve(&top.host, top.port).await else {
+            return false;
+        };
+        if self.verify(addr, &announced).await != Some(Role::Master) {
+            return false;
+        }
+        let previous = self.previous.replace(addr);
+        let master = self.route.install(addr, announced, top.config_epoch);
+        let no_master_ms = self
+            .fenced_at
+            .take()
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        info!(
+            route,
+            master.addr = %master.addr,
+            master.announced = %master.announced,
+            previous = ?previous,
+            epoch = master.epoch,
+            config_epoch = top.config_epoch,
+            votes = top.votes,
+            reachable,
+            no_master_ms = ?no_master_ms,
+            "master verified; routing"
+        );
+        true
+    }
+
+    /// Whether the current master at `addr` restarted since its last check: its replication
+    /// offset went backwards (a restart without persistence starts again from 0). Then it is
+    /// not the process that was verified: its epoch is fenced, and the next round verifies it
+    /// afresh as a new master.
+    fn restarted(&mut self, addr: SocketAddr, offset: u64) -> bool {
+        let Some(cur) = self.route.current().filter(|c| c.addr == addr) else {
+            return false;
+        };
+        let last = self.offset.replace((cur.epoch, offset));
+        match last {
+            Some((epoch, before)) if epoch == cur.epoch && offset < before => {
+                warn!(route = self.route.name(), master.addr = %addr, offset_before = before, offset_now = offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master");
+                self.fence(FenceReason::MasterRestarted, Instant::now());
+                self.offset = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Logs, once per episode, each sentinel whose report is older than the verified master.
+    fn note_stale(&mut self, stale: &[usize], reports: &[(usize, MasterReport)]) {
+        for (i, r) in reports {
+            let is_stale = stale.contains(i);
+            if is_stale && !self.stale[*i] {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "stale sentinel: it reports an older config-epoch than the verified master's; ignoring its report until it catches up");
+            }
+            if is_stale {
+                let note = format!(
+                    "stale: config-epoch {} is older than the verified master's; ignored",
+                    r.config_epoch
+                );
+                self.route
+                    .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
+            }
+            self.stale[*i] = is_stale;
+        }
+    }
+
+    /// Sets aside reports whose config-epoch leads every other view by more than
+    /// [`evidence::MAX_EPOCH_LEAD`], until another sentinel agrees (logged once per episode).
+    fn set_aside_leaders(
+        &mut self,
+        reports: Vec<MasterReport>,
+        reporters: Vec<usize>,
+    ) -> (Vec<MasterReport>, Vec<usize>) {
+        let current = self.route.current().map(|c| c.config_epoch);
+        let epochs: Vec<u64> = reports.iter().map(|r| r.config_epoch).collect();
+        let aside = evidence::epoch_set_aside(&epochs, current);
+        let mut kept = (Vec::new(), Vec::new());
+        for ((r, i), aside) in reports.into_iter().zip(reporters).zip(aside) {
+            if aside {
+                if !self.set_aside[i] {
+                    warn!(route = self.route.name(), sentinel = %self.sentinels[i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
+                }
+                let note = format!(
+                    "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
+                    r.config_epoch,
+                    evidence::MAX_EPOCH_LEAD
+                );
+                self.route
+                    .update_sentinel(i, |s| s.last_error = Some(note.clone()));
+            } else {
+                kept.0.push(r);
+                kept.1.push(i);
+            }
+            self.set_aside[i] = aside;
+        }
+        kept
+    }
+
+    /// Tracks whether a majority answered; with `on_minority = "fence"`, fences once a
+    /// minority has lasted `minority_grace` and returns true while that holds.
+    fn minority(&mut self, reachable: usize) -> bool {
+        let route = self.route.name().to_string();
+        let n = self.sentinels.len();
+        let majority = reachable > n / 2;
+        gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
+            1.0
+        } else {
+            0.0
+        });
+        if majority {
+            if self.minority_since.take().is_some() {
+                info!(
+                    route,
+                    reachable,
+                    sentinels = n,
+                    "a majority of the sentinels answers again"
+                );
+            }
+            return false;
+        }
+        let since = *self.minority_since.get_or_insert_with(|| {
+            warn!(
+                route,
+                reachable,
+                sentinels = n,
+                "fewer than a majority of the sentinels answer"
+            );
+            Instant::now()
+        });
+        let cfg = &self.route.config.sentinel;
+        if cfg.on_minority != MinorityPolicy::Fence || since.elapsed() < cfg.minority_grace {
+            return false;
+        }
+        if self.route.current().is_some() {
+            warn!(
+                route,
+                reachable,
+                sentinels = n,
+                grace = %humantime::format_duration(cfg.minority_grace),
+                "no sentinel majority for the grace period; fencing (on_minority = \"fence\")"
+            );
+            self.fence(FenceReason::NoMajority, Instant::now());
+        }
+        true
+    }
+
+    fn fast_retry(&self) -> Duration {
+        (self.poll_interval / 4).clamp(
+            Duration::from_millis(50).min(self.poll_interval),
+            self.poll_interval,
+        )
+    }
+
+    /// `ROLE` of a candidate; `None` when it could not be asked.
+    async fn verify(&mut self, addr: SocketAddr, announced: &str) -> Option<Role> {
+        let route = self.route.name().to_string();
+        let host = client::announced_host(announced);
+        let result = role(addr, host, &self.route.config.node, self.timeouts).await;
+        let result = match result {
+            Ok((Role::Master, Some(offset))) => {
+                if self.restarted(addr, offset) {
+                    return None;
+                }
+                Ok(Role::Master)
+            }
+            other => other.map(|(r, _)| r),
+        };
+        let (label, outcome) = match &result {
+            Ok(Role::Master) => ("master", "master"),
+            Ok(_) => ("replica", "replica"),
+            Err(e) => ("error", e.kind.as_str()),
+        };
+        counter!(m::ROLE_CHECKS, "route" => route.clone(), "result" => label).increment(1);
+        // Log changes, not repeats: a dead or demoted candidate is asked on every (fast) poll
+        // until the sentinels replace it; a wrong password fails every time.
+        let previous = self.last_role.insert(addr, outcome);
+        let changed = previous != Some(outcome);
+        match result {
+            Ok(Role::Master) => {
+                if previous.is_some_and(|p| p != "master") {
+                    info!(route, master.addr = %addr, "ROLE says master again");
+                }
+                self.route.set_node_error(None);
+                Some(Role::Master)
+            }
+            Ok(other) => {
+                self.route.set_node_error(None);
+                if changed {
+                    warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
+                }
+                Some(other)
+            }
+            Err(e) => {
+                counter!(m::NODE_CHECK_ERRORS, "route" => route.clone(), "kind" => e.kind.as_str())
+                    .increment(1);
+                if changed {
+                    warn!(route, master.addr = %addr, master.announced = announced, kind = e.kind.as_str(), error = %e, "ROLE check failed");
+                } else {
+                    debug!(route, master.addr = %addr, kind = e.kind.as_str(), error = %e, "ROLE check failed again");
+                }
+                self.route.set_node_error(Some(e.to_string()));
+                // The master itself refused: not trusted until a check answers master again
+                // (readiness and master_verified say so). A timeout may be the network's.
+                if e.kind == SentinelErrorKind::Connect {
+                    if let Some(cur) = self.route.current().filter(|c| c.addr == addr) {
+                        cur.connect_failed(Instant::now());
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        client::resolve(host, port, self.timeouts.timeout)
+            .await
+            .map_err(|e| {
+                warn!(route = self.route.name(), master.announced = %join_host_port(host, port), error = %e, "not routing to a master address the sentinels announce");
+            })
+            .ok()
+    }
+
+    fn record_ok(&mut self, i: usize, r: &MasterReport) {
+        self.failures[i] = 0;
+        self.last_kind[i] = None;
+        self.retry_at[i] = None;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
+        self.route.update_sentinel(i, |s| {
+            if !s.reachable && s.last_error.is_some() {
+                info!(route = %self.route.name(), sentinel = %s.address, "sentinel answers again");
+            }
+            s.reachable = true;
+            s.master = Some(r.announced());
+            s.config_epoch = Some(r.config_epoch);
+            s.flags = Some(r.flags.clone());
+            s.other_sentinels = Some(r.other_sentinels);
+            s.replicas = Some(r.replicas);
+            s.last_ok_unix = now;
+            s.last_error = None;
+        });
+    }
+
+    fn record_err(&mut self, i: usize, e: SentinelError) {
+        let route = self.route.name().to_string();
+        counter!(m::SENTINEL_ERRORS, "route" => route.clone(), "sentinel" => e.addr.clone(), "kind" => e.kind.as_str())
+            .increment(1);
+        self.failures[i] = self.failures[i].saturating_add(1);
+        if e.kind != SentinelErrorKind::UnknownMaster && e.kind != SentinelErrorKind::Protocol {
+            self.sentinels[i].disconnect();
+            let backoff = (self.poll_interval * 2u32.saturating_pow(self.failures[i].min(6) - 1))
+                .min(MAX_BACKOFF.max(self.poll_interval));
+            self.retry_at[i] = Some(Instant::now() + backoff);
+        }
+        // Once per episode: the first failure in a row, or a different kind of failure.
+        let first = self.failures[i] == 1 || self.last_kind[i] != Some(e.kind);
+        self.last_kind[i] = Some(e.kind);
+        let message = e.to_string();
+        self.route.update_sentinel(i, |s| {
+            s.reachable = false;
+            s.last_error = Some(message);
+        });
+        // Log the first failure in a row loudly, the rest at debug: a dead sentinel polled every
+        // second must not flood the log.
+        if first {
+            if e.kind == SentinelErrorKind::UnknownMaster {
+                error!(route, sentinel = %e.addr, master = %self.route.config.master_name, "sentinel does not monitor this master name");
+            } else {
+                warn!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e, "sentinel query failed");
+            }
+        } else {
+            debug!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e.message, "sentinel query failed again");
+        }
+    }
+}
+
+/// Whether `ev` would fence the current master now (a trusted sentinel naming it as the
+/// master being replaced or promoted away from).
+fn would_fence(route: &Route, gate: &EventGate, ev: &Event) -> bool {
+    let (sentinel, named) = match ev {
+        Event::Switch { sentinel, old, .. } => (*sentinel, old),
+        Event::Promoting {
+            sentinel, master, ..
+        } => (*sentinel, master),
+        Event::Hint => return false,
+    };
+    gate.trusts(sentinel, Instant::now())
+        && route
+            .current()
+            .is_some_and(|cur| names(named, &cur.announced, cur.addr))
+}
