@@ -15,7 +15,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -27,7 +27,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics as m;
 use crate::proxy::listener::{is_per_connection, is_resource_errno};
-use crate::route::{FenceRecord, Route, SentinelStatus};
+use crate::route::Route;
+use crate::status::{self as view, RouteView, StatusDoc};
 
 /// Connections open at once. A scraper or two, the kubelet's probes and a human with curl
 /// need a handful; 32 leaves room for all of them and bounds what the admin server can take
@@ -307,55 +307,9 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let mut problems = Vec::new();
-    let mut notes = Vec::new();
-    if s.draining.is_cancelled() {
-        problems.push("shutting down".to_string());
-    }
-    for r in &s.routes {
-        let status = r.sentinel_status();
-        let reachable = status.iter().filter(|st| st.reachable).count();
-        let blind = reachable == 0;
-        if r.current().is_none() {
-            problems.push(format!(
-                "route {}: no verified master{}",
-                r.name(),
-                if blind {
-                    " and no sentinel reachable"
-                } else {
-                    ""
-                }
-            ));
-        } else if let Some(m) = r.current().filter(|m| !m.is_trusted()) {
-            // New clients are being held: say so, whatever the sentinels still say.
-            problems.push(format!(
-                "route {}: master {} is not answering (refused since its last ROLE check); holding new clients",
-                r.name(),
-                m.addr
-            ));
-        } else if blind {
-            notes.push(format!(
-                "route {}: no sentinel reachable, serving the last verified master",
-                r.name()
-            ));
-        } else if reachable <= status.len() / 2 {
-            notes.push(format!(
-                "route {}: only {reachable}/{} sentinels reachable",
-                r.name(),
-                status.len()
-            ));
-        }
-    }
-    let mut body = if problems.is_empty() {
-        "ready".to_string()
-    } else {
-        format!("not ready: {}", problems.join("; "))
-    };
-    if !notes.is_empty() {
-        body.push_str(&format!(" (degraded: {})", notes.join("; ")));
-    }
-    body.push('\n');
-    let code = if problems.is_empty() {
+    let views: Vec<RouteView> = s.routes.iter().map(|r| RouteView::of(r)).collect();
+    let (ready, body) = view::readiness(s.draining.is_cancelled(), &views);
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -363,78 +317,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     (code, body).into_response()
 }
 
-#[derive(Serialize)]
-struct StatusDoc {
-    version: &'static str,
-    draining: bool,
-    routes: Vec<RouteDoc>,
-}
-
-#[derive(Serialize)]
-struct RouteDoc {
-    name: String,
-    master_name: String,
-    listen: String,
-    state: &'static str,
-    master: Option<MasterDoc>,
-    clients_open: usize,
-    clients_held: usize,
-    last_fence: Option<FenceRecord>,
-    last_node_error: Option<String>,
-    sentinels_reachable: usize,
-    sentinel_majority: bool,
-    sentinels: Vec<SentinelStatus>,
-}
-
-#[derive(Serialize)]
-struct MasterDoc {
-    addr: String,
-    announced: String,
-    epoch: u64,
-    config_epoch: u64,
-    verified_unix: f64,
-    sessions: usize,
-}
-
 async fn status(State(s): State<AdminState>) -> Response {
-    let routes = s
-        .routes
-        .iter()
-        .map(|r| {
-            let master = r.current().map(|m| MasterDoc {
-                addr: m.addr.to_string(),
-                announced: m.announced.clone(),
-                epoch: m.epoch,
-                config_epoch: m.config_epoch,
-                verified_unix: m
-                    .verified_at
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-                sessions: m.sessions(),
-            });
-            let sentinels = r.sentinel_status();
-            RouteDoc {
-                name: r.name().to_string(),
-                master_name: r.config.master_name.clone(),
-                listen: r.config.listen.to_string(),
-                state: match r.current() {
-                    Some(m) if m.is_trusted() => "routing",
-                    Some(_) => "untrusted",
-                    None => "holding",
-                },
-                master,
-                clients_open: r.open_clients(),
-                clients_held: r.held_clients(),
-                last_fence: r.last_fence(),
-                last_node_error: r.node_error(),
-                sentinels_reachable: sentinels.iter().filter(|s| s.reachable).count(),
-                sentinel_majority: sentinels.iter().filter(|s| s.reachable).count()
-                    > sentinels.len() / 2,
-                sentinels,
-            }
-        })
-        .collect();
+    let routes: Vec<RouteView> = s.routes.iter().map(|r| RouteView::of(r)).collect();
     axum::Json(StatusDoc {
         version: env!("CARGO_PKG_VERSION"),
         draining: s.draining.is_cancelled(),

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
+pub mod status;
 pub mod tls;
 
 use std::io;

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason};
+pub use crate::status::{FenceRecord, SentinelStatus};
 
 /// The verified master of one epoch.
 #[derive(Debug)]
@@ -118,31 +119,6 @@ impl Master {
     }
 }
 
-/// What the watcher last learned from one sentinel, for /status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SentinelStatus {
-    /// Address as configured.
-    pub address: String,
-    /// Whether the last query succeeded.
-    pub reachable: bool,
-    /// Master address it named at the last successful query.
-    pub master: Option<String>,
-    /// Its config-epoch for the master at the last successful query.
-    pub config_epoch: Option<u64>,
-    /// Its flags for the master (e.g. `master`, `master,s_down`).
-    pub flags: Option<String>,
-    /// Other sentinels it knows.
-    pub other_sentinels: Option<u64>,
-    /// Replicas it knows.
-    pub replicas: Option<u64>,
-    /// Seconds since the Unix epoch of the last successful query.
-    pub last_ok_unix: Option<f64>,
-    /// The last error, if the last query failed.
-    pub last_error: Option<String>,
-    /// Whether the `+switch-master` subscription is established.
-    pub subscribed: bool,
-}
-
 /// Pre-resolved metric handles of one route, so the hot path does no label lookups.
 #[derive(Debug)]
 pub struct RouteMetrics {
@@ -185,19 +161,6 @@ pub struct Route {
 /// moving, few enough that it does not overflow a master's listen queue (Redis's default
 /// `tcp-backlog` is 511).
 pub const MAX_CONNECTING: usize = 256;
-
-/// The route's most recent fence, for /status.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FenceRecord {
-    /// When (seconds since the Unix epoch).
-    pub unix: f64,
-    /// Why ([`FenceReason`] label).
-    pub reason: &'static str,
-    /// The epoch that ended.
-    pub epoch: u64,
-    /// Its master.
-    pub master: String,
-}
 
 /// Seconds since the Unix epoch, as a float (0 if the clock is before 1970).
 pub fn unix_now() -> f64 {
