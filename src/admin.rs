@@ -297,11 +297,16 @@ fn connection(
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     match &s.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            let masters: Vec<(String, std::net::SocketAddr)> = s
+                .routes
+                .iter()
+                .filter_map(|r| r.current().map(|m| (r.name().to_string(), m.addr)))
+                .collect();
+            let mut body = h.render();
+            body.push_str(&crate::metrics::master_info(&masters));
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response(),
     }
 }

@@ -29,7 +29,8 @@ pub const MASTER_SWITCHES: &str = "redis_failover_proxy_master_switches_total";
 pub const FENCES: &str = "redis_failover_proxy_fences_total";
 /// From the evidence (switch event or poll) to the last session of the fenced epoch closed. Labels: `route`.
 pub const FENCE_DURATION: &str = "redis_failover_proxy_fence_duration_seconds";
-/// 1 for the route's current verified master address, 0 for earlier ones. Labels: `route`, `addr`.
+/// 1 for the route's current master address; rendered from route state at each scrape (see
+/// [`master_info`]), so no series of an earlier address lingers. Labels: `route`, `addr`.
 pub const MASTER_INFO: &str = "redis_failover_proxy_master_info";
 /// 1 while the route has a verified master. Labels: `route`.
 pub const MASTER_VERIFIED: &str = "redis_failover_proxy_master_verified";
@@ -228,6 +229,24 @@ impl SentinelErrorKind {
     ];
 }
 
+/// The `master_info` lines for `/metrics`: one series per route that has a master, none for
+/// earlier addresses (a registry gauge would keep one series per address ever seen).
+pub fn master_info(masters: &[(String, std::net::SocketAddr)]) -> String {
+    let mut out = format!(
+        "# HELP {MASTER_INFO} The current master address of the route (1)\n# TYPE {MASTER_INFO} gauge\n"
+    );
+    for (route, addr) in masters {
+        let route = route
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        out.push_str(&format!(
+            "{MASTER_INFO}{{route=\"{route}\",addr=\"{addr}\"}} 1\n"
+        ));
+    }
+    out
+}
+
 /// Fence durations are short by design; these buckets resolve 100 µs to 10 s.
 pub const FENCE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -275,10 +294,6 @@ pub fn describe() {
         Unit::Seconds,
         "From evidence of a master change to the last session of the fenced epoch closed"
     );
-    describe_gauge!(
-        MASTER_INFO,
-        "1 for the current verified master address, 0 for earlier ones"
-    );
     describe_gauge!(MASTER_VERIFIED, "1 while the route has a verified master");
     describe_gauge!(EPOCH, "Current epoch of the route");
     describe_gauge!(SENTINELS_REACHABLE, "Sentinels that answered the last poll");
@@ -308,4 +323,28 @@ pub fn describe() {
         ADMIN_CONNECTIONS_REJECTED,
         "Admin HTTP connections closed at once because the admin connection cap was reached"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_info_has_only_current_series() {
+        let a: std::net::SocketAddr = "10.0.0.1:6379".parse().unwrap();
+        let text = master_info(&[("r\"1".to_string(), a)]);
+        assert!(
+            text.contains(
+                "redis_failover_proxy_master_info{route=\"r\\\"1\",addr=\"10.0.0.1:6379\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            master_info(&[])
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count(),
+            0
+        );
+    }
 }

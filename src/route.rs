@@ -148,7 +148,6 @@ pub struct Route {
     changed: Notify,
     recheck: Notify,
     sentinels: Mutex<Vec<SentinelStatus>>,
-    last_master_label: Mutex<Option<String>>,
     open_clients: AtomicUsize,
     held_clients: AtomicUsize,
     last_fence: Mutex<Option<FenceRecord>>,
@@ -204,7 +203,6 @@ impl Route {
             changed: Notify::new(),
             recheck: Notify::new(),
             sentinels: Mutex::new(sentinels),
-            last_master_label: Mutex::new(None),
             open_clients: AtomicUsize::new(0),
             held_clients: AtomicUsize::new(0),
             last_fence: Mutex::new(None),
@@ -281,18 +279,7 @@ impl Route {
         let route = self.name().to_string();
         gauge!(m::EPOCH, "route" => route.clone()).set(epoch as f64);
         gauge!(m::MASTER_VERIFIED, "route" => route.clone()).set(1.0);
-        counter!(m::MASTER_SWITCHES, "route" => route.clone()).increment(1);
-        let label = addr.to_string();
-        let mut last = self
-            .last_master_label
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(prev) = last.replace(label.clone()) {
-            if prev != label {
-                gauge!(m::MASTER_INFO, "route" => route.clone(), "addr" => prev).set(0.0);
-            }
-        }
-        gauge!(m::MASTER_INFO, "route" => route, "addr" => label).set(1.0);
+        counter!(m::MASTER_SWITCHES, "route" => route).increment(1);
         self.changed.notify_waiters();
         master
     }
@@ -310,8 +297,6 @@ impl Route {
             master: old.addr.to_string(),
         });
         gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
-        gauge!(m::MASTER_INFO, "route" => self.name().to_string(), "addr" => old.addr.to_string())
-            .set(0.0);
         self.changed.notify_waiters();
         Some(old)
     }

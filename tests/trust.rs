@@ -104,3 +104,35 @@ fn a_sentinel_restarted_from_a_pristine_config_cannot_move_the_route_back() {
     let mut c = Client::connect(proxy.port);
     assert_eq!(c.node_port().expect("served"), b);
 }
+
+/// For the seconds after `kill -9` of the master, before the sentinels agree it is down, the
+/// proxy says what it does: the master refuses, so `/status` says `untrusted`, `/readyz` is 503
+/// and `master_verified` is 0 while new clients are held; all back once it answers again.
+#[test]
+fn a_master_that_refuses_is_reported_as_not_ready() {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(60_000), ProxyOpts::default()) else {
+        return;
+    };
+    let master = t.nodes[0].port;
+    t.nodes[0].kill();
+    let took = wait_until(Duration::from_secs(10), "/readyz says not ready", || {
+        proxy
+            .http("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("is not answering"))
+    });
+    eprintln!("not ready {took:?} after kill -9");
+    assert_eq!(proxy.status()["routes"][0]["state"], "untrusted");
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_verified", &[]),
+        0.0
+    );
+    t.nodes[0].restart(None);
+    proxy.wait_ready();
+    assert_eq!(proxy.status()["routes"][0]["state"], "routing");
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_verified", &[]),
+        1.0
+    );
+    let mut c = Client::connect(proxy.port);
+    assert_eq!(c.node_port().expect("served"), master);
+}

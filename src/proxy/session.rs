@@ -67,7 +67,9 @@ async fn serve(
         None => ClientIo::Plain(client),
         Some(tls) => {
             let handshake = tokio::select! {
-                r = tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.accept(client)) => r,
+                // Boxed, like every TLS future here: a plain session's task must not be sized
+                // for a TLS handshake it never does (10,000 idle sessions pay per byte).
+                r = tokio::time::timeout(TLS_ACCEPT_TIMEOUT, Box::pin(tls.accept(client))) => r,
                 _ = shutdown.drain.cancelled() => return,
             };
             match handshake {
@@ -222,12 +224,14 @@ async fn serve(
             reason
         }
         (ClientIo::Plain(c), MasterIo::Tls(m)) => {
-            splice_io(c, *m, &master, &shutdown, &route).await
+            Box::pin(splice_io(c, *m, &master, &shutdown, &route)).await
         }
         (ClientIo::Tls(c), MasterIo::Plain(m)) => {
-            splice_io(*c, m, &master, &shutdown, &route).await
+            Box::pin(splice_io(*c, m, &master, &shutdown, &route)).await
         }
-        (ClientIo::Tls(c), MasterIo::Tls(m)) => splice_io(*c, *m, &master, &shutdown, &route).await,
+        (ClientIo::Tls(c), MasterIo::Tls(m)) => {
+            Box::pin(splice_io(*c, *m, &master, &shutdown, &route)).await
+        }
     };
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
@@ -352,7 +356,12 @@ async fn connect(master: &Master, cfg: &RouteConfig) -> Result<MasterIo, Connect
         return Ok(MasterIo::Plain(tcp));
     };
     let host = crate::sentinel::client::announced_host(&master.announced);
-    match tokio::time::timeout_at(start + cfg.connect_timeout, tls.connect(tcp, host)).await {
+    match tokio::time::timeout_at(
+        start + cfg.connect_timeout,
+        Box::pin(tls.connect(tcp, host)),
+    )
+    .await
+    {
         Ok(Ok(s)) => Ok(MasterIo::Tls(Box::new(s))),
         Ok(Err(e)) => Err(ConnectError::Master(e)),
         Err(_) => Err(ConnectError::Master(io::Error::new(
@@ -637,6 +646,32 @@ async fn pump(
                 // Freed, not kept: a slow reader is the exception, idle memory the rule.
                 backlog = Vec::new();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_masters_own_answers_make_it_suspect() {
+        use io::ErrorKind::*;
+        let rows = [
+            (ConnectionRefused, true),
+            (ConnectionReset, true),
+            (HostUnreachable, true),
+            (InvalidData, true),
+            (TimedOut, false),
+            (WouldBlock, false),
+            (Other, false),
+        ];
+        for (kind, suspect) in rows {
+            assert_eq!(
+                refused_by_master(&io::Error::from(kind)),
+                suspect,
+                "{kind:?}"
+            );
         }
     }
 }

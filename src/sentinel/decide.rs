@@ -133,6 +133,15 @@ pub fn choose(view: &View, disqualified: &dyn Fn(&str) -> bool) -> Decision {
     Decision { stale, choice }
 }
 
+/// Whether a master restarted between two `ROLE` checks: `before` is the epoch and
+/// replication offset seen at the previous check of the route's master, `now` the same now. A
+/// restart without persistence starts the offset again from 0; a live master's offset only
+/// grows. (Not caught: a restart whose new offset has already passed the old one, and a run_id
+/// or replication-ID change, which `ROLE` does not show.)
+pub fn restarted(before: Option<(u64, u64)>, now: (u64, u64)) -> bool {
+    before.is_some_and(|(epoch, offset)| epoch == now.0 && now.1 < offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +188,24 @@ mod tests {
             disqualified: &[],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn restarts() {
+        // (before, now, restarted)
+        type Row = (Option<(u64, u64)>, (u64, u64), bool);
+        let rows: &[Row] = &[
+            (None, (1, 0), false),
+            (Some((1, 100)), (1, 150), false),
+            (Some((1, 100)), (1, 100), false),
+            (Some((1, 100)), (1, 0), true),
+            (Some((1, 100)), (1, 99), true),
+            // A new epoch (another master, or the same one verified again) starts afresh.
+            (Some((1, 100)), (2, 0), false),
+        ];
+        for (before, now, want) in rows {
+            assert_eq!(restarted(*before, *now), *want, "{before:?} {now:?}");
         }
     }
 

@@ -753,7 +753,7 @@ impl Watcher {
         };
         let last = self.offset.replace((cur.epoch, offset));
         match last {
-            Some((epoch, before)) if epoch == cur.epoch && offset < before => {
+            Some((_, before)) if decide::restarted(last, (cur.epoch, offset)) => {
                 warn!(route = self.route.name(), master.addr = %addr, offset_before = before, offset_now = offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master");
                 self.fence(FenceReason::MasterRestarted, Instant::now());
                 self.offset = None;
