@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::client::MasterReport;
+
 /// How far one sentinel's config-epoch may lead every other view (the other reachable
 /// sentinels and the verified master's) before it needs a second sentinel to agree. A
 /// sentinel draws failover epochs from one counter shared by every master it monitors, and
@@ -132,9 +134,119 @@ impl Claims {
     }
 }
 
+/// An address held back from routing because a failover away from it started (an event, or
+/// `failover_in_progress` in a poll), whether or not it was the installed master then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The address, as announced.
+    pub announced: String,
+    /// The highest config-epoch known when the evidence came; a report above it means the
+    /// failover completed.
+    pub config_epoch: u64,
+    /// The sentinel whose event or poll showed the failover.
+    pub sentinel: Option<usize>,
+    /// Whether an event (not a poll) showed it.
+    pub by_event: bool,
+    /// When it ends anyway (the group's failover-timeout after the evidence).
+    pub until: Instant,
+}
+
+/// What this round's reports say about a quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineOutcome {
+    /// Still in force.
+    Holds,
+    /// The failover completed (a report at a higher config-epoch).
+    Completed,
+    /// The sentinel running it names the address again without `failover_in_progress`: given
+    /// up. `Some(s)`: the evidence was an event of sentinel `s`, which its own poll now
+    /// contradicts.
+    Abandoned(Option<usize>),
+    /// Nothing said either way within the failover-timeout.
+    Expired,
+}
+
+impl Quarantine {
+    /// Applies this round's reports (sentinel index, report) at `now`.
+    pub fn outcome(&self, reports: &[(usize, MasterReport)], now: Instant) -> QuarantineOutcome {
+        if reports
+            .iter()
+            .any(|(_, r)| r.config_epoch > self.config_epoch)
+        {
+            return QuarantineOutcome::Completed;
+        }
+        let abandoned = self.sentinel.is_some_and(|s| {
+            reports.iter().any(|(i, r)| {
+                *i == s && r.announced() == self.announced && !r.failover_in_progress()
+            })
+        });
+        if abandoned {
+            return QuarantineOutcome::Abandoned(self.sentinel.filter(|_| self.by_event));
+        }
+        if now >= self.until {
+            return QuarantineOutcome::Expired;
+        }
+        QuarantineOutcome::Holds
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rep(addr: &str, epoch: u64, flags: &str) -> MasterReport {
+        let (host, port) = addr.split_once(':').unwrap();
+        MasterReport {
+            host: host.into(),
+            port: port.parse().unwrap(),
+            config_epoch: epoch,
+            flags: flags.into(),
+            other_sentinels: 2,
+            replicas: 2,
+            quorum: 2,
+            failover_timeout: None,
+        }
+    }
+
+    #[test]
+    fn quarantine_outcomes() {
+        use QuarantineOutcome::*;
+        let t0 = Instant::now();
+        let q = |by_event| Quarantine {
+            announced: "a:1".into(),
+            config_epoch: 3,
+            sentinel: Some(0),
+            by_event,
+            until: t0 + Duration::from_secs(6),
+        };
+        let fip = "master,failover_in_progress";
+        // (evidence by event, reports, seconds after t0, outcome)
+        type Row = (bool, Vec<(usize, MasterReport)>, u64, QuarantineOutcome);
+        let rows: Vec<Row> = vec![
+            (true, vec![(0, rep("a:1", 3, fip))], 1, Holds),
+            (true, vec![(1, rep("a:1", 3, "master"))], 1, Holds),
+            (true, vec![(0, rep("b:2", 4, "master"))], 1, Completed),
+            (true, vec![(2, rep("b:2", 4, "master"))], 1, Completed),
+            (
+                true,
+                vec![(0, rep("a:1", 3, "master"))],
+                1,
+                Abandoned(Some(0)),
+            ),
+            (
+                false,
+                vec![(0, rep("a:1", 3, "master"))],
+                1,
+                Abandoned(None),
+            ),
+            (true, vec![(0, rep("a:1", 3, fip))], 7, Expired),
+            (true, vec![], 7, Expired),
+        ];
+        for (by_event, reports, secs, want) in rows {
+            let got = q(by_event).outcome(&reports, t0 + Duration::from_secs(secs));
+            assert_eq!(got, want, "{by_event} {reports:?} {secs}");
+        }
+    }
 
     #[test]
     fn epoch_leads() {

@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use super::client::{
     self, join_host_port, peer_text, role, MasterReport, Role, Sentinel, SentinelError, Timeouts,
 };
+use super::evidence::{Quarantine, QuarantineOutcome};
 use super::subscription::{names, subscribe, Event, EventGate, Throttle, ToWatcher};
 use super::{arbiter, decide, evidence, MAX_BACKOFF};
 use crate::config::MinorityPolicy;
@@ -148,17 +149,6 @@ struct Watcher {
     last_top_epoch: u64,
     /// Limits the "+switch-master received" lines of events that change nothing.
     switch_log: Throttle,
-}
-
-/// See [`Watcher::quarantined`].
-struct Quarantine {
-    announced: String,
-    config_epoch: u64,
-    /// The sentinel whose event or poll showed the failover.
-    sentinel: Option<usize>,
-    /// Whether an event (not a poll) showed it.
-    by_event: bool,
-    until: Instant,
 }
 
 enum Wake {
@@ -375,30 +365,23 @@ impl Watcher {
     /// `failover_in_progress`), within the group's failover-timeout. A sentinel whose own poll
     /// contradicts the event it sent loses its events' power to fence for that long, so
     /// repeated false events cannot cut sessions again and again.
-    fn update_quarantine(&mut self, reports: &[MasterReport], reporters: &[usize]) {
+    fn update_quarantine(&mut self, reports: &[(usize, MasterReport)]) {
         let Some(q) = &self.quarantine else {
             return;
         };
-        let newer = reports.iter().any(|r| r.config_epoch > q.config_epoch);
-        let abandoned = q.sentinel.is_some_and(|s| {
-            reports.iter().zip(reporters).any(|(r, i)| {
-                *i == s
-                    && r.announced() == q.announced
-                    && !r.flags.split(',').any(|f| f == "failover_in_progress")
-            })
-        });
         let now = Instant::now();
-        let expired = now >= q.until;
-        if newer || abandoned || expired {
-            if expired && !newer && !abandoned {
-                warn!(route = self.route.name(), master.announced = %q.announced, "no sign of the failover finishing or being abandoned; the fenced master may be routed to again");
-            }
-            if let (true, false, true, Some(s)) = (abandoned, newer, q.by_event, q.sentinel) {
+        match q.outcome(reports, now) {
+            QuarantineOutcome::Holds => return,
+            QuarantineOutcome::Completed | QuarantineOutcome::Abandoned(None) => {}
+            QuarantineOutcome::Abandoned(Some(s)) => {
                 warn!(route = self.route.name(), sentinel = %self.sentinels[s].addr, master.announced = %q.announced, ignore_for = %humantime::format_duration(self.failover_timeout), "sentinel's own report contradicts the failover event it sent; its events will not fence for a failover-timeout");
                 self.gate.distrust(s, now + self.failover_timeout);
             }
-            self.quarantine = None;
+            QuarantineOutcome::Expired => {
+                warn!(route = self.route.name(), master.announced = %q.announced, "no sign of the failover finishing or being abandoned; the fenced master may be routed to again");
+            }
         }
+        self.quarantine = None;
     }
 
     /// Whether `announced` is quarantined now (see [`Watcher::update_quarantine`]).
@@ -610,13 +593,13 @@ impl Watcher {
                 return self.fast_retry();
             }
         }
-        self.update_quarantine(&reports, &reporters);
-        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
         let view_reports: Vec<(usize, MasterReport)> = reporters
             .iter()
             .copied()
             .zip(reports.iter().cloned())
             .collect();
+        self.update_quarantine(&view_reports);
+        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
         let mut members: Option<Vec<Vec<String>>> = None;
         let decision = loop {
             let view = decide::View {
