@@ -81,12 +81,12 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
     }
     // The proxy's own rules decide (sentinel::decide), so `check` approves exactly what the
     // proxy would route to.
-    let failing_over: Vec<String> = reports
+    let failing_over: Vec<(usize, String)> = reports
         .iter()
         .filter(|(_, r)| r.failover_in_progress())
-        .map(|(_, r)| r.announced())
+        .map(|(i, r)| (*i, r.announced()))
         .collect();
-    let disqualified = |a: &str| failing_over.iter().any(|f| f == a);
+    let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a);
     let mut members: Option<Vec<Vec<String>>> = None;
     let decision = loop {
         let view = decide::View {
@@ -94,8 +94,9 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             reports: &reports,
             current: None,
             members: members.as_deref(),
+            failing_over: &failing_over,
         };
-        let d = decide::choose(&view, &disqualified);
+        let d = decide::choose(&view, &|_: &str| false);
         if d.choice == decide::Choice::NeedMembers && members.is_none() {
             let mut lists = Vec::new();
             for (i, _) in &reports {

@@ -425,3 +425,20 @@ fn session_threads(pid: u32) -> Vec<Task> {
     tasks.sort_by(|a, b| a.name.cmp(&b.name));
     tasks
 }
+
+/// `hold_timeout = "0s"` (no hold): with a verified master, clients are served at once; the
+/// zero hold only applies when there is nothing to connect to.
+#[test]
+fn without_a_hold_clients_are_still_served() {
+    let opts = ProxyOpts {
+        hold_timeout: "0s",
+        ..Default::default()
+    };
+    let Some((_t, proxy)) = ready_lab(Topology::single, opts) else {
+        return;
+    };
+    for _ in 0..20 {
+        let mut c = Client::connect(proxy.port);
+        assert_eq!(c.cmd(&["PING"]).expect("served"), "+PONG");
+    }
+}

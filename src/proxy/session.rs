@@ -133,16 +133,21 @@ async fn serve(
         }
         // Connects in flight are paced: a herd of held clients released at once by an install
         // must not overflow the new master's listen queue (lost SYNs cost a second each).
-        let pace = match hold(
-            route.connecting.acquire(),
-            client.tcp(),
-            &shutdown,
-            deadline,
-        )
-        .await
-        {
+        let pace = match route.connecting.try_acquire() {
             Ok(p) => p,
-            Err(end) => break Err(end),
+            // Only a client that really has to wait is held (and bound by the hold timeout).
+            Err(_) => match hold(
+                route.connecting.acquire(),
+                client.tcp(),
+                &shutdown,
+                deadline,
+            )
+            .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => continue,
+                Err(end) => break Err(end),
+            },
         };
         let attempt = tokio::select! {
             biased;

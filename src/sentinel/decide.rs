@@ -29,11 +29,18 @@ pub struct View<'a> {
     /// Per answering sentinel, the replicas it lists for the group, once asked for (see
     /// [`Choice::NeedMembers`]).
     pub members: Option<&'a [Vec<String>]>,
+    /// Failovers in progress as the sentinels' flags show them (sentinel index, address),
+    /// claims already dismissed excluded.
+    pub failing_over: &'a [(usize, String)],
 }
 
 /// What the route should do, before any `ROLE` check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
+    /// A sentinel is failing over the current master (it may promote a replica at any moment,
+    /// and writes to the master from then on can be lost): fence it now, and quarantine it.
+    /// The index is the sentinel showing the failover.
+    FenceForFailover(usize),
     /// No acceptable address is named: keep the current master (re-checked by `ROLE`) if
     /// there is one, else keep holding.
     Keep,
@@ -56,16 +63,25 @@ pub struct Decision {
     pub choice: Choice,
 }
 
-/// Applies the rules to one round's `view`; `disqualified(announced)` says whether an address
-/// may not be routed to now (a failover of it in progress, quarantined).
-pub fn choose(view: &View, disqualified: &dyn Fn(&str) -> bool) -> Decision {
+/// Applies the rules to one round's `view`; `quarantined(announced)` says whether an address
+/// is held back by earlier failover evidence (see `evidence::Quarantine`).
+pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
     let floor = view.current.map_or(0, |(_, e)| e);
+    let disqualified = |a: &str| view.failing_over.iter().any(|(_, f)| f == a) || quarantined(a);
     let stale: Vec<usize> = view
         .reports
         .iter()
         .filter(|(_, r)| r.config_epoch < floor)
         .map(|(i, _)| *i)
         .collect();
+    if let Some((cur, _)) = view.current {
+        if let Some((i, _)) = view.failing_over.iter().find(|(_, a)| a == cur) {
+            return Decision {
+                stale,
+                choice: Choice::FenceForFailover(*i),
+            };
+        }
+    }
     let reports: Vec<MasterReport> = view
         .reports
         .iter()
@@ -163,6 +179,7 @@ mod tests {
     fn moves(d: &Decision) -> Vec<String> {
         match &d.choice {
             Choice::Move(c) => c.iter().map(Candidate::announced).collect(),
+            Choice::FenceForFailover(i) => vec![format!("FenceForFailover({i})")],
             other => vec![format!("{other:?}")],
         }
     }
@@ -174,6 +191,7 @@ mod tests {
         current: Option<(&'static str, u64)>,
         members: Option<Vec<Vec<String>>>,
         disqualified: &'static [&'static str],
+        failing_over: Vec<(usize, String)>,
         want: Vec<&'static str>,
         stale: Vec<usize>,
     }
@@ -186,6 +204,7 @@ mod tests {
             current: None,
             members: None,
             disqualified: &[],
+            failing_over: vec![],
             want: vec![],
             stale: vec![],
         }
@@ -222,6 +241,25 @@ mod tests {
                 current: Some((a, 0)),
                 ..row(
                     "all agree on the current master",
+                    3,
+                    vec![(0, rep(a, 0)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["FenceForFailover(1)"],
+                current: Some((a, 0)),
+                failing_over: vec![(1, a.to_string())],
+                ..row(
+                    "a failover of the current master in progress: fence it",
+                    3,
+                    vec![(0, rep(a, 0)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec![],
+                failing_over: vec![(1, a.to_string())],
+                ..row(
+                    "no master yet, the majority's address failing over: wait",
                     3,
                     vec![(0, rep(a, 0)), (1, rep(a, 0)), (2, rep(a, 0))],
                 )
@@ -400,6 +438,7 @@ mod tests {
                 reports: &r.reports,
                 current: r.current,
                 members: members.as_deref(),
+                failing_over: &r.failing_over,
             };
             let dq = r.disqualified;
             let d = choose(&view, &|a: &str| dq.contains(&a));

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::client::MasterReport;
+use crate::config::MinorityPolicy;
 
 /// How far one sentinel's config-epoch may lead every other view (the other reachable
 /// sentinels and the verified master's) before it needs a second sentinel to agree. A
@@ -134,6 +135,46 @@ impl Claims {
     }
 }
 
+/// What a round's count of answering sentinels calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Minority {
+    /// A majority answered (`recovered`: after a minority episode).
+    Majority {
+        /// A minority episode just ended.
+        recovered: bool,
+    },
+    /// Fewer than a majority answered; routing goes on (`started`: the episode begins now).
+    Minority {
+        /// The episode begins now.
+        started: bool,
+    },
+    /// Fewer than a majority for the grace period with `on_minority = "fence"`: no routing on
+    /// a minority's word (fence the master if any).
+    Fence,
+}
+
+/// The minority rule: `since` is when the current minority episode began (updated in place).
+pub fn minority(
+    reachable: usize,
+    configured: usize,
+    since: &mut Option<Instant>,
+    policy: MinorityPolicy,
+    grace: Duration,
+    now: Instant,
+) -> Minority {
+    if reachable * 2 > configured {
+        return Minority::Majority {
+            recovered: since.take().is_some(),
+        };
+    }
+    let started = since.is_none();
+    let began = *since.get_or_insert(now);
+    if policy == MinorityPolicy::Fence && now.duration_since(began) >= grace {
+        return Minority::Fence;
+    }
+    Minority::Minority { started }
+}
+
 /// An address held back from routing because a failover away from it started (an event, or
 /// `failover_in_progress` in a poll), whether or not it was the installed master then.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +246,30 @@ mod tests {
             replicas: 2,
             quorum: 2,
             failover_timeout: None,
+        }
+    }
+
+    #[test]
+    fn minority_rows() {
+        let t0 = Instant::now();
+        let g = Duration::from_secs(5);
+        let s = Duration::from_secs;
+        use MinorityPolicy::{Fence, Keep};
+        // (reachable of 3, episode began this long before, policy, at, want)
+        type Row = (usize, Option<u64>, MinorityPolicy, u64, Minority);
+        let rows: &[Row] = &[
+            (3, None, Keep, 0, Minority::Majority { recovered: false }),
+            (2, Some(0), Keep, 1, Minority::Majority { recovered: true }),
+            (1, None, Keep, 0, Minority::Minority { started: true }),
+            (1, Some(0), Keep, 60, Minority::Minority { started: false }),
+            (1, Some(0), Fence, 4, Minority::Minority { started: false }),
+            (1, Some(0), Fence, 5, Minority::Fence),
+            (0, None, Fence, 0, Minority::Minority { started: true }),
+        ];
+        for (reachable, began, policy, at, want) in rows {
+            let mut since = began.map(|b| t0 + s(b));
+            let got = minority(*reachable, 3, &mut since, *policy, g, t0 + s(*at));
+            assert_eq!(got, *want, "{reachable} {began:?} {policy:?} {at}");
         }
     }
 

@@ -20,7 +20,6 @@ use super::client::{
 use super::evidence::{Quarantine, QuarantineOutcome};
 use super::subscription::{names, subscribe, Event, EventGate, Throttle, ToWatcher};
 use super::{arbiter, decide, evidence, MAX_BACKOFF};
-use crate::config::MinorityPolicy;
 use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
 use crate::route::{self, Route};
 
@@ -561,12 +560,7 @@ impl Watcher {
             if let Some(cur) = self.route.current() {
                 // Unreachable is not evidence of demotion: sessions fail on their own, and the
                 // sentinels, when back, decide. A replica answer is.
-                let checked = Instant::now();
-                match self.verify(cur.addr, &cur.announced).await {
-                    Some(Role::Master) => cur.confirm(checked),
-                    Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
-                    None => {}
-                }
+                self.check_current(&cur).await;
             }
             return self.poll_interval;
         }
@@ -580,19 +574,6 @@ impl Watcher {
         }
 
         let current = self.route.current();
-        // A sentinel that is failing over the master may promote a replica at any moment:
-        // writes to it from then on can be lost, so it is fenced first.
-        if let Some(cur) = &current {
-            if let Some((i, _)) = failing_over.iter().find(|(_, a)| *a == cur.announced) {
-                self.fence_for_failover(
-                    FenceReason::FailoverStarted,
-                    Instant::now(),
-                    Some(*i),
-                    false,
-                );
-                return self.fast_retry();
-            }
-        }
         let view_reports: Vec<(usize, MasterReport)> = reporters
             .iter()
             .copied()
@@ -609,10 +590,9 @@ impl Watcher {
                     .as_ref()
                     .map(|c| (c.announced.as_str(), c.config_epoch)),
                 members: members.as_deref(),
+                failing_over: &failing_over,
             };
-            let disqualified =
-                |a: &str| failing_over.iter().any(|(_, f)| f == a) || self.quarantined(a);
-            let d = decide::choose(&view, &disqualified);
+            let d = decide::choose(&view, &|a: &str| self.quarantined(a));
             if d.choice == decide::Choice::NeedMembers && members.is_none() {
                 members = Some(self.members(&reporters).await);
                 continue;
@@ -621,16 +601,20 @@ impl Watcher {
         };
         self.note_stale(&decision.stale, &view_reports);
         let candidates = match decision.choice {
+            decide::Choice::FenceForFailover(i) => {
+                self.fence_for_failover(
+                    FenceReason::FailoverStarted,
+                    Instant::now(),
+                    Some(i),
+                    false,
+                );
+                return self.fast_retry();
+            }
             decide::Choice::Keep | decide::Choice::NeedMembers => {
                 // Nothing acceptable is named (only stale reports, or an address a minority
                 // names alone): keep the current master while ROLE agrees.
                 if let Some(cur) = current {
-                    let checked = Instant::now();
-                    match self.verify(cur.addr, &cur.announced).await {
-                        Some(Role::Master) => cur.confirm(checked),
-                        Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
-                        None => {}
-                    }
+                    self.check_current(&cur).await;
                 }
                 return self.poll_interval;
             }
@@ -641,35 +625,20 @@ impl Watcher {
                 // A master announced by name may move to another address under the same name
                 // (a rescheduled pod): look the name up again and treat a new address as a
                 // new master.
-                let moved = cur.announced.rsplit_once(':').is_some_and(|(h, _)| {
-                    h.trim_matches(|c| c == '[' || c == ']')
-                        .parse::<std::net::IpAddr>()
-                        .is_err()
-                }) && {
-                    let (host, port) = crate::config::parse_host_port(&cur.announced)
-                        .unwrap_or_else(|_| (String::new(), 0));
-                    client::resolve_all(&host, port, self.timeouts.timeout)
+                let (host, port) = crate::config::parse_host_port(&cur.announced)
+                    .unwrap_or_else(|_| (cur.addr.ip().to_string(), cur.addr.port()));
+                let moved = host.parse::<std::net::IpAddr>().is_err()
+                    && client::resolve_all(&host, port, self.timeouts.timeout)
                         .await
-                        .is_ok_and(|all| !all.contains(&cur.addr))
-                };
+                        .is_ok_and(|all| !all.contains(&cur.addr));
                 if !moved {
-                    let checked = Instant::now();
-                    return match self.verify(cur.addr, &cur.announced).await {
-                        Some(Role::Master) => {
-                            cur.confirm(checked);
-                            self.poll_interval
-                        }
-                        None => self.poll_interval,
-                        Some(_) => {
-                            self.fence(FenceReason::RoleReplica, Instant::now());
-                            self.fast_retry()
-                        }
+                    return match self.check_current(&cur).await {
+                        Some(Role::Master) | None => self.poll_interval,
+                        Some(_) => self.fast_retry(),
                     };
                 }
                 info!(route = self.route.name(), master.announced = %cur.announced, master.addr = %cur.addr, "the master's name resolves to another address now");
                 self.fence(FenceReason::SentinelsNameOther, Instant::now());
-                let (host, port) = crate::config::parse_host_port(&cur.announced)
-                    .unwrap_or_else(|_| (String::new(), 0));
                 vec![arbiter::Candidate {
                     host,
                     port,
@@ -693,6 +662,19 @@ impl Watcher {
             }
         }
         self.fast_retry()
+    }
+
+    /// Asks the current master's `ROLE`: master confirms it, anything else fences it; `None`
+    /// when it could not be asked (not evidence of demotion).
+    async fn check_current(&mut self, cur: &Arc<route::Master>) -> Option<Role> {
+        let checked = Instant::now();
+        let role = self.verify(cur.addr, &cur.announced).await;
+        match &role {
+            Some(Role::Master) => cur.confirm(checked),
+            Some(_) => self.fence(FenceReason::RoleReplica, Instant::now()),
+            None => {}
+        }
+        role
     }
 
     /// Resolves `top`, checks its ROLE and installs it as the new master if it says master.
@@ -802,47 +784,58 @@ impl Watcher {
     fn minority(&mut self, reachable: usize) -> bool {
         let route = self.route.name().to_string();
         let n = self.sentinels.len();
-        let majority = reachable > n / 2;
+        let cfg = &self.route.config.sentinel;
+        let verdict = evidence::minority(
+            reachable,
+            n,
+            &mut self.minority_since,
+            cfg.on_minority,
+            cfg.minority_grace,
+            Instant::now(),
+        );
+        let majority = matches!(verdict, evidence::Minority::Majority { .. });
         gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
             1.0
         } else {
             0.0
         });
-        if majority {
-            if self.minority_since.take().is_some() {
-                info!(
-                    route,
-                    reachable,
-                    sentinels = n,
-                    "a majority of the sentinels answers again"
-                );
+        match verdict {
+            evidence::Minority::Majority { recovered } => {
+                if recovered {
+                    info!(
+                        route,
+                        reachable,
+                        sentinels = n,
+                        "a majority of the sentinels answers again"
+                    );
+                }
+                false
             }
-            return false;
+            evidence::Minority::Minority { started } => {
+                if started {
+                    warn!(
+                        route,
+                        reachable,
+                        sentinels = n,
+                        "fewer than a majority of the sentinels answer"
+                    );
+                }
+                false
+            }
+            evidence::Minority::Fence => {
+                if self.route.current().is_some() {
+                    warn!(
+                        route,
+                        reachable,
+                        sentinels = n,
+                        grace = %humantime::format_duration(cfg.minority_grace),
+                        "no sentinel majority for the grace period; fencing (on_minority = \"fence\")"
+                    );
+                    self.fence(FenceReason::NoMajority, Instant::now());
+                }
+                true
+            }
         }
-        let since = *self.minority_since.get_or_insert_with(|| {
-            warn!(
-                route,
-                reachable,
-                sentinels = n,
-                "fewer than a majority of the sentinels answer"
-            );
-            Instant::now()
-        });
-        let cfg = &self.route.config.sentinel;
-        if cfg.on_minority != MinorityPolicy::Fence || since.elapsed() < cfg.minority_grace {
-            return false;
-        }
-        if self.route.current().is_some() {
-            warn!(
-                route,
-                reachable,
-                sentinels = n,
-                grace = %humantime::format_duration(cfg.minority_grace),
-                "no sentinel majority for the grace period; fencing (on_minority = \"fence\")"
-            );
-            self.fence(FenceReason::NoMajority, Instant::now());
-        }
-        true
     }
 
     fn fast_retry(&self) -> Duration {
