@@ -62,16 +62,7 @@ mod tests {
     use super::*;
 
     fn rep(host: &str, port: u16, epoch: u64) -> MasterReport {
-        MasterReport {
-            host: host.into(),
-            port,
-            config_epoch: epoch,
-            flags: "master".into(),
-            other_sentinels: 2,
-            replicas: 2,
-            quorum: 2,
-            failover_timeout: None,
-        }
+        MasterReport::for_test(&format!("{host}:{port}"), epoch, "master")
     }
 
     #[test]

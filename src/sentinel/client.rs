@@ -165,6 +165,22 @@ impl MasterReport {
         join_host_port(&self.host, self.port)
     }
 
+    /// A report naming `addr` (`host:port`) at `epoch` with `flags`, for the rule tables.
+    #[cfg(test)]
+    pub(crate) fn for_test(addr: &str, epoch: u64, flags: &str) -> MasterReport {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        MasterReport {
+            host: host.into(),
+            port: port.parse().expect("port"),
+            config_epoch: epoch,
+            flags: flags.into(),
+            other_sentinels: 2,
+            replicas: 2,
+            quorum: 2,
+            failover_timeout: None,
+        }
+    }
+
     /// Whether the sentinel flags a failover of this master in progress.
     pub fn failover_in_progress(&self) -> bool {
         self.flags.split(',').any(|f| f == "failover_in_progress")

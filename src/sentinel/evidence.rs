@@ -236,17 +236,7 @@ mod tests {
     use super::*;
 
     fn rep(addr: &str, epoch: u64, flags: &str) -> MasterReport {
-        let (host, port) = addr.split_once(':').unwrap();
-        MasterReport {
-            host: host.into(),
-            port: port.parse().unwrap(),
-            config_epoch: epoch,
-            flags: flags.into(),
-            other_sentinels: 2,
-            replicas: 2,
-            quorum: 2,
-            failover_timeout: None,
-        }
+        MasterReport::for_test(addr, epoch, flags)
     }
 
     #[test]

@@ -253,70 +253,51 @@ impl Watcher {
             counter!(m::SENTINEL_EVENTS_IGNORED, "route" => self.route.name().to_string(), "sentinel" => self.sentinels[from].addr.clone(), "why" => "repeat").increment(1);
             return;
         }
-        let (sentinel, old, new, at) = match ev {
+        // A failover event naming the current master (as the one being replaced, or the one
+        // a replica is being promoted away from) fences it; naming another address while no
+        // master is installed quarantines that address.
+        let (sentinel, named, at, reason, new) = match ev {
             Event::Switch {
                 sentinel,
                 old,
                 new,
                 at,
-            } => (sentinel, old, new, at),
+            } => {
+                counter!(m::SWITCH_EVENTS, "route" => self.route.name().to_string()).increment(1);
+                (sentinel, old, at, FenceReason::SwitchEvent, Some(new))
+            }
             Event::Promoting {
                 sentinel,
                 master,
                 at,
-            } => {
-                let fences = self
-                    .route
-                    .current()
-                    .is_some_and(|cur| names(&master, &cur.announced, cur.addr));
-                let shown = if fences {
-                    Some(0)
-                } else {
-                    self.switch_log.allow(Instant::now())
-                };
-                if let Some(suppressed) = shown {
-                    info!(
-                        route = self.route.name(),
-                        sentinel = %self.sentinels[sentinel].addr,
-                        master.addr = %master,
-                        suppressed,
-                        "sentinel is promoting a replica"
-                    );
-                }
-                if fences {
-                    self.fence_for_failover(FenceReason::FailoverStarted, at, Some(sentinel), true);
-                } else {
-                    self.remember(&master, sentinel);
-                }
-                return;
-            }
+            } => (sentinel, master, at, FenceReason::FailoverStarted, None),
             Event::Hint => return,
         };
-        let route = self.route.name().to_string();
-        counter!(m::SWITCH_EVENTS, "route" => route.clone()).increment(1);
         let fences = self
             .route
             .current()
-            .is_some_and(|cur| names(&old, &cur.announced, cur.addr));
+            .is_some_and(|cur| names(&named, &cur.announced, cur.addr));
+        // Events that change nothing are logged at most once a second.
         let shown = if fences {
             Some(0)
         } else {
             self.switch_log.allow(Instant::now())
         };
         if let Some(suppressed) = shown {
-            info!(
-                route,
-                sentinel = %self.sentinels[sentinel].addr,
-                old.addr = %old,
-                new.addr = %new,
-                suppressed,
-                "+switch-master received"
-            );
+            let (route, from) = (self.route.name(), &self.sentinels[sentinel].addr);
+            match &new {
+                Some(new) => {
+                    info!(route, sentinel = %from, old.addr = %named, new.addr = %new, suppressed, "+switch-master received")
+                }
+                None => {
+                    info!(route, sentinel = %from, master.addr = %named, suppressed, "sentinel is promoting a replica")
+                }
+            }
         }
         if fences {
-            self.fence_for_failover(FenceReason::SwitchEvent, at, Some(sentinel), true);
+            self.fence_for_failover(reason, at, Some(sentinel), true);
         } else {
-            self.remember(&old, sentinel);
+            self.remember(&named, sentinel);
         }
     }
 
