@@ -92,7 +92,17 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = Shutdown::default();
-        tokio::spawn(signals(shutdown.clone()));
+        // The handlers are installed here, before anything serves: the admin server (its own
+        // thread) can answer before a spawned task would first run, and a SIGTERM in that gap
+        // would otherwise kill the process without a drain.
+        let handlers = match signal_handlers() {
+            Ok(h) => h,
+            Err(e) => {
+                complain(format_args!("cannot install signal handlers: {e}"));
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        tokio::spawn(signals(handlers, shutdown.clone()));
         match run(config, listeners, workers, install_metrics(), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -106,17 +116,22 @@ fn main() -> ExitCode {
     code
 }
 
+/// SIGTERM and SIGINT, caught from now on.
+fn signal_handlers() -> std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok((
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ))
+}
+
 /// First SIGTERM/SIGINT: drain (stop accepting, let sessions finish within the grace period).
 /// Second: close every session now.
-async fn signals(shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn signals(
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    shutdown: Shutdown,
+) {
     for (stage, token) in [("drain", &shutdown.drain), ("close", &shutdown.close)] {
         tokio::select! {
             _ = term.recv() => {}
