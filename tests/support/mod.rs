@@ -432,16 +432,46 @@ impl Topology {
         self.failover_via(0)
     }
 
-    /// `SENTINEL FAILOVER` sent to sentinel `i`.
+    /// `SENTINEL FAILOVER` sent to sentinel `i`. A failover Sentinel itself gives up (it logs
+    /// `-failover-abort-...`, e.g. no replica good enough yet under heavy writes) is asked for
+    /// once more, with the reason printed.
     pub fn failover_via(&self, i: usize) -> u16 {
         let old = self.master_port().expect("a master");
         let s = &self.sentinels[i];
-        wait_until(
-            Duration::from_secs(20),
-            "SENTINEL FAILOVER accepted",
-            || redis_cmd_at(s.addr(), &["SENTINEL", "FAILOVER", MASTER_NAME]).is_ok(),
-        );
+        for attempt in 0..2 {
+            wait_until(
+                Duration::from_secs(20),
+                "SENTINEL FAILOVER accepted",
+                || redis_cmd_at(s.addr(), &["SENTINEL", "FAILOVER", MASTER_NAME]).is_ok(),
+            );
+            if let Some(new) = self.try_wait_new_master(old, Duration::from_secs(20)) {
+                return new;
+            }
+            let log =
+                std::fs::read_to_string(s.conf.with_file_name("sentinel.log")).unwrap_or_default();
+            let aborts: Vec<&str> = log.lines().filter(|l| l.contains("abort")).collect();
+            eprintln!("failover attempt {attempt} gave no new master; sentinel says: {aborts:?}");
+        }
         self.wait_new_master(old)
+    }
+
+    /// Like [`Topology::wait_new_master`], `None` after `timeout`.
+    pub fn try_wait_new_master(&self, old: u16, timeout: Duration) -> Option<u16> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(p) = self.master_port() {
+                if p != old
+                    && self
+                        .nodes
+                        .iter()
+                        .any(|n| n.port == p && n.role() == "master")
+                {
+                    return Some(p);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// Waits until a majority of sentinels name a master other than `old` that says ROLE master.
