@@ -476,25 +476,10 @@ impl Topology {
 
     /// Waits until a majority of sentinels name a master other than `old` that says ROLE master.
     pub fn wait_new_master(&self, old: u16) -> u16 {
-        let mut new = 0;
-        wait_until(
-            Duration::from_secs(30),
-            "sentinels name a new master",
-            || match self.master_port() {
-                Some(p)
-                    if p != old
-                        && self
-                            .nodes
-                            .iter()
-                            .any(|n| n.port == p && n.role() == "master") =>
-                {
-                    new = p;
-                    true
-                }
-                _ => false,
-            },
-        );
-        new
+        let timeout = Duration::from_secs(30);
+        self.try_wait_new_master(old, timeout).unwrap_or_else(|| {
+            panic!("timed out after {timeout:?} waiting for: sentinels name a new master")
+        })
     }
 }
 
