@@ -3,13 +3,15 @@
 //! this test build's binary and checks that a report came out. Off by default, so the suite stays
 //! as fast as it was.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn bench_quick_run_writes_a_report() {
     if std::env::var("RFP_BENCH_SMOKE").as_deref() != Ok("1") {
-        eprintln!("SKIPPED: set RFP_BENCH_SMOKE=1 to run bench/run.sh --quick");
+        support::skip("set RFP_BENCH_SMOKE=1 to run bench/run.sh --quick");
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -573,10 +573,10 @@ fn reconnect_storm_after_a_fence_is_served_or_refused_at_the_limit() {
     let limit = nofile_limit();
     // This process holds n client sockets; the proxy 2n plus its own.
     if limit < (2 * n + 1000) as u64 {
-        eprintln!(
-            "SKIPPED: ulimit -n is {limit}, the storm of {n} clients needs {}",
+        skip(&format!(
+            "ulimit -n is {limit}, the storm of {n} clients needs {}",
             2 * n + 1000
-        );
+        ));
         return;
     }
     let _heavy = heavy();

@@ -58,9 +58,41 @@ pub fn require(bin: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIPPED: {bin} is not installed (run .ci/run or scripts/test.sh to install it)");
+        skip(&format!(
+            "{bin} is not installed (run .ci/run or scripts/test.sh to install it)"
+        ));
     }
     found
+}
+
+/// Says why the calling test (or a part of it) is skipped: `SKIPPED: <why>` on stderr (shown
+/// with `--nocapture` or when the test fails) and, when `RFP_SKIP_LOG` names a file, one line
+/// `<test name>: <why>` appended to it, which `scripts/test.sh` counts and prints, so a run
+/// that skipped something never reports "0 skipped".
+pub fn skip(why: &str) {
+    log_skip(why, "");
+}
+
+/// Like [`skip`] for one part of a test that goes on with the rest (logged "(in part)").
+pub fn skip_part(why: &str) {
+    log_skip(why, " (in part)");
+}
+
+fn log_skip(why: &str, part: &str) {
+    eprintln!("SKIPPED{part}: {why}");
+    if let Some(path) = std::env::var_os("RFP_SKIP_LOG") {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed test")
+            .to_string();
+        let line = format!("{test}{part}: {}\n", why.replace('\n', " "));
+        // One write of one short line: appends from parallel tests do not interleave.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
 }
 
 pub fn tempdir() -> tempfile::TempDir {

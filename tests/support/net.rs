@@ -28,7 +28,7 @@ impl Net {
     /// `SKIPPED: <why>` when this machine cannot build them.
     pub fn new(names: &[&str]) -> Option<Net> {
         if let Err(why) = capable() {
-            eprintln!("SKIPPED: {why}");
+            super::skip(&why.to_string());
             return None;
         }
         if !super::require("redis-sentinel") {
@@ -37,7 +37,7 @@ impl Net {
         let (idx, tag) = match claim() {
             Ok(c) => c,
             Err(why) => {
-                eprintln!("SKIPPED: cannot create a network namespace: {why}");
+                super::skip(&format!("cannot create a network namespace: {why}"));
                 return None;
             }
         };
@@ -49,7 +49,7 @@ impl Net {
         let prefix = [198, 18 + (idx >> 8) as u8, (idx & 0xff) as u8];
         let ip = |last: u8| Ipv4Addr::new(prefix[0], prefix[1], prefix[2], last);
         if let Err(why) = net.build(names, &ip) {
-            eprintln!("SKIPPED: cannot build the test network: {why}");
+            super::skip(&format!("cannot build the test network: {why}"));
             return None; // `net` is dropped: whatever was built is deleted.
         }
         Some(net)
