@@ -410,7 +410,7 @@ fn socket_options(stream: &TcpStream, cfg: &RouteConfig) -> io::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Side {
     Client,
     Master,
@@ -454,9 +454,29 @@ async fn splice(
     .await
 }
 
+/// Longest the master's last bytes may take to reach the client after writing to the master
+/// failed (see [`deliver_masters_last_bytes`]). The master has closed or reset its side, so
+/// what it sent before is already in this host's receive queue: reading it takes no round
+/// trip, and only a client that does not read could make this wait.
+const LAST_BYTES_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a session whose `direction` (named by the side it reads from) failed on `failed`
+/// keeps the master-to-client direction running until it ends before closing. Redis often
+/// answers and then closes (a protocol error, `-ERR max number of clients reached`, `QUIT`, a
+/// client killed): when the client keeps writing, forwarding to the master fails with a reset
+/// while the master's last reply still waits in the receive queue. Closing then would lose the
+/// reply a direct connection delivers; so the master-to-client direction goes on to its EOF or
+/// error first. Every other failure closes at once: a failed client cannot be answered, and a
+/// failed read from the master comes after everything the master sent was forwarded.
+fn deliver_masters_last_bytes(direction: Side, failed: Side) -> bool {
+    direction == Side::Client && failed == Side::Master
+}
+
 /// Runs both directions of a session until both reached EOF, either failed, the epoch was
 /// fenced or shutdown's grace period ended; names why the session ends. `half_closed(side)`
-/// runs when `side` reached EOF while the other direction still flows.
+/// runs when `side` reached EOF while the other direction still flows. Bytes the master sent
+/// before it closed or reset reach the client first ([`deliver_masters_last_bytes`]); only a
+/// fence or the end of shutdown drops them.
 async fn race(
     c2m: impl std::future::Future<Output = Result<(), Side>>,
     m2c: impl std::future::Future<Output = Result<(), Side>>,
@@ -481,6 +501,16 @@ async fn race(
                 if !(c2m_done && m2c_done) {
                     half_closed(side);
                 }
+            }
+            Err(failed) if !m2c_done && deliver_masters_last_bytes(side, failed) => {
+                tokio::select! {
+                    biased;
+                    _ = master.fenced().cancelled() => return Closed::MasterSwitch,
+                    _ = shutdown.close.cancelled() => return Closed::Shutdown,
+                    r = &mut m2c => if r == Err(Side::Client) { return Closed::ClientError },
+                    _ = tokio::time::sleep(LAST_BYTES_GRACE) => {}
+                }
+                return Closed::MasterError;
             }
             Err(Side::Client) => return Closed::ClientError,
             Err(Side::Master) => return Closed::MasterError,
@@ -658,6 +688,24 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_masters_last_reply_is_delivered_only_after_a_failed_write_to_it() {
+        // (direction that ended, by the side it reads from; side that failed; drain first?)
+        let rows = [
+            (Side::Client, Side::Master, true), // forwarding to a master that closed/reset
+            (Side::Client, Side::Client, false), // the client's read failed: nobody to answer
+            (Side::Master, Side::Master, false), // reading the master failed: all was forwarded
+            (Side::Master, Side::Client, false), // writing to the client failed
+        ];
+        for (direction, failed, drain) in rows {
+            assert_eq!(
+                deliver_masters_last_bytes(direction, failed),
+                drain,
+                "{direction:?} failed on {failed:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_the_masters_own_answers_make_it_suspect() {
