@@ -243,6 +243,13 @@ def main():
     units = a.units.split(",") if a.units else DEFAULT_UNITS
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    # The suite is Tcl; the servers come from Debian's packages.
+    missing = [pkg for cmd, pkg in (("tclsh", "tcl"), ("redis-server", "redis-server"),
+                                    ("redis-sentinel", "redis-sentinel"),
+                                    ("redis-cli", "redis-tools")) if not shutil.which(cmd)]
+    if missing:
+        log(f"installing {' '.join(missing)}")
+        sh(["apt-get", "install", "-y", *missing], stdout=subprocess.DEVNULL)
     tree = fetch_source(work)
     link_binaries(tree)
     proxy = a.proxy
