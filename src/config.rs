@@ -15,8 +15,10 @@ use crate::tls::{ClientSettings, ServerSettings, TlsClient, TlsServer};
 
 /// Default client listen address of a route.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
-/// Default admin HTTP listen address.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9121";
+/// Default admin HTTP listen address. Not 9121 (redis_exporter's default, often on the same
+/// host) nor anywhere in 9100-9999, the range allocated to Prometheus exporters: 8379 is
+/// "Redis-ish" (6379 + 2000) and no well-known exporter or common service uses it.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8379";
 /// Config file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_FILE: &str = "proxy.toml";
 
