@@ -102,6 +102,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .install_recorder()
         .ok()?;
     metrics::describe();
+    metrics::set_build_info();
     Some(handle)
 }
 
