@@ -59,8 +59,9 @@ pub enum Command {
     /// topology. Exits 0 when every route has a verified master, 64 on bad configuration, 69 when
     /// a route has no verified master. With --offline: validate only, contacting nothing.
     Check(CheckArgs),
-    /// Ask a running proxy's admin server for /status and print it as tables. Exits 0, or 69
-    /// when the proxy cannot be reached.
+    /// Ask a running proxy's admin server for /status and print it as tables. Exits 0; 64 when
+    /// the config file naming the address is bad; 69 when the proxy cannot be reached; 76 when
+    /// something else answers there.
     Status(StatusArgs),
 }
 

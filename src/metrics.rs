@@ -456,7 +456,10 @@ impl ProcessStats {
     #[cfg(target_os = "linux")]
     pub fn read() -> Option<ProcessStats> {
         let stat = parse_proc_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
-        let btime = parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        // Boot time does not change; /proc/stat is long on many-CPU hosts: read it once.
+        static BTIME: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let btime =
+            (*BTIME.get_or_init(|| parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)))?;
         // The directory's own descriptor is among the entries, as in other exporters.
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
         let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
