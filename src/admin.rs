@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (the process serves),
+//! The admin HTTP server: `/metrics` (Prometheus text, with the process metrics read at each
+//! scrape), `/healthz` (the process serves),
 //! `/readyz` (200 only while every route has a verified master and shutdown has not begun),
 //! `/status` (JSON). It only reads route state.
 //!
@@ -305,6 +306,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
                 .collect();
             let mut body = h.render();
             body.push_str(&crate::metrics::master_info(&masters));
+            body.push_str(&crate::metrics::process_metrics());
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
         }
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response(),

@@ -7,6 +7,60 @@ use crate::config::{Config, RouteConfig};
 use crate::sentinel::client::{peer_text, resolve, role, MasterReport, Role, Sentinel, Timeouts};
 use crate::sentinel::{arbiter, decide};
 
+/// What `check --offline` prints for a configuration that validated: where it came from
+/// (`source`), the admin address and, per route, its listen address, master name and
+/// sentinels, then the warnings the proxy would log at startup.
+pub fn offline_summary(config: &Config, source: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "configuration OK: {source} (offline: nothing was contacted, no name was resolved)"
+    );
+    match config.admin_listen {
+        Some(a) => {
+            let _ = writeln!(out, "admin: {a}");
+        }
+        None => {
+            let _ = writeln!(out, "admin: off");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "session threads: {}{}",
+        config.runtime.threads,
+        if config.runtime.pin_threads {
+            ", pinned"
+        } else {
+            ""
+        }
+    );
+    for r in &config.routes {
+        let s = &r.sentinel;
+        let _ = writeln!(
+            out,
+            "route {}: listen {}{}, sentinel master name {:?}, hold_timeout {}, max_connections {}",
+            r.name,
+            r.listen,
+            if r.listen_tls.is_some() { " (TLS)" } else { "" },
+            r.master_name,
+            humantime::format_duration(r.hold_timeout),
+            r.max_connections,
+        );
+        let _ = writeln!(
+            out,
+            "  sentinels ({}, majority {}): {}{}",
+            s.addresses.len(),
+            s.addresses.len() / 2 + 1,
+            s.addresses.join(", "),
+            if s.access.tls.is_some() { " (TLS)" } else { "" },
+        );
+    }
+    for w in config.warnings() {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
 /// Checks every route; returns the report and whether every route has a verified master.
 pub async fn check(config: &Config) -> (String, bool) {
     let mut out = String::new();
@@ -174,4 +228,38 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
     }
     let _ = writeln!(out, "  master: NONE verified");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    #[test]
+    fn offline_summary_names_routes_listen_and_sentinels() {
+        let text = "[admin]\nlisten = \"127.0.0.1:8400\"\n[sentinel]\naddresses = [\"10.0.0.1:26379\", \"s2:26379\", \"s3:26379\"]\n\
+                    [[route]]\nmaster = \"a\"\nlisten = \"127.0.0.1:7001\"\n\
+                    [[route]]\nmaster = \"b\"\nname = \"bee\"\nlisten = \"0.0.0.0:7002\"\nsentinels = [\"10.0.0.9:26379\"]\n";
+        let config = Config::from_toml(text, None, "p.toml", &Overrides::default()).unwrap();
+        let out = offline_summary(&config, "p.toml");
+        for want in [
+            "configuration OK: p.toml (offline",
+            "admin: 127.0.0.1:8400\n",
+            "route a: listen 127.0.0.1:7001, sentinel master name \"a\", hold_timeout 10s, max_connections 10000\n",
+            "  sentinels (3, majority 2): 10.0.0.1:26379, s2:26379, s3:26379\n",
+            "route bee: listen 0.0.0.0:7002, sentinel master name \"b\"",
+            "  sentinels (1, majority 1): 10.0.0.9:26379\n",
+            "warning: route bee: listens on 0.0.0.0:7002",
+        ] {
+            assert!(out.contains(want), "{want:?} in\n{out}");
+        }
+        let off = Config::from_toml(
+            "[admin]\nenabled = false\n[sentinel]\naddresses = [\"a:1\"]\n",
+            None,
+            "q.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(offline_summary(&off, "q.toml").contains("admin: off\n"));
+    }
 }

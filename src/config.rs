@@ -15,8 +15,10 @@ use crate::tls::{ClientSettings, ServerSettings, TlsClient, TlsServer};
 
 /// Default client listen address of a route.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
-/// Default admin HTTP listen address.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9121";
+/// Default admin HTTP listen address. Not 9121 (redis_exporter's default, often on the same
+/// host) nor anywhere in 9100-9999, the range allocated to Prometheus exporters: 8379 is
+/// "Redis-ish" (6379 + 2000) and no well-known exporter or common service uses it.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8379";
 /// Config file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_FILE: &str = "proxy.toml";
 
@@ -35,15 +37,64 @@ pub struct Cli {
     /// Options for running the proxy.
     #[command(flatten)]
     pub overrides: Overrides,
+    /// Log line format: `text`, or `json` (one object per line). Under systemd each line
+    /// starts with its journal priority either way.
+    #[arg(
+        long,
+        global = true,
+        env = crate::logging::ENV_LOG_FORMAT,
+        value_enum,
+        default_value_t = crate::logging::LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Validate the configuration, ask every sentinel, verify the master with ROLE and print the
     /// topology. Exits 0 when every route has a verified master, 64 on bad configuration, 69 when
-    /// a route has no verified master.
-    Check(Overrides),
+    /// a route has no verified master. With --offline: validate only, contacting nothing.
+    Check(CheckArgs),
+    /// Ask a running proxy's admin server for /status and print it as tables. Exits 0; 64 when
+    /// the config file naming the address is bad; 69 when the proxy cannot be reached; 76 when
+    /// something else answers there.
+    Status(StatusArgs),
+}
+
+/// `check`'s options.
+#[derive(Debug, Default, Clone, Args)]
+pub struct CheckArgs {
+    /// Validate the configuration and print a summary without contacting anything: no
+    /// sentinel, no node, no DNS lookup (like `haproxy -c`). Exits 0, or 64 with the error.
+    #[arg(long)]
+    pub offline: bool,
+    /// The configuration to check.
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// `status`'s options.
+#[derive(Debug, Default, Clone, Args)]
+pub struct StatusArgs {
+    /// The proxy's admin address. Default: the config file's `[admin] listen`, else
+    /// 127.0.0.1:8379 (as the proxy itself resolves it).
+    #[arg(long, env = "REDIS_FAILOVER_PROXY_ADMIN", value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Config file to take `[admin] listen` from. Default: ./proxy.toml if it exists.
+    #[arg(
+        long,
+        short = 'c',
+        env = "REDIS_FAILOVER_PROXY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Print the raw /status JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags (and their environment variables) that override the config file.
@@ -397,6 +448,17 @@ impl Config {
     /// Loads the file named by `overrides.config` (or `./proxy.toml` if present) and applies the
     /// overrides on top.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with(overrides, false)
+    }
+
+    /// [`Config::load`] without any network step: sentinel addresses are compared for aliases
+    /// only where they are IP literals (no DNS lookup). Files named by the configuration
+    /// (certificates, keys, password files) are still read.
+    pub fn load_offline(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with(overrides, true)
+    }
+
+    fn load_with(overrides: &Overrides, offline: bool) -> Result<Config, ConfigError> {
         let mut overrides = overrides.clone();
         if overrides.sentinel_password.is_none() {
             overrides.sentinel_password = env_secret(ENV_SENTINEL_PASSWORD);
@@ -404,13 +466,7 @@ impl Config {
         if overrides.node_password.is_none() {
             overrides.node_password = env_secret(ENV_NODE_PASSWORD);
         }
-        let path = match &overrides.config {
-            Some(p) => Some(p.clone()),
-            None => {
-                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
-                p.is_file().then_some(p)
-            }
-        };
+        let path = file_path(overrides.config.as_deref());
         let (text, source_name) = match &path {
             Some(p) => (
                 read_capped(p, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
@@ -422,7 +478,11 @@ impl Config {
             None => (String::new(), "command line".to_string()),
         };
         let config = Self::from_toml(&text, path.as_deref(), &source_name, &overrides)?;
-        check_sentinel_aliases(&config, &source_name)?;
+        if offline {
+            check_sentinel_aliases(&config, &source_name, &resolve_literal)?;
+        } else {
+            check_sentinel_aliases(&config, &source_name, &resolve_briefly)?;
+        }
         Ok(config)
     }
 
@@ -465,6 +525,47 @@ impl Config {
         })?;
         build(file, source_name, overrides)
     }
+}
+
+/// The config file a command reads: `given`, else `./proxy.toml` if it exists, else none
+/// (built-in defaults).
+pub fn file_path(given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+            p.is_file().then_some(p)
+        }
+    }
+}
+
+/// Where the admin server of the proxy configured by `file` (see [`file_path`]) listens, read
+/// from its `[admin]` table alone (the rest of the file is not validated, and no file it names
+/// is read): `Ok(None)` when it is switched off, the default when the file does not set it or
+/// there is no file.
+pub fn admin_listen_of(file: Option<&Path>) -> Result<Option<SocketAddr>, ConfigError> {
+    #[derive(Deserialize)]
+    struct OnlyAdmin {
+        #[serde(default)]
+        admin: FileAdmin,
+    }
+    let default: SocketAddr = DEFAULT_ADMIN.parse().expect("valid default");
+    let Some(path) = file else {
+        return Ok(Some(default));
+    };
+    let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let only: OnlyAdmin = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: one_line_toml_error(&text, &e),
+    })?;
+    Ok(only
+        .admin
+        .enabled
+        .unwrap_or(true)
+        .then(|| only.admin.listen.unwrap_or(default)))
 }
 
 /// Renders a TOML error as `line L, column C: key T.K: message` on one line.
@@ -621,14 +722,14 @@ fn credentials(
 /// The same sentinel listed under two spellings (`localhost:P`, `127.0.0.1:P`, `127.1:P`) would
 /// count as two votes. Compares what each entry resolves to; an entry that does not resolve
 /// now is compared by its text only (DNS may be down at startup; the watcher resolves again).
-fn check_sentinel_aliases(config: &Config, source_name: &str) -> Result<(), ConfigError> {
+fn check_sentinel_aliases(
+    config: &Config,
+    source_name: &str,
+    resolve: &dyn Fn(&str) -> Vec<SocketAddr>,
+) -> Result<(), ConfigError> {
     for (i, r) in config.routes.iter().enumerate() {
-        let resolved: Vec<Vec<SocketAddr>> = r
-            .sentinel
-            .addresses
-            .iter()
-            .map(|a| resolve_briefly(a))
-            .collect();
+        let resolved: Vec<Vec<SocketAddr>> =
+            r.sentinel.addresses.iter().map(|a| resolve(a)).collect();
         for (j, addrs) in resolved.iter().enumerate() {
             for (k, earlier) in resolved[..j].iter().enumerate() {
                 if let Some(same) = addrs.iter().find(|a| earlier.contains(a)) {
@@ -645,6 +746,17 @@ fn check_sentinel_aliases(config: &Config, source_name: &str) -> Result<(), Conf
         }
     }
     Ok(())
+}
+
+/// `host:port` as an address if the host is an IP literal; nothing otherwise (no lookup).
+fn resolve_literal(addr: &str) -> Vec<SocketAddr> {
+    match parse_host_port(addr) {
+        Ok((host, port)) => host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| vec![SocketAddr::new(ip, port)])
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Resolves `host:port` with the system resolver, giving up after a second.

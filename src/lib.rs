@@ -8,12 +8,14 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
 pub mod status;
+pub mod status_report;
 pub mod tls;
 
 use std::io;
@@ -102,6 +104,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .install_recorder()
         .ok()?;
     metrics::describe();
+    metrics::set_build_info();
     Some(handle)
 }
 

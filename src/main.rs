@@ -1,18 +1,22 @@
 //! The binary: parse the command line, set up logging, load the config, handle signals and
 //! map outcomes to exit codes. Everything else lives in the library.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use redis_failover_proxy::config::{Cli, Command, Config};
-use redis_failover_proxy::{bind, check, install_metrics, run, Shutdown, Workers};
-use tracing_subscriber::EnvFilter;
+use redis_failover_proxy::status_report::{self, StatusError};
+use redis_failover_proxy::{bind, check, install_metrics, logging, run, Shutdown, Workers};
 
 /// Bad command line or configuration (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
-/// `check` found a route without a verified master (sysexits EX_UNAVAILABLE).
+/// `check` found a route without a verified master, or `status` cannot reach the proxy
+/// (sysexits EX_UNAVAILABLE).
 const EXIT_NO_MASTER: u8 = 69;
+/// `status`: something answered at the admin address, but not with the proxy's status
+/// (sysexits EX_PROTOCOL).
+const EXIT_PROTOCOL: u8 = 76;
 /// A runtime failure such as a listen address in use.
 const EXIT_RUNTIME: u8 = 1;
 
@@ -29,28 +33,33 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // Its fallback is eprintln!, which panics when stderr is gone (e.g. a closed pipe) and
-        // would take the signal task with it.
-        .log_internal_errors(false)
-        .init();
+    logging::init(cli.log_format);
 
-    let (overrides, checking) = match &cli.command {
-        Some(Command::Check(o)) => (o, true),
-        None => (&cli.overrides, false),
+    let (overrides, checking, offline) = match &cli.command {
+        Some(Command::Status(args)) => return status(args),
+        Some(Command::Check(c)) => (&c.overrides, true, c.offline),
+        None => (&cli.overrides, false, false),
     };
-    let config = match Config::load(overrides) {
+    let loaded = if offline {
+        Config::load_offline(overrides)
+    } else {
+        Config::load(overrides)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             complain(format_args!("configuration error: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if offline {
+        let source = redis_failover_proxy::config::file_path(overrides.config.as_deref())
+            .map_or("built-in defaults and command line".to_string(), |p| {
+                p.display().to_string()
+            });
+        let _ = std::io::stdout().write_all(check::offline_summary(&config, &source).as_bytes());
+        return ExitCode::SUCCESS;
+    }
     for w in config.warnings() {
         tracing::warn!(warning = %w, "configuration");
     }
@@ -142,7 +151,31 @@ async fn signals(
     }
 }
 
-/// One line on stderr, ignoring a closed stderr.
+/// `status`: print the running proxy's status, or say why not.
+fn status(args: &redis_failover_proxy::config::StatusArgs) -> ExitCode {
+    match status_report::run(args) {
+        Ok(text) => {
+            // A closed stdout (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            complain(format_args!("{e}"));
+            ExitCode::from(match e {
+                StatusError::Config(_) | StatusError::AdminOff { .. } => EXIT_CONFIG,
+                StatusError::Unreachable { .. } => EXIT_NO_MASTER,
+                StatusError::BadAnswer { .. } => EXIT_PROTOCOL,
+            })
+        }
+    }
+}
+
+/// One line on stderr, ignoring a closed stderr; under systemd with the journal's error
+/// priority.
 fn complain(msg: std::fmt::Arguments) {
-    let _ = writeln!(std::io::stderr(), "redis-failover-proxy: {msg}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}redis-failover-proxy: {msg}",
+        logging::error_prefix()
+    );
 }

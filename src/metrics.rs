@@ -1,5 +1,5 @@
 //! Metric names, their descriptions, and the closed sets of label values. Every metric the proxy
-//! exports is named here and nowhere else; README's metrics reference mirrors this file.
+//! exports is named here and nowhere else; docs/metrics.md documents each (a unit test checks).
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -58,6 +58,34 @@ pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
 /// open. No labels (the admin server is not a route's).
 pub const ADMIN_CONNECTIONS_REJECTED: &str =
     "redis_failover_proxy_admin_connections_rejected_total";
+/// Always 1; the labels say which build runs. Labels: `version` (Cargo.toml), `revision` (the
+/// git commit it was built from, `RFP_BUILD_REVISION` at build time, or `unknown`).
+pub const BUILD_INFO: &str = "redis_failover_proxy_build_info";
+
+/// The standard process metrics (the names every Prometheus client library uses), rendered
+/// from `/proc/self` at each scrape ([`process_metrics`]). No labels.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Soft limit on open file descriptors (`RLIMIT_NOFILE`).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Resident memory in bytes.
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// Virtual memory in bytes.
+pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
+/// User and system CPU time in seconds.
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Start time of the process in seconds since the Unix epoch.
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+/// OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// The `outcome` label values of [`HOLDS`].
+pub const HOLD_OUTCOMES: [&str; 4] = ["routed", "timed_out", "client_closed", "shutdown"];
+/// The `kind` label values of [`ACCEPT_ERRORS`].
+pub const ACCEPT_ERROR_KINDS: [&str; 2] = ["fd_limit", "other"];
+/// The `result` label values of [`ROLE_CHECKS`].
+pub const ROLE_RESULTS: [&str; 3] = ["master", "replica", "error"];
+/// The `why` label values of [`SENTINEL_EVENTS_IGNORED`].
+pub const IGNORED_WHY: [&str; 2] = ["malformed", "repeat"];
 
 /// Why a client connection was closed without a session.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +101,14 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    /// Every reason, for registering each label value at 0.
+    pub const ALL: [Rejected; 4] = [
+        Rejected::Limit,
+        Rejected::HoldTimeout,
+        Rejected::Shutdown,
+        Rejected::TlsHandshake,
+    ];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,6 +186,16 @@ pub enum FenceReason {
 }
 
 impl FenceReason {
+    /// Every reason, for registering each label value at 0.
+    pub const ALL: [FenceReason; 6] = [
+        FenceReason::SwitchEvent,
+        FenceReason::SentinelsNameOther,
+        FenceReason::RoleReplica,
+        FenceReason::FailoverStarted,
+        FenceReason::NoMajority,
+        FenceReason::MasterRestarted,
+    ];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -247,6 +293,256 @@ pub fn master_info(masters: &[(String, std::net::SocketAddr)]) -> String {
     out
 }
 
+/// Registers every series of route `route` (with `sentinels`, as configured) that is not
+/// there from the start otherwise: each counter and each of its label values at 0, the
+/// histograms empty and the gauges at their value or 0. So `increase()` and `rate()` see the
+/// first event, and a dashboard has every series from startup. Called by
+/// [`Route::new`](crate::route::Route::new), so a route added at runtime registers too.
+pub fn register_route(route: &str, sentinels: &[String]) {
+    use metrics::{counter, gauge, histogram};
+    let r = || route.to_string();
+    for reason in Rejected::ALL {
+        counter!(CONNECTIONS_REJECTED, "route" => r(), "reason" => reason.as_str()).increment(0);
+    }
+    for outcome in HOLD_OUTCOMES {
+        counter!(HOLDS, "route" => r(), "outcome" => outcome).increment(0);
+    }
+    for reason in Closed::ALL {
+        counter!(SESSIONS_CLOSED, "route" => r(), "reason" => reason.as_str()).increment(0);
+    }
+    for direction in ["client_to_master", "master_to_client"] {
+        counter!(BYTES, "route" => r(), "direction" => direction).increment(0);
+    }
+    for kind in ACCEPT_ERROR_KINDS {
+        counter!(ACCEPT_ERRORS, "route" => r(), "kind" => kind).increment(0);
+    }
+    for reason in FenceReason::ALL {
+        counter!(FENCES, "route" => r(), "reason" => reason.as_str()).increment(0);
+    }
+    for result in ROLE_RESULTS {
+        counter!(ROLE_CHECKS, "route" => r(), "result" => result).increment(0);
+    }
+    for kind in SentinelErrorKind::NODE {
+        counter!(NODE_CHECK_ERRORS, "route" => r(), "kind" => kind.as_str()).increment(0);
+    }
+    for s in sentinels {
+        for kind in SentinelErrorKind::ALL {
+            counter!(SENTINEL_ERRORS, "route" => r(), "sentinel" => s.clone(), "kind" => kind.as_str())
+                .increment(0);
+        }
+        for why in IGNORED_WHY {
+            counter!(SENTINEL_EVENTS_IGNORED, "route" => r(), "sentinel" => s.clone(), "why" => why)
+                .increment(0);
+        }
+    }
+    for name in [
+        CONNECTIONS_ACCEPTED,
+        MASTER_CONNECT_ERRORS,
+        MASTER_SWITCHES,
+        SWITCH_EVENTS,
+    ] {
+        counter!(name, "route" => r()).increment(0);
+    }
+    // Registered without a sample: rendered with every bucket at 0.
+    let _ = histogram!(HOLD_DURATION, "route" => r());
+    let _ = histogram!(FENCE_DURATION, "route" => r());
+    // Gauges the watcher sets later: present at their current value (0 for a new route).
+    for name in [
+        CONNECTIONS_ACTIVE,
+        CONNECTIONS_HELD,
+        EPOCH,
+        SENTINELS_REACHABLE,
+        SENTINEL_MAJORITY,
+    ] {
+        gauge!(name, "route" => r()).increment(0.0);
+    }
+    gauge!(MASTER_VERIFIED, "route" => r()).set(0.0);
+    gauge!(SENTINELS_CONFIGURED, "route" => r()).set(sentinels.len() as f64);
+}
+
+/// The revision this binary was built from (see build.rs).
+pub const REVISION: &str = env!("RFP_BUILD_REVISION");
+
+/// Sets [`BUILD_INFO`] to 1 with this build's version and revision.
+pub fn set_build_info() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
+        .set(1.0);
+}
+
+/// What the process metrics are made of, read from `/proc/self` ([`ProcessStats::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProcessStats {
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// `RLIMIT_NOFILE` soft limit; `None` when unlimited.
+    pub max_fds: Option<u64>,
+    /// Resident memory, bytes.
+    pub resident_bytes: u64,
+    /// Virtual memory, bytes.
+    pub virtual_bytes: u64,
+    /// User plus system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: f64,
+    /// OS threads.
+    pub threads: u64,
+}
+
+/// The fields of `/proc/PID/stat` the process metrics use, in the kernel's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields {
+    /// User CPU time, clock ticks.
+    pub utime: u64,
+    /// System CPU time, clock ticks.
+    pub stime: u64,
+    /// Threads.
+    pub num_threads: u64,
+    /// Start time, clock ticks after boot.
+    pub starttime: u64,
+    /// Virtual memory, bytes.
+    pub vsize: u64,
+    /// Resident set, pages.
+    pub rss_pages: u64,
+}
+
+/// Parses `/proc/PID/stat` (proc(5)); the command name in parentheses may hold spaces and
+/// parentheses itself, so fields are counted from the last `)`.
+pub fn parse_proc_stat(text: &str) -> Option<StatFields> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Field k of proc(5) (1-based; 3 is the state, the first after the name) is f[k - 3].
+    let n = |k: usize| f.get(k - 3)?.parse::<u64>().ok();
+    Some(StatFields {
+        utime: n(14)?,
+        stime: n(15)?,
+        num_threads: n(20)?,
+        starttime: n(22)?,
+        vsize: n(23)?,
+        rss_pages: n(24)?,
+    })
+}
+
+/// The boot time (`btime`, seconds since the Unix epoch) from `/proc/stat`.
+pub fn parse_btime(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl ProcessStats {
+    /// Combines `/proc/self/stat`, the boot time, the clock tick rate and the page size.
+    pub fn from_parts(
+        stat: StatFields,
+        btime: u64,
+        ticks_per_second: u64,
+        page_size: u64,
+        open_fds: u64,
+        max_fds: Option<u64>,
+    ) -> ProcessStats {
+        let hz = ticks_per_second.max(1) as f64;
+        ProcessStats {
+            open_fds,
+            max_fds,
+            resident_bytes: stat.rss_pages.saturating_mul(page_size),
+            virtual_bytes: stat.vsize,
+            cpu_seconds: (stat.utime + stat.stime) as f64 / hz,
+            start_time_seconds: btime as f64 + stat.starttime as f64 / hz,
+            threads: stat.num_threads,
+        }
+    }
+
+    /// This process's numbers now; `None` where `/proc` cannot be read (not Linux).
+    #[cfg(target_os = "linux")]
+    pub fn read() -> Option<ProcessStats> {
+        let stat = parse_proc_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        // Boot time does not change; /proc/stat is long on many-CPU hosts: read it once.
+        static BTIME: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let btime =
+            (*BTIME.get_or_init(|| parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)))?;
+        // The directory's own descriptor is among the entries, as in other exporters.
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        Some(ProcessStats::from_parts(
+            stat,
+            btime,
+            rustix::param::clock_ticks_per_second(),
+            rustix::param::page_size() as u64,
+            open_fds,
+            max_fds,
+        ))
+    }
+
+    /// Not available off Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub fn read() -> Option<ProcessStats> {
+        None
+    }
+}
+
+/// The process metrics in Prometheus text format.
+pub fn render_process(p: &ProcessStats) -> String {
+    let max_fds = p.max_fds.map_or("+Inf".to_string(), |m| m.to_string());
+    let rows: [(&str, &str, &str, String); 7] = [
+        (
+            PROCESS_CPU_SECONDS,
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds.to_string(),
+        ),
+        (
+            PROCESS_OPEN_FDS,
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.to_string(),
+        ),
+        (
+            PROCESS_MAX_FDS,
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max_fds,
+        ),
+        (
+            PROCESS_VIRTUAL_MEMORY,
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.to_string(),
+        ),
+        (
+            PROCESS_RESIDENT_MEMORY,
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes.to_string(),
+        ),
+        (
+            PROCESS_START_TIME,
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds.to_string(),
+        ),
+        (
+            PROCESS_THREADS,
+            "gauge",
+            "Number of OS threads in the process.",
+            p.threads.to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
+/// The process metrics now, for `/metrics` (empty where they cannot be read).
+pub fn process_metrics() -> String {
+    ProcessStats::read()
+        .map(|p| render_process(&p))
+        .unwrap_or_default()
+}
+
 /// Fence durations are short by design; these buckets resolve 100 µs to 10 s.
 pub const FENCE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -319,6 +615,10 @@ pub fn describe() {
         SENTINEL_EVENTS_IGNORED,
         "Sentinel events ignored (malformed, or a repeat of evidence already acted on)"
     );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels name the version and the git revision of the build"
+    );
     describe_counter!(
         ADMIN_CONNECTIONS_REJECTED,
         "Admin HTTP connections closed at once because the admin connection cap was reached"
@@ -328,6 +628,157 @@ pub fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_fields() {
+        // A name with spaces and parentheses, as a thread may name itself.
+        let text = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 7 0 123456 104857600 2560 18446744073709551615 1 1 0 0 0 0 0 4096 17475 0 0 0 17 1 0 0 0 0 0\n";
+        assert_eq!(
+            parse_proc_stat(text),
+            Some(StatFields {
+                utime: 250,
+                stime: 50,
+                num_threads: 7,
+                starttime: 123456,
+                vsize: 104857600,
+                rss_pages: 2560,
+            })
+        );
+        assert_eq!(parse_proc_stat("4242 (x) S 1 2"), None);
+        assert_eq!(parse_proc_stat("garbage"), None);
+        assert_eq!(
+            parse_btime("cpu 1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1700000000)
+        );
+        assert_eq!(parse_btime("cpu 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn process_metrics_rendered() {
+        let stat = StatFields {
+            utime: 250,
+            stime: 50,
+            num_threads: 7,
+            starttime: 12345,
+            vsize: 104857600,
+            rss_pages: 2560,
+        };
+        let p = ProcessStats::from_parts(stat, 1_700_000_000, 100, 4096, 12, Some(1024));
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.start_time_seconds, 1_700_000_123.45);
+        assert_eq!(p.resident_bytes, 10_485_760);
+        let text = render_process(&p);
+        for line in [
+            "# TYPE process_cpu_seconds_total counter\n",
+            "process_cpu_seconds_total 3\n",
+            "process_open_fds 12\n",
+            "process_max_fds 1024\n",
+            "process_resident_memory_bytes 10485760\n",
+            "process_virtual_memory_bytes 104857600\n",
+            "process_start_time_seconds 1700000123.45\n",
+            "process_threads 7\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let unlimited = ProcessStats { max_fds: None, ..p };
+        assert!(render_process(&unlimited).contains("process_max_fds +Inf\n"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_stats_of_this_process() {
+        let p = ProcessStats::read().expect("/proc/self");
+        assert!(
+            p.open_fds > 0 && p.max_fds.is_none_or(|m| p.open_fds <= m),
+            "{p:?}"
+        );
+        assert!(
+            p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes,
+            "{p:?}"
+        );
+        assert!(
+            p.threads >= 1 && p.start_time_seconds > 1_000_000_000.0,
+            "{p:?}"
+        );
+    }
+
+    /// docs/metrics.md names every metric this file defines.
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../docs/metrics.md");
+        for name in [
+            CONNECTIONS_ACCEPTED,
+            CONNECTIONS_ACTIVE,
+            CONNECTIONS_REJECTED,
+            CONNECTIONS_HELD,
+            HOLDS,
+            HOLD_DURATION,
+            SESSIONS_CLOSED,
+            BYTES,
+            MASTER_CONNECT_ERRORS,
+            ACCEPT_ERRORS,
+            MASTER_SWITCHES,
+            FENCES,
+            FENCE_DURATION,
+            MASTER_INFO,
+            MASTER_VERIFIED,
+            EPOCH,
+            SENTINELS_REACHABLE,
+            SENTINEL_MAJORITY,
+            SENTINELS_CONFIGURED,
+            SENTINEL_ERRORS,
+            SWITCH_EVENTS,
+            NODE_CHECK_ERRORS,
+            SENTINEL_EVENTS_IGNORED,
+            ROLE_CHECKS,
+            ADMIN_CONNECTIONS_REJECTED,
+            BUILD_INFO,
+        ] {
+            let short = name.trim_start_matches("redis_failover_proxy_");
+            assert!(
+                doc.contains(&format!("| `{short}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        for name in [
+            PROCESS_OPEN_FDS,
+            PROCESS_MAX_FDS,
+            PROCESS_RESIDENT_MEMORY,
+            PROCESS_VIRTUAL_MEMORY,
+            PROCESS_CPU_SECONDS,
+            PROCESS_START_TIME,
+            PROCESS_THREADS,
+        ] {
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+        for v in Rejected::ALL
+            .map(Rejected::as_str)
+            .iter()
+            .chain(&HOLD_OUTCOMES)
+            .chain(&ACCEPT_ERROR_KINDS)
+            .chain(&ROLE_RESULTS)
+            .chain(&IGNORED_WHY)
+        {
+            assert!(
+                doc.contains(&format!("`{v}`")),
+                "label value {v} is not in docs/metrics.md"
+            );
+        }
+        for v in FenceReason::ALL
+            .map(FenceReason::as_str)
+            .iter()
+            .chain(Closed::ALL.map(Closed::as_str).iter())
+            .chain(SentinelErrorKind::ALL.map(SentinelErrorKind::as_str).iter())
+        {
+            assert!(
+                doc.contains(&format!("`{v}`")),
+                "label value {v} is not in docs/metrics.md"
+            );
+        }
+    }
 
     #[test]
     fn master_info_has_only_current_series() {

@@ -183,9 +183,9 @@ impl Route {
                 |r| counter!(m::SESSIONS_CLOSED, "route" => name.clone(), "reason" => r.as_str()),
             ),
         };
-        gauge!(m::MASTER_VERIFIED, "route" => name.clone()).set(0.0);
-        gauge!(m::SENTINELS_CONFIGURED, "route" => name.clone())
-            .set(config.sentinel.addresses.len() as f64);
+        // Every series of the route, each label value at 0, from now on (also for a route
+        // added at runtime).
+        m::register_route(&name, &config.sentinel.addresses);
         let sentinels = config
             .sentinel
             .addresses

@@ -208,3 +208,199 @@ fn check_prints_the_topology_and_exits_zero_with_a_verified_master() {
     assert_eq!(code, 69, "{out}");
     assert!(out.contains("unknown_master"), "{out}");
 }
+
+#[test]
+fn check_offline_validates_without_contacting_anything() {
+    let dir = tempdir();
+    // Host names that resolve nowhere: offline, nothing is looked up.
+    std::fs::write(
+        dir.path().join("p.toml"),
+        "[admin]\nlisten = \"127.0.0.1:8400\"\n[sentinel]\naddresses = [\"redis1.invalid:16355\", \"redis2.invalid:26355\", \"10.255.255.1:36355\"]\n\
+         [[route]]\nmaster = \"redis-ha\"\nlisten = \"127.0.0.1:6380\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_bin(dir.path(), &["check", "--offline", "--config", "p.toml"]);
+    assert_eq!(code, 0, "stdout {out} stderr {err}");
+    for want in [
+        "configuration OK: p.toml (offline",
+        "admin: 127.0.0.1:8400",
+        "route redis-ha: listen 127.0.0.1:6380, sentinel master name \"redis-ha\"",
+        "sentinels (3, majority 2): redis1.invalid:16355, redis2.invalid:26355, 10.255.255.1:36355",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    // Errors are the proxy's: one line, exit 64. Two IP literals of one sentinel are found
+    // without a lookup.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[sentinel]\naddresses = [\"[::1]:26355\", \"[0::1]:26355\"]\n",
+    )
+    .unwrap();
+    assert_config_error(
+        &["check", "--offline", "--config", "bad.toml"],
+        None,
+        &["bad.toml"],
+    );
+    assert_config_error(
+        &["check", "--offline", "--config", "bad.toml"],
+        Some("[sentinel]\naddresses = [\"127.0.0.1:1\"]\ntimeout = \"soon\"\n"),
+        &["bad.toml", "line 3", "timeout"],
+    );
+    assert_config_error(
+        &[
+            "check",
+            "--offline",
+            "--sentinel",
+            "[::1]:1",
+            "--sentinel",
+            "[0:0::1]:1",
+        ],
+        None,
+        &["the same sentinel"],
+    );
+    // The shipped file passes as it is.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+    let (code, out, err) = run_bin(
+        dir.path(),
+        &["check", "--offline", "--config", &shipped.to_string_lossy()],
+    );
+    assert_eq!(code, 0, "stdout {out} stderr {err}");
+    assert!(out.contains("admin: 127.0.0.1:8379"), "{out}");
+}
+
+/// Runs the proxy (no reachable sentinel) with `args` and `env`, stderr into `log` in `dir`,
+/// until it logged that no sentinel is reachable; returns the log.
+fn run_until_blind(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> String {
+    let log_path = dir.join("log");
+    let (listen, admin) = (free_port(), free_port());
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--sentinel", "127.0.0.1:1"])
+        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("REDIS_FAILOVER_PROXY_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn proxy");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "route listening and no sentinel reachable",
+        || log().contains("route listening") && log().contains("no sentinel reachable"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    log()
+}
+
+#[test]
+fn json_log_lines_are_json() {
+    let dir = tempdir();
+    let log = run_until_blind(dir.path(), &["--log-format", "json"], &[]);
+    let mut levels = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+        levels.insert(v["level"].as_str().unwrap_or("").to_string());
+    }
+    assert!(
+        levels.contains("INFO") && levels.contains("ERROR"),
+        "{levels:?}\n{log}"
+    );
+    let listening = log.lines().find(|l| l.contains("route listening")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(listening).unwrap();
+    assert_eq!(v["fields"]["route"], "redis-ha", "{listening}");
+    // The environment variable does the same; a bad value is a usage error.
+    let log = run_until_blind(
+        dir.path(),
+        &[],
+        &[("REDIS_FAILOVER_PROXY_LOG_FORMAT", "json".into())],
+    );
+    assert!(log.lines().all(|l| l.starts_with('{')), "{log}");
+    let (code, _, err) = run_bin(dir.path(), &["--log-format", "xml", "--sentinel", "a:1"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("xml") && err.contains("json"), "{err}");
+}
+
+#[test]
+fn under_journald_lines_carry_their_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    // The child's stderr is this file; JOURNAL_STREAM names it as systemd would name the
+    // journal's stream.
+    let log_path = dir.path().join("log");
+    std::fs::File::create(&log_path).unwrap();
+    let meta = std::fs::metadata(&log_path).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let log = run_until_blind(dir.path(), &[], &[("JOURNAL_STREAM", stream.clone())]);
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let p = line.get(..3).unwrap_or("");
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&p),
+            "no priority prefix: {line}"
+        );
+        // No timestamp: the journal records its own.
+        assert!(!line[3..].trim_start().starts_with("20"), "{line}");
+    }
+    let with = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap()
+            .to_string()
+    };
+    assert!(with("route listening").starts_with("<6>"), "{log}");
+    assert!(with("no sentinel reachable").starts_with("<3>"), "{log}");
+    assert!(with("sentinel query failed").starts_with("<4>"), "{log}");
+    // JSON lines too, the prefix before the object (journald strips it).
+    let log = run_until_blind(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("JOURNAL_STREAM", stream.clone())],
+    );
+    let line = with_in(&log, "no sentinel reachable");
+    assert!(line.starts_with("<3>{"), "{line}");
+    serde_json::from_str::<serde_json::Value>(&line[3..]).expect("JSON after the prefix");
+    // A JOURNAL_STREAM that names another file (inherited, stderr redirected): plain lines.
+    let log = run_until_blind(dir.path(), &[], &[("JOURNAL_STREAM", "1:1".to_string())]);
+    assert!(
+        with_in(&log, "route listening")
+            .trim_start()
+            .starts_with("20"),
+        "{log}"
+    );
+    // A fatal error outside the log lines is an error too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().map(|a| (busy, a)).unwrap();
+    let err_path = dir.path().join("err");
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let m = std::fs::metadata(&err_path).unwrap();
+    let status = std::process::Command::new(BIN)
+        .args(["--sentinel", "127.0.0.1:1", "--no-admin"])
+        .args(["--listen", &busy.1.to_string()])
+        .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()))
+        .current_dir(dir.path())
+        .stderr(err_file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<3>redis-failover-proxy: cannot listen")),
+        "{err}"
+    );
+}
+
+fn with_in(log: &str, needle: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in {log}"))
+        .to_string()
+}

@@ -45,20 +45,8 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         .iter()
         .map(|a| Sentinel::new(a, &cfg.access, timeouts))
         .collect();
-    // Every label value exists from the start, so `increase()` alerts see the first event.
-    let name = route.name().to_string();
-    for s in &sentinels {
-        for kind in SentinelErrorKind::ALL {
-            counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => s.addr.clone(), "kind" => kind.as_str()).increment(0);
-        }
-        for why in ["malformed", "repeat"] {
-            counter!(m::SENTINEL_EVENTS_IGNORED, "route" => name.clone(), "sentinel" => s.addr.clone(), "why" => why).increment(0);
-        }
-    }
-    for kind in SentinelErrorKind::NODE {
-        counter!(m::NODE_CHECK_ERRORS, "route" => name.clone(), "kind" => kind.as_str())
-            .increment(0);
-    }
+    // Every label value exists from the start (`metrics::register_route`, from `Route::new`),
+    // so `increase()` alerts see the first event.
     let (tx, rx) = mpsc::channel(64);
     let gate = Arc::new(EventGate::new(sentinels.len()));
     let hints = Arc::new(Notify::new());
