@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the files of deploy/ as far as this machine allows (CI runs it after clippy):
 #   - systemd: `systemd-analyze verify` of the unit and its credentials drop-in;
-#   - Prometheus: `promtool check rules` and `promtool test rules` (Debian's prometheus
-#     package provides /usr/bin/promtool);
+#   - Prometheus: `promtool check rules` and `promtool test rules` (promtool from Debian's
+#     prometheus package, unpacked into target/tools unless already installed);
 #   - Kubernetes YAML, the Grafana JSON and the packaged configs parse, and the proxy accepts
 #     those configs (`check` exits 0 or 69, never 64 = bad config);
 #   - Debian package: built with scripts/build-deb.sh, unpacked with `dpkg -x` into a throwaway
@@ -26,13 +26,28 @@ fail() {
     exit 1
 }
 
-# Tools: promtool (prometheus), PyYAML for the system python3, dpkg, systemd-analyze.
+# Tools: PyYAML for the system python3, systemd-analyze, and promtool.
 pkgs=()
-command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || pkgs+=(python3-yaml)
 command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 ((${#pkgs[@]} == 0)) || ensure_packages "${pkgs[@]}"
 py=/usr/bin/python3
+# promtool ships in Debian's `prometheus` package (/usr/bin/promtool). Installing that package
+# would also install, and where systemd runs start, a Prometheus server: unpack only the
+# package's files into target/tools instead (promtool is one static binary).
+promtool=$(command -v promtool || true)
+if [[ -z $promtool ]]; then
+    promtool=$root/target/tools/usr/bin/promtool
+    if [[ ! -x $promtool ]]; then
+        echo "check-deploy: unpacking promtool from Debian's prometheus package into target/tools" >&2
+        sudo=()
+        ((EUID == 0)) || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq
+        mkdir -p "$tmp/apt"
+        (cd "$tmp/apt" && apt-get download -qq prometheus)
+        dpkg -x "$tmp"/apt/prometheus_*.deb "$root/target/tools"
+    fi
+fi
 
 echo "== deploy: no file still names the old admin port 9121"
 if grep -rn '9121' deploy/ .dockerignore; then
@@ -64,8 +79,8 @@ done
 grep -q '^LoadCredential=' deploy/systemd/credentials.conf || fail "drop-in lacks LoadCredential="
 
 echo "== promtool check rules / test rules deploy/prometheus/"
-promtool check rules deploy/prometheus/alerts.yml
-(cd deploy/prometheus && promtool test rules alerts_test.yml)
+"$promtool" check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && "$promtool" test rules alerts_test.yml)
 
 echo "== YAML, JSON and TOML parse; the proxy accepts the shipped configs"
 "$py" - "$tmp" <<'EOF'
