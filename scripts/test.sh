@@ -10,6 +10,8 @@ deploy/local/ensure-packages.sh iproute2 nftables
 command -v prlimit >/dev/null 2>&1 || deploy/local/ensure-packages.sh util-linux
 # openssl: the TLS tests make their certificates with it (tests/support/tls.rs).
 command -v openssl >/dev/null 2>&1 || deploy/local/ensure-packages.sh openssl
+# supervisor: tests/deploy.rs runs deploy/supervisord/ under Debian's supervisord.
+command -v supervisord >/dev/null 2>&1 || deploy/local/ensure-packages.sh supervisor
 log=$(mktemp)
 # Tests that skip themselves (a missing capability) append "<test>: <why>" here.
 export RFP_SKIP_LOG
