@@ -58,6 +58,12 @@ pub const ROLE_CHECKS: &str = "redis_failover_proxy_role_checks_total";
 /// open. No labels (the admin server is not a route's).
 pub const ADMIN_CONNECTIONS_REJECTED: &str =
     "redis_failover_proxy_admin_connections_rejected_total";
+/// Configuration reloads (SIGHUP), by result (`ok`, `error`). Labels: `result`.
+pub const CONFIG_RELOADS: &str = "redis_failover_proxy_config_reloads_total";
+/// When the configuration was last loaded successfully (at start or by a reload), in seconds
+/// since the Unix epoch. No labels.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+    "redis_failover_proxy_config_last_reload_success_timestamp_seconds";
 
 /// Why a client connection was closed without a session.
 #[derive(Debug, Clone, Copy)]
@@ -99,17 +105,21 @@ pub enum Closed {
     MasterSwitch,
     /// The process shut down and the grace period ran out.
     Shutdown,
+    /// A configuration reload removed the route (or moved it to another listen address or
+    /// master name).
+    RouteRemoved,
 }
 
 impl Closed {
     /// Every reason, in [`Closed::index`] order.
-    pub const ALL: [Closed; 6] = [
+    pub const ALL: [Closed; 7] = [
         Closed::ClientClosed,
         Closed::MasterClosed,
         Closed::ClientError,
         Closed::MasterError,
         Closed::MasterSwitch,
         Closed::Shutdown,
+        Closed::RouteRemoved,
     ];
 
     /// Position in [`Closed::ALL`].
@@ -126,6 +136,7 @@ impl Closed {
             Closed::MasterError => "master_error",
             Closed::MasterSwitch => "master_switch",
             Closed::Shutdown => "shutdown",
+            Closed::RouteRemoved => "route_removed",
         }
     }
 }
@@ -322,6 +333,12 @@ pub fn describe() {
     describe_counter!(
         ADMIN_CONNECTIONS_REJECTED,
         "Admin HTTP connections closed at once because the admin connection cap was reached"
+    );
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP), by result");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the configuration was last loaded successfully (start or reload)"
     );
 }
 
