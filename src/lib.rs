@@ -477,7 +477,7 @@ impl Proxy {
         }
         // From here on nothing fails.
         if !plan.needs_restart.is_empty() {
-            warn!(file = %source, settings = %plan.needs_restart.join("; "), "configuration reload: these settings need a restart; keeping their running values");
+            warn!(file = %source, settings = %plan.needs_restart.join("; "), "configuration reload: a changed setting needs a restart; it keeps its running value");
         }
         for w in new.warnings() {
             warn!(warning = %w, "configuration");
