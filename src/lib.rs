@@ -246,8 +246,11 @@ pub async fn run(
         stop_watchers,
         workers,
         config,
+        routes,
         ..
     } = proxy;
+    // The listening sockets close as the accept loops end: this process's own copies too.
+    drop(routes);
     tasks.close();
     info!(
         sessions = tasks.len(),
