@@ -77,11 +77,14 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// render takes about a millisecond).
 const NICER_BY: i32 = 10;
 
+/// The routes of the process as the admin server sees them: replaced as a whole by a reload.
+pub type Routes = Arc<arc_swap::ArcSwap<Vec<Arc<Route>>>>;
+
 /// What the admin handlers read.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Every route of the process.
-    pub routes: Vec<Arc<Route>>,
+    /// Every route of the process; a reload replaces the list.
+    pub routes: Routes,
     /// Renders `/metrics`; `None` when another recorder is installed.
     pub metrics: Option<PrometheusHandle>,
     /// Cancelled when shutdown begins (readiness turns false).
@@ -301,6 +304,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         Some(h) => {
             let masters: Vec<(String, std::net::SocketAddr)> = s
                 .routes
+                .load()
                 .iter()
                 .filter_map(|r| r.current().map(|m| (r.name().to_string(), m.addr)))
                 .collect();
@@ -314,7 +318,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let views: Vec<RouteView> = s.routes.iter().map(|r| RouteView::of(r)).collect();
+    let views: Vec<RouteView> = s.routes.load().iter().map(|r| RouteView::of(r)).collect();
     let (ready, body) = view::readiness(s.draining.is_cancelled(), &views);
     let code = if ready {
         StatusCode::OK
@@ -325,7 +329,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn status(State(s): State<AdminState>) -> Response {
-    let routes: Vec<RouteView> = s.routes.iter().map(|r| RouteView::of(r)).collect();
+    let routes: Vec<RouteView> = s.routes.load().iter().map(|r| RouteView::of(r)).collect();
     axum::Json(StatusDoc {
         version: env!("CARGO_PKG_VERSION"),
         draining: s.draining.is_cancelled(),

@@ -10,7 +10,9 @@ pub mod check;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
+pub mod reload;
 pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
@@ -23,12 +25,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::metrics as m;
 
 pub use config::Config;
 pub use proxy::workers::Workers;
@@ -108,39 +112,83 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     Some(handle)
 }
 
+/// What the binary asks of a running proxy (on SIGHUP and SIGUSR1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Load the configuration again and apply it ([`reload`]).
+    Reload,
+    /// Log the `/status` document.
+    LogStatus,
+}
+
+/// Loads the configuration again for a reload (the binary's: the same file, flags and
+/// environment as at start).
+pub type Loader = Arc<dyn Fn() -> Result<Config, config::ConfigError> + Send + Sync>;
+
+/// The control requests a running proxy takes, and how it reloads.
+pub struct Controls {
+    /// Requests, in order.
+    pub requests: tokio::sync::mpsc::Receiver<Control>,
+    /// How a reload loads the new configuration; `None`: reloads are refused.
+    pub load: Option<Loader>,
+    /// The configuration file, for log lines (`command line` when there is none).
+    pub source: String,
+}
+
+impl Controls {
+    /// No requests ever (for callers that do not reload).
+    pub fn none() -> Controls {
+        Controls {
+            requests: tokio::sync::mpsc::channel(1).1,
+            load: None,
+            source: "command line".to_string(),
+        }
+    }
+}
+
 /// Runs the proxy until `shutdown.drain` is cancelled, then stops accepting, lets sessions
 /// finish for `config.shutdown_grace` (or until `shutdown.close`), closes the rest, stops the
-/// session threads and the admin server and returns. Sessions run on `workers` (see
-/// [`Workers::start`]); the admin server on a thread of its own ([`admin::AdminServer`]). The
-/// error is a failure to start accepting on the session threads or to start the admin
-/// server, before anything ran.
+/// session threads and the admin server and returns. Meanwhile it serves `controls`
+/// (reloads, status to the log). Sessions run on `workers` (see [`Workers::start`]); the admin
+/// server on a thread of its own ([`admin::AdminServer`]). The error is a failure to start
+/// accepting on the session threads or to start the admin server, before anything ran.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     workers: Workers,
     metrics: Option<PrometheusHandle>,
     shutdown: Shutdown,
+    mut controls: Controls,
 ) -> Result<(), StartError> {
     // Every session thread accepts on its own descriptor of each route's socket, registered
     // with that thread's event loop; all of it before anything starts, so a failure (out of
     // descriptors or epoll watches) stops the start instead of leaving a thread that never
     // accepts but counts as the least loaded.
-    let mut per_route = Vec::with_capacity(listeners.routes.len());
+    let mut prepared = Vec::with_capacity(listeners.routes.len());
     for (rc, listener) in config.routes.iter().zip(listeners.routes) {
-        let fds = share_listener(listener, &workers).map_err(|source| StartError::Route {
-            route: rc.name.clone(),
-            source,
-        })?;
-        per_route.push(fds);
+        let p = listener
+            .into_std()
+            .and_then(|socket| Prepared::new(rc.clone(), socket, &workers))
+            .map_err(|source| StartError::Route {
+                route: rc.name.clone(),
+                source,
+            })?;
+        prepared.push(p);
     }
-    let tasks = TaskTracker::new();
-    let stop_watchers = CancellationToken::new();
-    let routes: Vec<Arc<route::Route>> = config
-        .routes
+    let mut proxy = Proxy {
+        tasks: TaskTracker::new(),
+        stop_watchers: CancellationToken::new(),
+        routes: Vec::new(),
+        admin_routes: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
+        workers,
+        shutdown: shutdown.clone(),
+        config,
+    };
+    let routes: Vec<Arc<route::Route>> = prepared
         .iter()
-        .cloned()
-        .map(route::Route::new)
+        .map(|p| route::Route::new(p.config.clone()))
         .collect();
+    proxy.admin_routes.store(Arc::new(routes.clone()));
     // The admin server starts before the watchers and accept loops, so a failure to start it
     // stops the start with nothing running. It gets a thread of its own: no admin client can
     // take a turn from the watchers (this runtime) or the sessions (the session threads).
@@ -153,7 +201,7 @@ pub async fn run(
             let server = admin::AdminServer::start(
                 listener,
                 admin::AdminState {
-                    routes: routes.clone(),
+                    routes: proxy.admin_routes.clone(),
                     metrics,
                     draining: shutdown.drain.clone(),
                 },
@@ -167,37 +215,45 @@ pub async fn run(
             None
         }
     };
-    for (route, fds) in routes.into_iter().zip(per_route) {
-        let addr = fds[0]
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        info!(
-            route = route.name(),
-            listen = %addr,
-            master = %route.config.master_name,
-            sentinels = ?route.config.sentinel.addresses,
-            "route listening"
-        );
-        tokio::spawn(sentinel::watch(route.clone(), stop_watchers.clone()));
-        let limit = Arc::new(Semaphore::new(route.config.max_connections));
-        for (thread, fd) in fds.into_iter().enumerate() {
-            tasks.spawn_on(
-                proxy::listener::serve(
-                    fd,
-                    route.clone(),
-                    workers.turns(),
-                    thread,
-                    limit.clone(),
-                    tasks.clone(),
-                    shutdown.clone(),
-                ),
-                workers.handle(thread),
-            );
+    for (route, p) in routes.into_iter().zip(prepared) {
+        let running = proxy.launch(route, p);
+        proxy.routes.push(running);
+    }
+    for result in ["ok", "error"] {
+        counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
+    }
+    gauge!(m::CONFIG_LAST_RELOAD_SUCCESS).set(route::unix_now());
+    notify::ready(&proxy.status_line());
+    if let Some(interval) = notify::watchdog_interval() {
+        info!(interval = %humantime::format_duration(interval), "systemd watchdog enabled");
+        tokio::spawn(notify::watchdog(interval, proxy.stop_watchers.clone()));
+    }
+
+    loop {
+        tokio::select! {
+            _ = shutdown.drain.cancelled() => break,
+            Some(c) = controls.requests.recv() => match c {
+                Control::Reload => {
+                    notify::reloading();
+                    proxy.reload(&controls).await;
+                    notify::ready(&proxy.status_line());
+                }
+                Control::LogStatus => proxy.log_status(),
+            },
         }
     }
 
-    shutdown.drain.cancelled().await;
+    notify::stopping();
+    let Proxy {
+        tasks,
+        stop_watchers,
+        workers,
+        config,
+        routes,
+        ..
+    } = proxy;
+    // The listening sockets close as the accept loops end: this process's own copies too.
+    drop(routes);
     tasks.close();
     info!(
         sessions = tasks.len(),
@@ -232,6 +288,283 @@ pub async fn run(
     Ok(())
 }
 
+/// A route's socket and its per-thread descriptors, ready to launch (nothing runs yet).
+struct Prepared {
+    config: config::RouteConfig,
+    /// The socket itself, kept so a reload can reuse it or change its backlog.
+    socket: std::net::TcpListener,
+    fds: Vec<TcpListener>,
+}
+
+impl Prepared {
+    fn new(
+        config: config::RouteConfig,
+        socket: std::net::TcpListener,
+        workers: &Workers,
+    ) -> io::Result<Prepared> {
+        let fds = share_listener(&socket, workers)?;
+        Ok(Prepared {
+            config,
+            socket,
+            fds,
+        })
+    }
+}
+
+/// One running route: what is needed to change or stop it.
+struct RunningRoute {
+    route: Arc<route::Route>,
+    socket: std::net::TcpListener,
+    /// The route's own stop: `drain` ends its accept loops and releases its held clients.
+    stop: Shutdown,
+    /// Its accept loops.
+    accepts: TaskTracker,
+    watcher_stop: CancellationToken,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// The running proxy, as the control loop changes it.
+struct Proxy {
+    /// Accept loops and sessions of every route (shutdown waits for them).
+    tasks: TaskTracker,
+    stop_watchers: CancellationToken,
+    routes: Vec<RunningRoute>,
+    admin_routes: admin::Routes,
+    workers: Workers,
+    shutdown: Shutdown,
+    /// The configuration in force.
+    config: Config,
+}
+
+impl Proxy {
+    /// Starts the watcher and the accept loops of a prepared route.
+    fn launch(&self, route: Arc<route::Route>, p: Prepared) -> RunningRoute {
+        let addr = p.fds[0]
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        info!(
+            route = route.name(),
+            listen = %addr,
+            master = %p.config.master_name,
+            sentinels = ?p.config.sentinel.addresses,
+            "route listening"
+        );
+        let watcher_stop = self.stop_watchers.child_token();
+        let watcher = tokio::spawn(sentinel::watch(route.clone(), watcher_stop.clone()));
+        let stop = Shutdown {
+            drain: self.shutdown.drain.child_token(),
+            close: self.shutdown.close.child_token(),
+        };
+        let accepts = TaskTracker::new();
+        for (thread, fd) in p.fds.into_iter().enumerate() {
+            self.tasks.spawn_on(
+                accepts.track_future(proxy::listener::serve(
+                    fd,
+                    route.clone(),
+                    self.workers.turns(),
+                    thread,
+                    self.tasks.clone(),
+                    stop.clone(),
+                )),
+                self.workers.handle(thread),
+            );
+        }
+        accepts.close();
+        RunningRoute {
+            route,
+            socket: p.socket,
+            stop,
+            accepts,
+            watcher_stop,
+            watcher,
+        }
+    }
+
+    /// `STATUS=` text for systemd: how many routes have a usable master.
+    fn status_line(&self) -> String {
+        let routing = self
+            .routes
+            .iter()
+            .filter(|r| r.route.current().is_some_and(|m| m.is_trusted()))
+            .count();
+        format!("routing {routing}/{} routes", self.routes.len())
+    }
+
+    /// Logs the `/status` document as one line of JSON (SIGUSR1).
+    fn log_status(&self) {
+        let doc = status::StatusDoc {
+            version: env!("CARGO_PKG_VERSION"),
+            draining: self.shutdown.drain.is_cancelled(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| status::RouteView::of(&r.route))
+                .collect(),
+        };
+        match serde_json::to_string(&doc) {
+            Ok(json) => info!(status = %json, "status (SIGUSR1)"),
+            Err(e) => warn!(error = %e, "cannot render the status"),
+        }
+        notify::status(&self.status_line());
+    }
+
+    /// Loads the configuration again and applies it, or rejects it with one error line and
+    /// keeps the running one.
+    async fn reload(&mut self, controls: &Controls) {
+        let source = controls.source.as_str();
+        let Some(load) = controls.load.clone() else {
+            return;
+        };
+        // File reads, TLS material and name checks: off the control runtime.
+        let loaded = match tokio::task::spawn_blocking(move || load()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("loading failed: {e}")),
+        };
+        let outcome = match loaded {
+            Ok(new) => self.apply(new, source).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
+                gauge!(m::CONFIG_LAST_RELOAD_SUCCESS).set(route::unix_now());
+            }
+            Err(reason) => {
+                counter!(m::CONFIG_RELOADS, "result" => "error").increment(1);
+                error!(file = %source, error = %reason, "configuration reload rejected; the running configuration stays");
+            }
+        }
+    }
+
+    /// Applies a loaded configuration: first everything that can fail (new sockets), then the
+    /// changes, which cannot.
+    async fn apply(&mut self, new: Config, source: &str) -> Result<(), String> {
+        let plan = reload::plan(&self.config, &new);
+        let new = reload::effective(&self.config, new);
+        // Sockets for added routes: a removed route's socket on the same address is taken
+        // over (clients queued in it are served by the new route), any other is bound now.
+        let mut prepared = Vec::with_capacity(plan.added.len());
+        for name in &plan.added {
+            let Some(rc) = new.routes.iter().find(|r| &r.name == name) else {
+                continue;
+            };
+            let reused = self
+                .routes
+                .iter()
+                .filter(|r| plan.removed.iter().any(|n| n == r.route.name()))
+                .find(|r| r.route.config().listen == rc.listen);
+            let socket = match reused {
+                Some(r) => r.socket.try_clone().map_err(|e| {
+                    format!(
+                        "route {name}: cannot reuse the socket of {}: {e}",
+                        rc.listen
+                    )
+                })?,
+                None => {
+                    let backlog = u32::try_from(rc.max_connections).unwrap_or(u32::MAX);
+                    bind_one(rc.listen, backlog, format!("route {name}"))
+                        .and_then(|l| {
+                            l.into_std().map_err(|source| BindError {
+                                addr: rc.listen,
+                                what: format!("route {name}"),
+                                source,
+                            })
+                        })
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            let p = Prepared::new(rc.clone(), socket, &self.workers).map_err(|e| {
+                format!(
+                    "route {name}: cannot share the listening socket with the session threads: {e}"
+                )
+            })?;
+            prepared.push(p);
+        }
+        // From here on nothing fails.
+        if !plan.needs_restart.is_empty() {
+            warn!(file = %source, settings = %plan.needs_restart.join("; "), "configuration reload: a changed setting needs a restart; it keeps its running value");
+        }
+        for w in new.warnings() {
+            warn!(warning = %w, "configuration");
+        }
+        let mut removed_sessions = 0;
+        for name in &plan.removed {
+            let Some(i) = self.routes.iter().position(|r| r.route.name() == name) else {
+                continue;
+            };
+            let r = self.routes.remove(i);
+            removed_sessions += r.route.open_clients();
+            stop_route(r).await;
+        }
+        for change in &plan.changed {
+            let (Some(r), Some(rc)) = (
+                self.routes.iter().find(|r| r.route.name() == change.name),
+                new.routes.iter().find(|r| r.name == change.name),
+            ) else {
+                continue;
+            };
+            if change.keys.contains(&"max_connections") {
+                // Linux takes a second listen() on a listening socket as a new backlog.
+                let backlog = i32::try_from(rc.max_connections).unwrap_or(i32::MAX);
+                let _ = socket2::SockRef::from(&r.socket).listen(backlog.clamp(128, 65_535));
+            }
+            r.route.reconfigure(rc.clone());
+        }
+        for name in &plan.kept {
+            if let (Some(r), Some(rc)) = (
+                self.routes.iter().find(|r| r.route.name() == name),
+                new.routes.iter().find(|r| &r.name == name),
+            ) {
+                // Equal settings; certificate files were read again, and new clients get them.
+                r.route.reconfigure(rc.clone());
+            }
+        }
+        for p in prepared {
+            let route = route::Route::new(p.config.clone());
+            let running = self.launch(route, p);
+            self.routes.push(running);
+        }
+        // Keep the file's order.
+        self.routes.sort_by_key(|r| {
+            new.routes
+                .iter()
+                .position(|c| c.name == r.route.name())
+                .unwrap_or(usize::MAX)
+        });
+        self.admin_routes.store(Arc::new(
+            self.routes.iter().map(|r| r.route.clone()).collect(),
+        ));
+        info!(
+            file = %source,
+            kept = plan.kept.len(),
+            changed = plan.changed.len(),
+            added = plan.added.len(),
+            removed = plan.removed.len(),
+            removed_sessions,
+            routes = %reload::summary(&plan),
+            "configuration reloaded"
+        );
+        self.config = new;
+        Ok(())
+    }
+}
+
+/// Stops a removed route: no more accepts, its held clients released, its watcher stopped
+/// (and waited for: the master state keeps one writer), then its sessions closed.
+async fn stop_route(r: RunningRoute) {
+    r.stop.drain.cancel();
+    r.accepts.wait().await;
+    r.watcher_stop.cancel();
+    let _ = r.watcher.await;
+    let sessions = r.route.open_clients();
+    r.route.retire();
+    info!(
+        route = r.route.name(),
+        sessions, "route removed by a reload; its sessions are closed"
+    );
+}
+
 /// Starting failed, before anything ran.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -253,8 +586,10 @@ pub enum StartError {
 
 /// One descriptor of `listener` per session thread, each registered with that thread's
 /// runtime.
-fn share_listener(listener: TcpListener, workers: &Workers) -> io::Result<Vec<TcpListener>> {
-    let listener = listener.into_std()?;
+fn share_listener(
+    listener: &std::net::TcpListener,
+    workers: &Workers,
+) -> io::Result<Vec<TcpListener>> {
     (0..workers.len())
         .map(|thread| {
             let fd = listener.try_clone()?;

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use redis_failover_proxy::config::{Cli, Command, Config};
 use redis_failover_proxy::status_report::{self, StatusError};
-use redis_failover_proxy::{bind, check, install_metrics, logging, run, Shutdown, Workers};
+use redis_failover_proxy::{
+    bind, check, install_metrics, logging, run, Control, Controls, Loader, Shutdown, Workers,
+};
+use tokio::signal::unix::Signal;
+use tokio::sync::mpsc::Sender;
 
 /// Bad command line or configuration (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -85,6 +89,11 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_NO_MASTER)
         };
     }
+    // A reload loads the same file with the same flags and environment as the start.
+    let reload_with = overrides.clone();
+    let load: Loader = std::sync::Arc::new(move || Config::load(&reload_with));
+    let source = redis_failover_proxy::config::file_path(overrides.config.as_deref())
+        .map_or("command line".to_string(), |p| p.display().to_string());
     let code = runtime.block_on(async move {
         let listeners = match bind(&config).await {
             Ok(l) => l,
@@ -111,8 +120,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        tokio::spawn(signals(handlers, shutdown.clone()));
-        match run(config, listeners, workers, install_metrics(), shutdown).await {
+        let (control, requests) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(signals(handlers, shutdown.clone(), control));
+        let controls = Controls {
+            requests,
+            load: Some(load),
+            source,
+        };
+        match run(
+            config,
+            listeners,
+            workers,
+            install_metrics(),
+            shutdown,
+            controls,
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 complain(format_args!("{e}"));
@@ -125,29 +149,69 @@ fn main() -> ExitCode {
     code
 }
 
-/// SIGTERM and SIGINT, caught from now on.
-fn signal_handlers() -> std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>
-{
+/// The signals the proxy handles, caught from now on (none of them may end it silently).
+struct Handlers {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    alrm: Signal,
+}
+
+fn signal_handlers() -> std::io::Result<Handlers> {
     use tokio::signal::unix::{signal, SignalKind};
-    Ok((
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-    ))
+    Ok(Handlers {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+        usr1: signal(SignalKind::user_defined1())?,
+        usr2: signal(SignalKind::user_defined2())?,
+        alrm: signal(SignalKind::alarm())?,
+    })
 }
 
 /// First SIGTERM/SIGINT: drain (stop accepting, let sessions finish within the grace period).
-/// Second: close every session now.
-async fn signals(
-    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-    shutdown: Shutdown,
-) {
-    for (stage, token) in [("drain", &shutdown.drain), ("close", &shutdown.close)] {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+/// Second: close every session now. SIGHUP reloads the configuration, SIGUSR1 logs the
+/// status; SIGUSR2 and SIGALRM are logged and ignored.
+async fn signals(mut h: Handlers, shutdown: Shutdown, control: Sender<Control>) {
+    let mut stages = [("drain", &shutdown.drain), ("close", &shutdown.close)].into_iter();
+    loop {
+        let (signal, request) = tokio::select! {
+            _ = h.term.recv() => ("SIGTERM", None),
+            _ = h.int.recv() => ("SIGINT", None),
+            _ = h.hup.recv() => ("SIGHUP", Some(Control::Reload)),
+            _ = h.usr1.recv() => ("SIGUSR1", Some(Control::LogStatus)),
+            _ = h.usr2.recv() => {
+                tracing::info!(signal = "SIGUSR2", "signal received; ignored");
+                continue;
+            }
+            _ = h.alrm.recv() => {
+                tracing::info!(signal = "SIGALRM", "signal received; ignored");
+                continue;
+            }
+        };
+        match request {
+            Some(request) => {
+                if shutdown.drain.is_cancelled() {
+                    tracing::info!(signal, "signal received; ignored while shutting down");
+                } else if control.try_send(request).is_err() {
+                    tracing::warn!(
+                        signal,
+                        "signal received; ignored: too many requests are already waiting"
+                    );
+                } else if request == Control::Reload {
+                    tracing::info!(signal, "signal received; reloading the configuration");
+                }
+            }
+            None => match stages.next() {
+                Some((stage, token)) => {
+                    tracing::info!(signal, stage, "signal received; shutting down");
+                    token.cancel();
+                }
+                None => tracing::info!(signal, "signal received; already closing"),
+            },
         }
-        tracing::info!(stage, "signal received");
-        token.cancel();
     }
 }
 

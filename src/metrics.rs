@@ -87,6 +87,13 @@ pub const ROLE_RESULTS: [&str; 3] = ["master", "replica", "error"];
 /// The `why` label values of [`SENTINEL_EVENTS_IGNORED`].
 pub const IGNORED_WHY: [&str; 2] = ["malformed", "repeat"];
 
+/// Configuration reloads (SIGHUP), by result (`ok`, `error`). Labels: `result`.
+pub const CONFIG_RELOADS: &str = "redis_failover_proxy_config_reloads_total";
+/// When the configuration was last loaded successfully (at start or by a reload), in seconds
+/// since the Unix epoch. No labels.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+    "redis_failover_proxy_config_last_reload_success_timestamp_seconds";
+
 /// Why a client connection was closed without a session.
 #[derive(Debug, Clone, Copy)]
 pub enum Rejected {
@@ -135,17 +142,21 @@ pub enum Closed {
     MasterSwitch,
     /// The process shut down and the grace period ran out.
     Shutdown,
+    /// A configuration reload removed the route (or moved it to another listen address or
+    /// master name).
+    RouteRemoved,
 }
 
 impl Closed {
     /// Every reason, in [`Closed::index`] order.
-    pub const ALL: [Closed; 6] = [
+    pub const ALL: [Closed; 7] = [
         Closed::ClientClosed,
         Closed::MasterClosed,
         Closed::ClientError,
         Closed::MasterError,
         Closed::MasterSwitch,
         Closed::Shutdown,
+        Closed::RouteRemoved,
     ];
 
     /// Position in [`Closed::ALL`].
@@ -162,6 +173,7 @@ impl Closed {
             Closed::MasterError => "master_error",
             Closed::MasterSwitch => "master_switch",
             Closed::Shutdown => "shutdown",
+            Closed::RouteRemoved => "route_removed",
         }
     }
 }
@@ -325,16 +337,7 @@ pub fn register_route(route: &str, sentinels: &[String]) {
     for kind in SentinelErrorKind::NODE {
         counter!(NODE_CHECK_ERRORS, "route" => r(), "kind" => kind.as_str()).increment(0);
     }
-    for s in sentinels {
-        for kind in SentinelErrorKind::ALL {
-            counter!(SENTINEL_ERRORS, "route" => r(), "sentinel" => s.clone(), "kind" => kind.as_str())
-                .increment(0);
-        }
-        for why in IGNORED_WHY {
-            counter!(SENTINEL_EVENTS_IGNORED, "route" => r(), "sentinel" => s.clone(), "why" => why)
-                .increment(0);
-        }
-    }
+    register_sentinels(route, sentinels);
     for name in [
         CONNECTIONS_ACCEPTED,
         MASTER_CONNECT_ERRORS,
@@ -357,6 +360,24 @@ pub fn register_route(route: &str, sentinels: &[String]) {
         gauge!(name, "route" => r()).increment(0.0);
     }
     gauge!(MASTER_VERIFIED, "route" => r()).set(0.0);
+}
+
+/// Registers at 0 the per-sentinel series of `route` for `sentinels` and sets
+/// `sentinels_configured`: at start and again when a reload changes the sentinel list (a
+/// sentinel dropped by the reload keeps its series until the process restarts).
+pub fn register_sentinels(route: &str, sentinels: &[String]) {
+    use metrics::{counter, gauge};
+    let r = || route.to_string();
+    for s in sentinels {
+        for kind in SentinelErrorKind::ALL {
+            counter!(SENTINEL_ERRORS, "route" => r(), "sentinel" => s.clone(), "kind" => kind.as_str())
+                .increment(0);
+        }
+        for why in IGNORED_WHY {
+            counter!(SENTINEL_EVENTS_IGNORED, "route" => r(), "sentinel" => s.clone(), "why" => why)
+                .increment(0);
+        }
+    }
     gauge!(SENTINELS_CONFIGURED, "route" => r()).set(sentinels.len() as f64);
 }
 
@@ -622,6 +643,12 @@ pub fn describe() {
     describe_counter!(
         ADMIN_CONNECTIONS_REJECTED,
         "Admin HTTP connections closed at once because the admin connection cap was reached"
+    );
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP), by result");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the configuration was last loaded successfully (start or reload)"
     );
 }
 

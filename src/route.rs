@@ -7,11 +7,11 @@
 //! cancelled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{counter, gauge, Counter, Gauge};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -139,10 +139,18 @@ pub struct RouteMetrics {
 /// One route: its configuration, its master state and the notifier held clients wait on.
 #[derive(Debug)]
 pub struct Route {
-    /// The route's configuration.
-    pub config: RouteConfig,
+    /// The route's configuration; a reload replaces it ([`Route::reconfigure`]), keeping the
+    /// name, master name and listen address, which identify the route.
+    config: ArcSwap<RouteConfig>,
+    name: String,
     /// Metric handles labelled with this route.
     pub metrics: RouteMetrics,
+    /// Signalled when a reload replaced the configuration (the watcher re-reads it).
+    reconfigured: Notify,
+    /// Clients admitted against `max_connections` and not yet gone.
+    admitted: AtomicUsize,
+    /// Set once a reload removed the route.
+    retired: AtomicBool,
     master: ArcSwapOption<Master>,
     last_epoch: AtomicU64,
     changed: Notify,
@@ -186,18 +194,14 @@ impl Route {
         // Every series of the route, each label value at 0, from now on (also for a route
         // added at runtime).
         m::register_route(&name, &config.sentinel.addresses);
-        let sentinels = config
-            .sentinel
-            .addresses
-            .iter()
-            .map(|a| SentinelStatus {
-                address: a.clone(),
-                ..Default::default()
-            })
-            .collect();
+        let sentinels = sentinel_slots(&name, &config);
         Arc::new(Route {
-            config,
+            config: ArcSwap::from_pointee(config),
+            name,
             metrics,
+            reconfigured: Notify::new(),
+            admitted: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             master: ArcSwapOption::empty(),
             last_epoch: AtomicU64::new(0),
             changed: Notify::new(),
@@ -213,7 +217,73 @@ impl Route {
 
     /// The route's name (metric label).
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The route's current configuration. A session takes it once, when it is accepted; the
+    /// watcher at each use.
+    pub fn config(&self) -> Arc<RouteConfig> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration (a reload): new clients get the new limits and timeouts at
+    /// once; the watcher is told, and picks up a changed sentinel list or sentinel settings
+    /// between two rounds. The master state is untouched. `config` must keep the route's
+    /// name, master name and listen address (otherwise the reload replaces the route).
+    pub fn reconfigure(&self, config: RouteConfig) {
+        debug_assert_eq!(config.name, self.name);
+        let old = self.config.load_full();
+        // Only a change the watcher caches interrupts it (it abandons a round in progress).
+        let tell_watcher = crate::reload::route_changes(&old, &config)
+            .iter()
+            .any(|k| k.starts_with("sentinel"));
+        self.config.store(Arc::new(config));
+        if tell_watcher {
+            self.reconfigured.notify_one();
+        }
+    }
+
+    /// Starts the per-sentinel status over for the current sentinel list (watcher only, once
+    /// the old list's subscriptions have stopped).
+    pub fn reset_sentinels(&self) {
+        let config = self.config();
+        *self.sentinels.lock().unwrap_or_else(|e| e.into_inner()) =
+            sentinel_slots(&self.name, &config);
+    }
+
+    /// Resolves when a reload replaced the configuration (watcher only).
+    pub async fn reconfigured(&self) {
+        self.reconfigured.notified().await;
+    }
+
+    /// Admits one more client if fewer than `max_connections` (read now) are open; the
+    /// admission ends when the returned guard drops.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Admission> {
+        let max = self.config.load().max_connections;
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission(self.clone()))
+    }
+
+    /// Ends the route for good (a reload removed it; its watcher has already stopped, so this
+    /// is the master state's last write): no master from now on, and the current epoch's
+    /// sessions close (they report [`Closed::RouteRemoved`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        if let Some(old) = self.master.swap(None) {
+            old.token.cancel();
+            old.sessions.close();
+        }
+        gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether a reload removed the route.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// The current verified master, if any and not fenced.
@@ -346,6 +416,30 @@ impl Route {
         if let Some(s) = all.get_mut(index) {
             f(s);
         }
+    }
+}
+
+/// The per-sentinel status slots of `config` (and the `sentinels_configured` gauge).
+fn sentinel_slots(route: &str, config: &RouteConfig) -> Vec<SentinelStatus> {
+    m::register_sentinels(route, &config.sentinel.addresses);
+    config
+        .sentinel
+        .addresses
+        .iter()
+        .map(|a| SentinelStatus {
+            address: a.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// One client admitted against the route's `max_connections`, for as long as it lives.
+#[derive(Debug)]
+pub struct Admission(Arc<Route>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -142,8 +142,8 @@ impl RouteView {
         let reachable = sentinels.iter().filter(|s| s.reachable).count();
         RouteView {
             name: route.name().to_string(),
-            master_name: route.config.master_name.clone(),
-            listen: route.config.listen.to_string(),
+            master_name: route.config().master_name.clone(),
+            listen: route.config().listen.to_string(),
             state,
             master,
             clients_open: route.open_clients(),

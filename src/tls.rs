@@ -104,6 +104,11 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, String> {
 }
 
 impl TlsClient {
+    /// The settings it was loaded from.
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
     /// Loads the CA bundle and the optional client certificate and key.
     pub fn load(settings: &ClientSettings) -> Result<TlsClient, String> {
         let provider = provider();
@@ -250,6 +255,11 @@ impl fmt::Debug for TlsServer {
 }
 
 impl TlsServer {
+    /// The settings it was loaded from.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.settings
+    }
+
     /// Loads the certificate, key and optional client CA.
     pub fn load(settings: &ServerSettings) -> Result<TlsServer, String> {
         let provider = provider();

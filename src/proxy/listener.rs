@@ -3,8 +3,8 @@
 //! ([`Turns::wait_turn`]) and serves what it accepted itself, so no client is handed between
 //! threads. A loop never dies: accept errors are counted, logged at most once a second per
 //! thread, and backed off (EMFILE would otherwise spin, since the pending connection stays
-//! queued). The connection limit is a semaphore shared by the loops; a client over the limit is
-//! closed at once.
+//! queued). The connection limit is a counter of the route shared by the loops
+//! ([`Route::try_admit`]); a client over the limit is closed at once.
 
 use std::io;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use metrics::counter;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
@@ -29,7 +28,6 @@ pub async fn serve(
     route: Arc<Route>,
     turns: Arc<Turns>,
     thread: usize,
-    limit: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: Shutdown,
 ) {
@@ -72,7 +70,8 @@ pub async fn serve(
             }
         };
         route.metrics.accepted.increment(1);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        // The limit is read at each accept: a reload may have changed it.
+        let Some(permit) = route.try_admit() else {
             counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => Rejected::Limit.as_str())
                 .increment(1);
             debug!(route = route.name(), client.addr = %peer, "connection limit reached; closing client");

@@ -15,14 +15,13 @@ use metrics::{counter, Counter};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, Instrument};
 
 use super::workers::LoadGuard;
 use super::Shutdown;
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, Rejected};
-use crate::route::{ClientGuard, HeldGuard, Master, Route};
+use crate::route::{Admission, ClientGuard, HeldGuard, Master, Route};
 
 /// Size of the per-thread read buffer (see `SCRATCH`). Per-session buffers would cost 32 KiB
 /// per session (10,000 idle pooled clients: 320 MiB, which the allocator does not give back).
@@ -33,7 +32,7 @@ pub async fn run(
     client: TcpStream,
     peer: SocketAddr,
     route: Arc<Route>,
-    permit: OwnedSemaphorePermit,
+    permit: Admission,
     load: LoadGuard,
     shutdown: Shutdown,
 ) {
@@ -55,15 +54,12 @@ enum HoldEnd {
     ClientGone,
 }
 
-async fn serve(
-    client: TcpStream,
-    route: Arc<Route>,
-    _permit: OwnedSemaphorePermit,
-    shutdown: Shutdown,
-) {
+async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdown: Shutdown) {
     let _client_guard = ClientGuard::new(&route);
     let _ = client.set_nodelay(true);
-    let client = match &route.config.listen_tls {
+    // The configuration as it was when the client arrived: a reload applies to later clients.
+    let config = route.config();
+    let client = match &config.listen_tls {
         None => ClientIo::Plain(client),
         Some(tls) => {
             let handshake = tokio::select! {
@@ -88,7 +84,7 @@ async fn serve(
         }
     };
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + route.config.hold_timeout;
+    let deadline = tokio::time::Instant::now() + config.hold_timeout;
     let mut held: Option<HeldGuard> = None;
 
     let established = loop {
@@ -152,7 +148,7 @@ async fn serve(
         let attempt = tokio::select! {
             biased;
             _ = master.fenced().cancelled() => None,
-            r = connect(&master, &route.config) => Some(r),
+            r = connect(&master, &config) => Some(r),
         };
         drop(pace);
         match attempt {
@@ -237,6 +233,12 @@ async fn serve(
         (ClientIo::Tls(c), MasterIo::Tls(m)) => {
             Box::pin(splice_io(*c, *m, &master, &shutdown, &route)).await
         }
+    };
+    // A removed route ends its epoch the way a fence does; the metric tells them apart.
+    let reason = if reason == Closed::MasterSwitch && route.is_retired() {
+        Closed::RouteRemoved
+    } else {
+        reason
     };
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");

@@ -149,7 +149,7 @@ pub(super) async fn subscribe(
     let ToWatcher { tx, hints, gate } = to;
     let timeout = peer.timeout;
     let name = route.name().to_string();
-    let master_name = route.config.master_name.clone();
+    let master_name = route.config().master_name.clone();
     let mut backoff = Duration::from_millis(100);
     let mut failed_before = false;
     let mut malformed = Throttle::new(MALFORMED_LOG_EVERY);

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use metrics::{counter, gauge, histogram};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::client::{
@@ -20,6 +21,7 @@ use super::client::{
 use super::evidence::{Quarantine, QuarantineOutcome};
 use super::subscription::{names, subscribe, Event, EventGate, Throttle, ToWatcher};
 use super::{arbiter, decide, evidence, MAX_BACKOFF};
+use crate::config::SentinelConfig;
 use crate::metrics::{self as m, FenceReason, SentinelErrorKind};
 use crate::route::{self, Route};
 
@@ -34,49 +36,22 @@ const SWITCH_LOG_EVERY: Duration = Duration::from_secs(1);
 /// up to this many; more are only counted as a re-query hint.
 const MAX_PENDING_EVENTS: usize = 16;
 
-/// Runs the watcher of `route` until `shutdown`.
+/// Runs the watcher of `route` until `shutdown`. A reload that changes the route's sentinel
+/// settings ([`Route::reconfigure`]) is taken up between two rounds by the same task, so the
+/// route's master state keeps its one writer, and what the watcher knows of failovers in
+/// progress (quarantine, the last master) survives it.
 pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
-    let cfg = route.config.sentinel.clone();
-    let timeouts = Timeouts {
-        timeout: cfg.timeout,
-    };
-    let sentinels: Vec<Sentinel> = cfg
-        .addresses
-        .iter()
-        .map(|a| Sentinel::new(a, &cfg.access, timeouts))
-        .collect();
-    // Every label value exists from the start (`metrics::register_route`, from `Route::new`),
-    // so `increase()` alerts see the first event.
+    let cfg = route.config().sentinel.clone();
     let (tx, rx) = mpsc::channel(64);
-    let gate = Arc::new(EventGate::new(sentinels.len()));
     let hints = Arc::new(Notify::new());
-    for (i, s) in sentinels.iter().enumerate() {
-        let peer = match s.peer() {
-            Ok(p) => p.clone(),
-            Err(e) => {
-                error!(route = route.name(), %e, "cannot subscribe to sentinel");
-                continue;
-            }
-        };
-        tokio::spawn(subscribe(
-            i,
-            s.addr.clone(),
-            peer,
-            route.clone(),
-            ToWatcher {
-                tx: tx.clone(),
-                hints: hints.clone(),
-                gate: gate.clone(),
-            },
-            shutdown.clone(),
-        ));
-    }
-    let n = sentinels.len();
+    let n = cfg.addresses.len();
     let mut w = Watcher {
         route,
-        timeouts,
+        timeouts: Timeouts {
+            timeout: cfg.timeout,
+        },
         poll_interval: cfg.poll_interval,
-        sentinels,
+        sentinels: Vec::new(),
         retry_at: vec![None; n],
         failures: vec![0; n],
         last_kind: vec![None; n],
@@ -86,7 +61,7 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         last_role: HashMap::new(),
         minority_since: None,
         quarantine: None,
-        gate,
+        gate: Arc::new(EventGate::new(n)),
         claims: evidence::Claims::default(),
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
@@ -94,8 +69,28 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         offset: None,
         last_top_epoch: 0,
         switch_log: Throttle::new(SWITCH_LOG_EVERY),
+        cfg,
+        subscriptions: Subscriptions {
+            tx,
+            hints: hints.clone(),
+            stop: shutdown.child_token(),
+            parent: shutdown.clone(),
+            tasks: TaskTracker::new(),
+        },
     };
+    w.start_sentinels();
     w.run(rx, hints, shutdown).await;
+    w.stop_subscriptions().await;
+}
+
+/// The subscription tasks of the current sentinel list.
+struct Subscriptions {
+    tx: mpsc::Sender<Event>,
+    hints: Arc<Notify>,
+    /// Stops the current subscriptions (a child of `parent`, the watcher's shutdown).
+    stop: CancellationToken,
+    parent: CancellationToken,
+    tasks: TaskTracker,
 }
 
 struct Watcher {
@@ -136,11 +131,15 @@ struct Watcher {
     last_top_epoch: u64,
     /// Limits the "+switch-master received" lines of events that change nothing.
     switch_log: Throttle,
+    /// The sentinel settings `sentinels` were built from.
+    cfg: SentinelConfig,
+    subscriptions: Subscriptions,
 }
 
 enum Wake {
     Event(Event),
     Done(Duration),
+    Reconfigure,
     Stop,
 }
 
@@ -186,6 +185,7 @@ impl Watcher {
                             hinted = true;
                         }
                         _ = hints.notified() => hinted = true,
+                        _ = route.reconfigured() => break Wake::Reconfigure,
                         d = &mut round => break Wake::Done(d),
                     }
                 }
@@ -198,6 +198,11 @@ impl Watcher {
             // starts before it is an early one.
             let (mut next, scheduled) = match wake {
                 Wake::Stop => return,
+                Wake::Reconfigure => {
+                    // The round was abandoned; the next one asks the new list at once.
+                    self.reconfigure(&mut rx).await;
+                    (early_at(now), None)
+                }
                 Wake::Event(ev) => {
                     self.on_event(ev);
                     (early_at(now), None)
@@ -213,6 +218,7 @@ impl Watcher {
                 tokio::time::sleep(soon).await
             };
             tokio::pin!(recheck);
+            let mut reconfigured = false;
             early = loop {
                 tokio::select! {
                     biased;
@@ -226,9 +232,101 @@ impl Watcher {
                         break scheduled.is_none_or(|s| next < s)
                     }
                     _ = &mut recheck => break true,
+                    _ = route.reconfigured() => {
+                        reconfigured = true;
+                        break true;
+                    }
                 }
             };
+            if reconfigured {
+                self.reconfigure(&mut rx).await;
+            }
         }
+    }
+
+    /// Builds the sentinel clients of `self.cfg` and starts their subscriptions.
+    fn start_sentinels(&mut self) {
+        let cfg = &self.cfg;
+        self.sentinels = cfg
+            .addresses
+            .iter()
+            .map(|a| Sentinel::new(a, &cfg.access, self.timeouts))
+            .collect();
+        // Their metric series exist from the start (`metrics::register_sentinels`, from
+        // `Route::new` and `Route::reset_sentinels`), so `increase()` alerts see the first event.
+        let subs = &self.subscriptions;
+        for (i, s) in self.sentinels.iter().enumerate() {
+            let peer = match s.peer() {
+                Ok(p) => p.clone(),
+                Err(e) => {
+                    error!(route = self.route.name(), %e, "cannot subscribe to sentinel");
+                    continue;
+                }
+            };
+            subs.tasks.spawn(subscribe(
+                i,
+                s.addr.clone(),
+                peer,
+                self.route.clone(),
+                ToWatcher {
+                    tx: subs.tx.clone(),
+                    hints: subs.hints.clone(),
+                    gate: self.gate.clone(),
+                },
+                subs.stop.clone(),
+            ));
+        }
+    }
+
+    /// Stops the subscriptions and waits until none runs (so none reports on a stale index).
+    async fn stop_subscriptions(&mut self) {
+        self.subscriptions.stop.cancel();
+        self.subscriptions.tasks.close();
+        self.subscriptions.tasks.wait().await;
+    }
+
+    /// Takes up a reload's sentinel settings. The poll interval, timeouts and minority policy
+    /// apply from the next round; a changed list, credentials or TLS rebuild the sentinel
+    /// clients and subscriptions. What is known about the route's master (the master state
+    /// itself, a quarantine, the last address) is kept; per-sentinel bookkeeping starts over.
+    async fn reconfigure(&mut self, rx: &mut mpsc::Receiver<Event>) {
+        let new = self.route.config().sentinel.clone();
+        self.poll_interval = new.poll_interval;
+        let rebuild = new.addresses != self.cfg.addresses
+            || new.timeout != self.cfg.timeout
+            || !crate::reload::same_access(&new.access, &self.cfg.access);
+        if !rebuild {
+            self.cfg = new;
+            return;
+        }
+        self.stop_subscriptions().await;
+        // Events already queued carry indices into the old list.
+        while rx.try_recv().is_ok() {}
+        self.route.reset_sentinels();
+        let n = new.addresses.len();
+        info!(
+            route = self.route.name(),
+            sentinels = ?new.addresses,
+            "sentinel settings changed by a reload; asking the new sentinels"
+        );
+        self.timeouts = Timeouts {
+            timeout: new.timeout,
+        };
+        self.cfg = new;
+        self.retry_at = vec![None; n];
+        self.failures = vec![0; n];
+        self.last_kind = vec![None; n];
+        self.set_aside = vec![false; n];
+        self.stale = vec![false; n];
+        self.gate = Arc::new(EventGate::new(n));
+        self.claims = evidence::Claims::default();
+        self.minority_since = None;
+        if let Some(q) = &mut self.quarantine {
+            q.sentinel = None;
+        }
+        self.subscriptions.stop = self.subscriptions.parent.child_token();
+        self.subscriptions.tasks = TaskTracker::new();
+        self.start_sentinels();
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -362,7 +460,7 @@ impl Watcher {
     /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
     /// once; a sentinel that fails to answer lists nothing.
     async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
-        let name = self.route.config.master_name.clone();
+        let name = self.route.config().master_name.clone();
         let asks = self
             .sentinels
             .iter_mut()
@@ -411,7 +509,7 @@ impl Watcher {
 
     /// One poll of every sentinel and the action it calls for; returns the delay to the next.
     async fn round(&mut self) -> Duration {
-        let name = self.route.config.master_name.clone();
+        let name = self.route.config().master_name.clone();
         let now = Instant::now();
         let due: Vec<bool> = self
             .retry_at
@@ -753,7 +851,8 @@ impl Watcher {
     fn minority(&mut self, reachable: usize) -> bool {
         let route = self.route.name().to_string();
         let n = self.sentinels.len();
-        let cfg = &self.route.config.sentinel;
+        let config = self.route.config();
+        let cfg = &config.sentinel;
         let verdict = evidence::minority(
             reachable,
             n,
@@ -818,7 +917,7 @@ impl Watcher {
     async fn verify(&mut self, addr: SocketAddr, announced: &str) -> Option<Role> {
         let route = self.route.name().to_string();
         let host = client::announced_host(announced);
-        let result = role(addr, host, &self.route.config.node, self.timeouts).await;
+        let result = role(addr, host, &self.route.config().node, self.timeouts).await;
         let result = match result {
             Ok((Role::Master, Some(offset))) => {
                 if self.restarted(addr, offset) {
@@ -929,7 +1028,7 @@ impl Watcher {
         // second must not flood the log.
         if first {
             if e.kind == SentinelErrorKind::UnknownMaster {
-                error!(route, sentinel = %e.addr, master = %self.route.config.master_name, "sentinel does not monitor this master name");
+                error!(route, sentinel = %e.addr, master = %self.route.config().master_name, "sentinel does not monitor this master name");
             } else {
                 warn!(route, sentinel = %e.addr, kind = e.kind.as_str(), error = %e, "sentinel query failed");
             }

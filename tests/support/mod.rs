@@ -741,6 +741,16 @@ impl Proxy {
 
     /// The proxy on `host`, listening (clients and admin) on the host's address.
     pub fn start_on(host: &Host, sentinels: &[SocketAddr], o: ProxyOpts) -> Proxy {
+        Proxy::start_on_env(host, sentinels, o, &[])
+    }
+
+    /// [`Proxy::start_on`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_on_env(
+        host: &Host,
+        sentinels: &[SocketAddr],
+        o: ProxyOpts,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempdir();
         let port = free_port();
         let admin = free_port();
@@ -775,6 +785,9 @@ impl Proxy {
             None => host.command(BIN),
         };
         cmd.arg("--config").arg(&conf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Proxy::spawn(cmd, dir, ip, port, admin)
     }
 
@@ -902,6 +915,34 @@ impl Proxy {
             .arg(format!("-{sig}"))
             .arg(self.pid().to_string())
             .status();
+    }
+
+    /// The config file the proxy was started with (`--config`; not for [`Proxy::start_flags`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    /// Configuration reloads counted so far (either result).
+    pub fn reloads(&self) -> f64 {
+        self.metric("redis_failover_proxy_config_reloads_total", &[])
+    }
+
+    /// Rewrites the config file, sends SIGHUP and waits until the reload is counted (either
+    /// result).
+    pub fn reload(&self, text: &str) {
+        let before = self.reloads();
+        std::fs::write(self.config_path(), text).expect("rewrite proxy.toml");
+        self.signal("HUP");
+        wait_until(Duration::from_secs(10), "the reload is counted", || {
+            self.reloads() > before
+        });
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits for the proxy to exit; returns its exit code.
