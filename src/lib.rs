@@ -14,6 +14,7 @@ pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
 pub mod status;
+pub mod status_page;
 pub mod tls;
 
 use std::io;
