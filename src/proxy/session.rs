@@ -21,7 +21,7 @@ use tracing::{debug, field, Instrument};
 use super::workers::LoadGuard;
 use super::Shutdown;
 use crate::config::RouteConfig;
-use crate::metrics::{self as m, Closed, Rejected};
+use crate::metrics::{self as m, Closed, FenceReason, Rejected};
 use crate::route::{ClientGuard, HeldGuard, Master, Route};
 
 /// Size of the per-thread read buffer (see `SCRATCH`). Per-session buffers would cost 32 KiB
@@ -209,6 +209,19 @@ async fn serve(
             counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => reason.as_str())
                 .increment(1);
             debug!(reason = reason.as_str(), "client closed without a session");
+            // This client never had a session, so nothing can be interleaved: tell it why.
+            let seen = match route.current() {
+                Some(m) if m.is_trusted() => MasterSeen::Trusted,
+                Some(_) => MasterSeen::Untrusted,
+                None => MasterSeen::None,
+            };
+            let why = hold_end_reason(
+                matches!(reason, Rejected::Shutdown),
+                seen,
+                route.last_fence().map(|f| f.reason),
+            );
+            let msg = hold_error(route.name(), why, started.elapsed());
+            Box::pin(goodbye(client, msg.as_bytes())).await;
             return;
         }
         Err(HoldEnd::ClientGone) => {
@@ -241,6 +254,86 @@ async fn serve(
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
 }
+
+/// What the route looked like when a hold ended without a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterSeen {
+    /// No master installed.
+    None,
+    /// A master installed, but it refused a connect or `ROLE` check since it last answered.
+    Untrusted,
+    /// A trusted master (connects to it kept failing or waiting).
+    Trusted,
+}
+
+/// Why a held client is sent away, in words for the error it gets: shutdown first, then what
+/// the route's master state says, then the latest fence's reason (a fence for lack of a
+/// sentinel majority is not a failover).
+fn hold_end_reason(
+    shutting_down: bool,
+    seen: MasterSeen,
+    last_fence: Option<&str>,
+) -> &'static str {
+    if shutting_down {
+        return "no verified master (shutting down)";
+    }
+    match (seen, last_fence) {
+        (MasterSeen::Untrusted, _) => "master not answering (refused since its last ROLE check)",
+        (MasterSeen::Trusted, _) => "cannot connect to the master in time",
+        (MasterSeen::None, Some(r)) if r == FenceReason::NoMajority.as_str() => {
+            "no verified master (no sentinel majority)"
+        }
+        (MasterSeen::None, Some(_)) => "no verified master (failover in progress)",
+        (MasterSeen::None, None) => "no verified master (no master known)",
+    }
+}
+
+/// The one RESP error line a held client gets before it is closed. Route names come from
+/// the configuration; anything but printable ASCII is replaced so the line stays one line.
+fn hold_error(route: &str, why: &str, held: Duration) -> String {
+    let route: String = route
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    format!(
+        "-ERR redis-failover-proxy: route {route}: {why}; held {:.1}s\r\n",
+        held.as_secs_f64()
+    )
+}
+
+/// Most a goodbye reads and discards of what the client sent (so the close sends a FIN
+/// after the error, not a reset that could discard it at the client).
+const GOODBYE_DRAIN: usize = 64 * 1024;
+
+/// Writes `msg` to a client that never had a session, without waiting for it (best effort:
+/// a client that does not read gets nothing), then closes. A TLS client gets at most
+/// [`GOODBYE_TLS_TIMEOUT`] for the record and its close_notify.
+async fn goodbye(client: ClientIo, msg: &[u8]) {
+    match client {
+        ClientIo::Plain(c) => {
+            let mut buf = [0u8; 4096];
+            let mut drained = 0;
+            while drained < GOODBYE_DRAIN {
+                match c.try_read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            let _ = c.try_write(msg);
+            let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
+        }
+        ClientIo::Tls(mut c) => {
+            let _ = tokio::time::timeout(GOODBYE_TLS_TIMEOUT, async {
+                c.write_all(msg).await?;
+                c.shutdown().await
+            })
+            .await;
+        }
+    }
+}
+
+/// How long a TLS client's goodbye may take.
+const GOODBYE_TLS_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Holds the client until `until` resolves, unless the hold ends first: the deadline passes,
 /// the client goes away, or shutdown starts.
@@ -678,5 +771,86 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    #[test]
+    fn hold_end_reason_rows() {
+        use MasterSeen::*;
+        let rows: &[(bool, MasterSeen, Option<&str>, &str)] = &[
+            (
+                true,
+                None,
+                Option::None,
+                "no verified master (shutting down)",
+            ),
+            (
+                true,
+                Untrusted,
+                Some("switch_event"),
+                "no verified master (shutting down)",
+            ),
+            (
+                false,
+                None,
+                Option::None,
+                "no verified master (no master known)",
+            ),
+            (
+                false,
+                None,
+                Some("switch_event"),
+                "no verified master (failover in progress)",
+            ),
+            (
+                false,
+                None,
+                Some("role_replica"),
+                "no verified master (failover in progress)",
+            ),
+            (
+                false,
+                None,
+                Some("no_sentinel_majority"),
+                "no verified master (no sentinel majority)",
+            ),
+            (
+                false,
+                Untrusted,
+                Option::None,
+                "master not answering (refused since its last ROLE check)",
+            ),
+            (
+                false,
+                Trusted,
+                Some("switch_event"),
+                "cannot connect to the master in time",
+            ),
+        ];
+        for (shutting_down, seen, fence, want) in rows {
+            assert_eq!(
+                hold_end_reason(*shutting_down, *seen, *fence),
+                *want,
+                "{shutting_down} {seen:?} {fence:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hold_error_is_one_resp_error_line() {
+        let e = hold_error(
+            "main",
+            "no verified master (failover in progress)",
+            Duration::from_millis(2049),
+        );
+        assert_eq!(
+            e,
+            "-ERR redis-failover-proxy: route main: no verified master (failover in progress); held 2.0s\r\n"
+        );
+        let e = hold_error("a\r\nb c", "x", Duration::ZERO);
+        assert_eq!(
+            e,
+            "-ERR redis-failover-proxy: route a??b?c: x; held 0.0s\r\n"
+        );
+        assert_eq!(e.matches("\r\n").count(), 1);
     }
 }
