@@ -10,6 +10,8 @@ deploy/local/ensure-packages.sh iproute2 nftables
 command -v prlimit >/dev/null 2>&1 || deploy/local/ensure-packages.sh util-linux
 # openssl: the TLS tests make their certificates with it (tests/support/tls.rs).
 command -v openssl >/dev/null 2>&1 || deploy/local/ensure-packages.sh openssl
+# chromium: the status page is loaded in headless Chromium (tests/status_page.rs).
+command -v chromium >/dev/null 2>&1 || deploy/local/ensure-packages.sh chromium
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

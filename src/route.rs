@@ -292,16 +292,13 @@ impl Route {
     /// Returns the fenced master so the caller can wait for its sessions to close.
     pub fn fence(&self, reason: FenceReason) -> Option<Arc<Master>> {
         let old = self.master.swap(None)?;
+        // Counted before the cancel: sessions on other threads start closing at once.
+        let open = old.sessions() as u64;
         old.token.cancel();
         old.sessions.close();
         let now = unix_now();
-        self.history_mut().fence(
-            now,
-            old.epoch,
-            old.addr.to_string(),
-            reason.as_str(),
-            old.sessions() as u64,
-        );
+        self.history_mut()
+            .fence(now, old.epoch, old.addr.to_string(), reason.as_str(), open);
         *self.last_fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(FenceRecord {
             unix: now,
             reason: reason.as_str(),

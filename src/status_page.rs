@@ -227,7 +227,7 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
             h,
             "<tr><td class=\"mono\">{}</td><td>{health}</td><td class=\"mono sentinel-master\">{}</td>\
              <td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td class=\"err\">{}</td></tr>\n",
+             <td{}>{}</td></tr>\n",
             escape(&s.address),
             opt(s.master.as_deref()),
             s.config_epoch.map_or("-".to_string(), |e| e.to_string()),
@@ -240,6 +240,11 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
                 "<span class=\"muted\">not subscribed</span>"
             },
             s.last_ok_unix.map_or("-".to_string(), |t| when(t, now)),
+            if s.last_error.is_some() {
+                " class=\"err\""
+            } else {
+                ""
+            },
             opt(s.last_error.as_deref()),
         );
     }
