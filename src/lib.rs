@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::{TcpListener, TcpSocket};
+
+use config::ListenAddr;
+use proxy::listener::RouteListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +41,7 @@ pub use proxy::Shutdown;
 #[derive(Debug)]
 pub struct Listeners {
     /// One per route, in `config.routes` order.
-    pub routes: Vec<TcpListener>,
+    pub routes: Vec<RouteListener>,
     /// The admin HTTP server's (none when it is switched off).
     pub admin: Option<TcpListener>,
 }
@@ -47,8 +50,8 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} ({what}): {source}")]
 pub struct BindError {
-    /// The address.
-    pub addr: SocketAddr,
+    /// The address (`ip:port` or `unix:/path`).
+    pub addr: String,
     /// Which listener (`route NAME` or `admin`).
     pub what: String,
     /// Why.
@@ -62,7 +65,17 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         // A listen backlog as deep as the connection limit (HAProxy does the same; the kernel
         // caps it at net.core.somaxconn): a reconnect storm after a fence arrives all at once.
         let backlog = u32::try_from(r.max_connections).unwrap_or(u32::MAX);
-        routes.push(bind_one(r.listen, backlog, format!("route {}", r.name))?);
+        let what = format!("route {}", r.name);
+        routes.push(match &r.listen {
+            ListenAddr::Tcp(a) => RouteListener::Tcp(bind_one(*a, backlog, what)?),
+            ListenAddr::Unix { path, mode } => RouteListener::Unix(
+                proxy::listener::bind_unix(path, *mode, backlog).map_err(|source| BindError {
+                    addr: r.listen.to_string(),
+                    what,
+                    source,
+                })?,
+            ),
+        });
     }
     let admin = config
         .admin_listen
@@ -83,7 +96,11 @@ fn bind_one(addr: SocketAddr, backlog: u32, what: String) -> Result<TcpListener,
         .and_then(|s| s.set_reuseaddr(true).map(|()| s))
         .and_then(|s| s.bind(addr).map(|()| s))
         .and_then(|s| s.listen(backlog.clamp(128, 65_535)))
-        .map_err(|source| BindError { addr, what, source })
+        .map_err(|source| BindError {
+            addr: addr.to_string(),
+            what,
+            source,
+        })
 }
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
@@ -165,11 +182,21 @@ pub async fn run(
             None
         }
     };
+    // Unix socket files this process created, removed at exit if still the same file.
+    let unix_files: Vec<(std::path::PathBuf, u64)> = config
+        .routes
+        .iter()
+        .filter_map(|r| match &r.listen {
+            ListenAddr::Unix { path, .. } => {
+                use std::os::unix::fs::MetadataExt;
+                let ino = std::fs::symlink_metadata(path).ok()?.ino();
+                Some((path.clone(), ino))
+            }
+            ListenAddr::Tcp(_) => None,
+        })
+        .collect();
     for (route, fds) in routes.into_iter().zip(per_route) {
-        let addr = fds[0]
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = fds[0].local_addr();
         info!(
             route = route.name(),
             listen = %addr,
@@ -226,6 +253,13 @@ pub async fn run(
             .stop(admin::CLOSE_GRACE + Duration::from_secs(1))
             .await;
     }
+    for (path, ino) in unix_files {
+        use std::os::unix::fs::MetadataExt;
+        // Another process may have replaced it meanwhile; only our own file goes.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     info!("shutdown complete");
     Ok(())
 }
@@ -251,14 +285,28 @@ pub enum StartError {
 
 /// One descriptor of `listener` per session thread, each registered with that thread's
 /// runtime.
-fn share_listener(listener: TcpListener, workers: &Workers) -> io::Result<Vec<TcpListener>> {
-    let listener = listener.into_std()?;
-    (0..workers.len())
-        .map(|thread| {
-            let fd = listener.try_clone()?;
-            // Registers with the runtime entered here: the session thread's.
-            let _in_thread = workers.handle(thread).enter();
-            TcpListener::from_std(fd)
-        })
-        .collect()
+fn share_listener(listener: RouteListener, workers: &Workers) -> io::Result<Vec<RouteListener>> {
+    match listener {
+        RouteListener::Tcp(l) => {
+            let listener = l.into_std()?;
+            (0..workers.len())
+                .map(|thread| {
+                    let fd = listener.try_clone()?;
+                    // Registers with the runtime entered here: the session thread's.
+                    let _in_thread = workers.handle(thread).enter();
+                    TcpListener::from_std(fd).map(RouteListener::Tcp)
+                })
+                .collect()
+        }
+        RouteListener::Unix(l) => {
+            let listener = l.into_std()?;
+            (0..workers.len())
+                .map(|thread| {
+                    let fd = listener.try_clone()?;
+                    let _in_thread = workers.handle(thread).enter();
+                    tokio::net::UnixListener::from_std(fd).map(RouteListener::Unix)
+                })
+                .collect()
+        }
+    }
 }

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use metrics::{counter, Counter};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, Instrument};
 
+use super::listener::{Accepted, Peer};
 use super::workers::LoadGuard;
 use super::Shutdown;
 use crate::config::RouteConfig;
@@ -30,8 +31,8 @@ const BUF_SIZE: usize = 16 * 1024;
 
 /// Serves one accepted client until it, its master or its epoch ends.
 pub async fn run(
-    client: TcpStream,
-    peer: SocketAddr,
+    client: Accepted,
+    peer: Peer,
     route: Arc<Route>,
     permit: OwnedSemaphorePermit,
     load: LoadGuard,
@@ -56,16 +57,21 @@ enum HoldEnd {
 }
 
 async fn serve(
-    client: TcpStream,
+    client: Accepted,
     route: Arc<Route>,
     _permit: OwnedSemaphorePermit,
     shutdown: Shutdown,
 ) {
     let _client_guard = ClientGuard::new(&route);
-    let _ = client.set_nodelay(true);
-    let client = match &route.config.listen_tls {
-        None => ClientIo::Plain(client),
-        Some(tls) => {
+    let client = match (client, &route.config.listen_tls) {
+        // No TCP options and no TLS on a Unix socket (the configuration allows none there).
+        (Accepted::Unix(c), _) => ClientIo::Unix(c),
+        (Accepted::Tcp(c), None) => {
+            let _ = c.set_nodelay(true);
+            ClientIo::Plain(c)
+        }
+        (Accepted::Tcp(client), Some(tls)) => {
+            let _ = client.set_nodelay(true);
             let handshake = tokio::select! {
                 // Boxed, like every TLS future here: a plain session's task must not be sized
                 // for a TLS handshake it never does (10,000 idle sessions pay per byte).
@@ -98,7 +104,7 @@ async fn serve(
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 match hold(
                     route.wait_for_master(deadline),
-                    client.tcp(),
+                    &client,
                     &shutdown,
                     deadline,
                 )
@@ -120,7 +126,7 @@ async fn serve(
                     _ = route.changed() => {}
                 }
             };
-            match hold(settled, client.tcp(), &shutdown, deadline).await {
+            match hold(settled, &client, &shutdown, deadline).await {
                 Ok(()) => continue,
                 Err(end) => break Err(end),
             }
@@ -138,7 +144,7 @@ async fn serve(
             // Only a client that really has to wait is held (and bound by the hold timeout).
             Err(_) => match hold(
                 route.connecting.acquire(),
-                client.tcp(),
+                &client,
                 &shutdown,
                 deadline,
             )
@@ -177,7 +183,7 @@ async fn serve(
                 debug!(master.addr = %master.addr, error = %e, "connect to master failed; retrying");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 let retry = tokio::time::sleep(LOCAL_RETRY);
-                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
+                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
                     break Err(end);
                 }
             }
@@ -187,7 +193,7 @@ async fn serve(
                 debug!(error = %e, "cannot open a socket to the master; holding client");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 let retry = tokio::time::sleep(LOCAL_RETRY);
-                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
+                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
                     break Err(end);
                 }
             }
@@ -250,6 +256,14 @@ async fn serve(
         (ClientIo::Tls(c), MasterIo::Tls(m)) => {
             Box::pin(splice_io(*c, *m, &master, &shutdown, &route)).await
         }
+        // A Unix socket client takes the generic path (its own buffers): TCP keeps the
+        // readiness-based one above.
+        (ClientIo::Unix(c), MasterIo::Plain(m)) => {
+            Box::pin(splice_io(c, m, &master, &shutdown, &route)).await
+        }
+        (ClientIo::Unix(c), MasterIo::Tls(m)) => {
+            Box::pin(splice_io(c, *m, &master, &shutdown, &route)).await
+        }
     };
     route.metrics.closed[reason.index()].increment(1);
     debug!(reason = reason.as_str(), "session closed");
@@ -311,10 +325,20 @@ const GOODBYE_DRAIN: usize = 64 * 1024;
 async fn goodbye(client: ClientIo, msg: &[u8]) {
     match client {
         ClientIo::Plain(c) => {
-            let mut buf = [0u8; 4096];
             let mut drained = 0;
             while drained < GOODBYE_DRAIN {
-                match c.try_read(&mut buf) {
+                match c.try_read(&mut [0u8; 4096]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            let _ = c.try_write(msg);
+            let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
+        }
+        ClientIo::Unix(c) => {
+            let mut drained = 0;
+            while drained < GOODBYE_DRAIN {
+                match c.try_read(&mut [0u8; 4096]) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
@@ -339,7 +363,7 @@ const GOODBYE_TLS_TIMEOUT: Duration = Duration::from_millis(200);
 /// the client goes away, or shutdown starts.
 async fn hold<T>(
     until: impl std::future::Future<Output = T>,
-    client: &TcpStream,
+    client: &ClientIo,
     shutdown: &Shutdown,
     deadline: tokio::time::Instant,
 ) -> Result<T, HoldEnd> {
@@ -356,11 +380,29 @@ async fn hold<T>(
 
 /// Resolves when the client has closed (EOF or error). If the client has sent data, it is
 /// still there: pend forever, leaving the data to the session.
-async fn client_gone(client: &TcpStream) {
+async fn client_gone(client: &ClientIo) {
     let mut byte = [0u8; 1];
-    match client.peek(&mut byte).await {
+    let peeked = match client {
+        ClientIo::Plain(c) => c.peek(&mut byte).await,
+        ClientIo::Tls(c) => c.tcp().peek(&mut byte).await,
+        ClientIo::Unix(c) => peek_unix(c).await,
+    };
+    match peeked {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Waits until a Unix socket client has sent a byte or closed: `Ok(0)` on EOF, `Ok(1)` if a
+/// byte is waiting (left in place).
+async fn peek_unix(c: &UnixStream) -> io::Result<usize> {
+    loop {
+        c.readable().await?;
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match c.try_io(Interest::READABLE, || SockRef::from(c).peek(&mut byte)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
     }
 }
 
@@ -399,19 +441,12 @@ fn abort_master(conn: &TcpStream) {
 /// Longest a client may take to complete the listener's TLS handshake.
 const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The client's side of a session: plain TCP, or TLS when the route's listener has it.
+/// The client's side of a session: plain TCP, TLS when the route's listener has it, or a
+/// Unix socket.
 enum ClientIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl ClientIo {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientIo::Plain(t) => t,
-            ClientIo::Tls(t) => t.tcp(),
-        }
-    }
+    Unix(UnixStream),
 }
 
 /// The master's side of a session: plain TCP, or TLS when the nodes speak it.
@@ -587,10 +622,11 @@ async fn race(
     }
 }
 
-/// Splices a session where at least one side is TLS. Same contract as [`splice`]; a TLS
-/// stream cannot use the readiness tricks of the plain path, so each direction is a plain
-/// read/write/flush loop with its own buffer. A fence aborts the master's TCP connection.
-async fn splice_io<C: Transport, M: Transport>(
+/// Splices a session where at least one side is TLS, or the client is on a Unix socket. Same
+/// contract as [`splice`]; a TLS stream cannot use the readiness tricks of the plain path, so
+/// each direction is a plain read/write/flush loop with its own buffer. A fence aborts the
+/// master's TCP connection.
+async fn splice_io<C: AsyncRead + AsyncWrite + Unpin, M: Transport>(
     client: C,
     master_conn: M,
     master: &Master,
