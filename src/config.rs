@@ -306,9 +306,9 @@ pub fn parse_listen(text: &str, mode: Option<&str>) -> Result<ListenAddr, String
                         .to_string(),
                 );
             }
-            text.parse().map(ListenAddr::Tcp).map_err(|_| {
-                format!("expected IP:PORT or unix:/absolute/path, got {text:?}")
-            })
+            text.parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|_| format!("expected IP:PORT or unix:/absolute/path, got {text:?}"))
         }
     }
 }
@@ -1058,7 +1058,10 @@ fn build(
         });
     }
     for (i, r) in routes.iter().enumerate() {
-        if let Some(j) = routes[..i].iter().position(|o| o.listen.same_socket(&r.listen)) {
+        if let Some(j) = routes[..i]
+            .iter()
+            .position(|o| o.listen.same_socket(&r.listen))
+        {
             return Err(invalid(
                 &format!("route[{i}].listen"),
                 format!("{} is already the listen address of route[{j}]", r.listen),
@@ -1259,9 +1262,21 @@ mod tests {
                 None,
                 Ok(ListenAddr::Tcp("127.0.0.1:6380".parse().unwrap())),
             ),
-            ("[::1]:6380", None, Ok(ListenAddr::Tcp("[::1]:6380".parse().unwrap()))),
-            ("unix:/run/rfp/redis.sock", None, unix("/run/rfp/redis.sock", 0o660)),
-            ("unix:/run/rfp/redis.sock", Some("0600"), unix("/run/rfp/redis.sock", 0o600)),
+            (
+                "[::1]:6380",
+                None,
+                Ok(ListenAddr::Tcp("[::1]:6380".parse().unwrap())),
+            ),
+            (
+                "unix:/run/rfp/redis.sock",
+                None,
+                unix("/run/rfp/redis.sock", 0o660),
+            ),
+            (
+                "unix:/run/rfp/redis.sock",
+                Some("0600"),
+                unix("/run/rfp/redis.sock", 0o600),
+            ),
             ("unix:/tmp/s", Some("777"), unix("/tmp/s", 0o777)),
             ("unix:relative.sock", None, Err("absolute Unix socket path")),
             ("unix:", None, Err("absolute Unix socket path")),
@@ -1270,7 +1285,11 @@ mod tests {
             ("unix:/tmp/s", Some("01777"), Err("octal permission bits")),
             ("unix:/tmp/s", Some(""), Err("octal permission bits")),
             ("127.0.0.1:6380", Some("0660"), Err("Unix socket")),
-            ("localhost:6380", None, Err("IP:PORT or unix:/absolute/path")),
+            (
+                "localhost:6380",
+                None,
+                Err("IP:PORT or unix:/absolute/path"),
+            ),
         ];
         for (text, mode, want) in rows {
             let got = parse_listen(text, *mode);
@@ -1302,10 +1321,15 @@ mod tests {
         let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"unix:/s\"\nlisten_tls_cert=\"/c\"\nlisten_tls_key=\"/k\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("listen_tls_cert") && e.contains("TCP listen address"), "{e}");
+        assert!(
+            e.contains("listen_tls_cert") && e.contains("TCP listen address"),
+            "{e}"
+        );
         let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"unix:/s\"\n[[route]]\nmaster=\"m2\"\nlisten=\"unix:/s\"\nlisten_mode=\"0600\"\n");
         assert!(
-            e.unwrap_err().to_string().contains("already the listen address"),
+            e.unwrap_err()
+                .to_string()
+                .contains("already the listen address"),
             "same path, different mode: still the same socket"
         );
     }

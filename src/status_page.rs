@@ -227,7 +227,7 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
             h,
             "<tr><td class=\"mono\">{}</td><td>{health}</td><td class=\"mono sentinel-master\">{}</td>\
              <td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td{}>{}</td></tr>\n",
+             <td{}>{}</td></tr>",
             escape(&s.address),
             opt(s.master.as_deref()),
             s.config_epoch.map_or("-".to_string(), |e| e.to_string()),
@@ -247,6 +247,7 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
             },
             opt(s.last_error.as_deref()),
         );
+        h.push('\n');
     }
     h.push_str("</tbody></table>\n");
 }
@@ -277,12 +278,13 @@ fn history(h: &mut String, all: &[HistoryEntry], now: f64) {
         let _ = write!(
             h,
             "<tr class=\"{kind}\" data-kind=\"{kind}\"><td>{}</td><td>{kind}</td><td>{}</td>\
-             <td class=\"mono\">{master}</td><td>{}</td><td>{}</td><td>{took}</td></tr>\n",
+             <td class=\"mono\">{master}</td><td>{}</td><td>{}</td><td>{took}</td></tr>",
             when(e.at_unix, now),
             e.epoch,
             opt(e.reason.as_deref()),
             e.sessions.map_or("-".to_string(), |n| n.to_string()),
         );
+        h.push('\n');
     }
     h.push_str("</tbody></table>\n");
 }

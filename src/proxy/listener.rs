@@ -149,9 +149,9 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: u32) -> io::Result<UnixListene
     }
     socket.listen(backlog.clamp(128, 65_535) as i32)?;
     socket.set_nonblocking(true)?;
-    UnixListener::from_std(std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(
-        socket,
-    )))
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
 }
 
 /// Accepts clients of `route` on `listener` (a descriptor of its own, registered with session
@@ -250,7 +250,10 @@ mod tests {
             (Found::StaleSocket, Ok(true)),
             (Found::NotSocket, Err("not a socket")),
             (Found::LiveSocket, Err("listening on this socket already")),
-            (Found::Unprobed("denied".into()), Err("cannot be probed (denied)")),
+            (
+                Found::Unprobed("denied".into()),
+                Err("cannot be probed (denied)"),
+            ),
         ];
         for (found, want) in rows {
             match (before_bind(&found), want) {

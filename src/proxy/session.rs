@@ -142,14 +142,7 @@ async fn serve(
         let pace = match route.connecting.try_acquire() {
             Ok(p) => p,
             // Only a client that really has to wait is held (and bound by the hold timeout).
-            Err(_) => match hold(
-                route.connecting.acquire(),
-                &client,
-                &shutdown,
-                deadline,
-            )
-            .await
-            {
+            Err(_) => match hold(route.connecting.acquire(), &client, &shutdown, deadline).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => continue,
                 Err(end) => break Err(end),
