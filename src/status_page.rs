@@ -25,7 +25,7 @@ h1{font-size:1.3em;margin:0 0 .2em}
 h2{font-size:1.15em;margin:0}
 h3{font-size:1em;margin:1em 0 .3em;color:#4a5568}
 .meta{color:#5a6577;margin-bottom:1em}
-section.route{background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:1em 1.2em;margin-bottom:1.2em}
+section.route{overflow-x:auto;background:#fff;border:1px solid #d8dde5;border-radius:6px;padding:1em 1.2em;margin-bottom:1.2em}
 .head{display:flex;align-items:center;gap:.8em}
 .state{font-weight:600;padding:.1em .6em;border-radius:1em;font-size:.85em;text-transform:uppercase;letter-spacing:.03em}
 .routing{background:#d7f5df;color:#135c2a}.untrusted{background:#fdeccc;color:#7a4a00}.holding{background:#fbd9d9;color:#8a1c1c}
@@ -36,6 +36,7 @@ table{border-collapse:collapse;width:100%;font-size:.92em}
 th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #e6e9ee;vertical-align:top}
 th{color:#5a6577;font-weight:600;background:#fafbfc}
 td.mono{font-family:ui-monospace,monospace}
+td.nowrap,td.mono{white-space:nowrap}td.flags{white-space:normal}td.error{overflow-wrap:anywhere}
 .ok{color:#135c2a;font-weight:600}.bad{color:#8a1c1c;font-weight:600}
 .err{color:#8a1c1c}.muted{color:#8a93a3}
 .fence{background:#fff6f6}.switch{background:#f4fbf6}
@@ -65,6 +66,19 @@ fn when(at: f64, now: f64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs_f64(at);
     format!(
         "{} ({} ago)",
+        humantime::format_rfc3339_seconds(t),
+        ago(now - at)
+    )
+}
+
+/// How long before `now` a Unix time was, with the time itself as a tooltip.
+fn since(at: f64, now: f64) -> String {
+    if !at.is_finite() || at <= 0.0 {
+        return "-".to_string();
+    }
+    let t = UNIX_EPOCH + Duration::from_secs_f64(at);
+    format!(
+        "<span title=\"{}\">{} ago</span>",
         humantime::format_rfc3339_seconds(t),
         ago(now - at)
     )
@@ -225,13 +239,14 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
         };
         let _ = write!(
             h,
-            "<tr><td class=\"mono\">{}</td><td>{health}</td><td class=\"mono sentinel-master\">{}</td>\
-             <td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td{}>{}</td></tr>",
+            "<tr><td class=\"mono\">{}</td><td class=\"nowrap\">{health}</td><td class=\"mono sentinel-master\">{}</td>\
+             <td>{}</td><td class=\"mono flags\">{}</td><td>{}</td><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td>\
+             <td class=\"error{}\">{}</td></tr>",
             escape(&s.address),
             opt(s.master.as_deref()),
             s.config_epoch.map_or("-".to_string(), |e| e.to_string()),
-            opt(s.flags.as_deref()),
+            // Room to wrap between flags.
+            opt(s.flags.as_deref()).replace(',', ", "),
             s.other_sentinels.map_or("-".to_string(), |e| e.to_string()),
             s.replicas.map_or("-".to_string(), |e| e.to_string()),
             if s.subscribed {
@@ -239,9 +254,9 @@ fn sentinels(h: &mut String, all: &[SentinelStatus], now: f64) {
             } else {
                 "<span class=\"muted\">not subscribed</span>"
             },
-            s.last_ok_unix.map_or("-".to_string(), |t| when(t, now)),
+            s.last_ok_unix.map_or("-".to_string(), |t| since(t, now)),
             if s.last_error.is_some() {
-                " class=\"err\""
+                " err"
             } else {
                 ""
             },
@@ -398,7 +413,8 @@ mod tests {
             "10.0.0.1:6379 &rarr; 10.0.0.2:6379",
             "<td>switch_event</td><td>4</td><td>12.5 ms</td>",
             "data-kind=\"fence\"",
-            "2023-11-14T22:16:40Z (10s ago)",
+            "<span title=\"2023-11-14T22:16:40Z\">10s ago</span>",
+            "(1m 49s ago)",
             "<span class=\"ok\">reachable</span>",
             "connection refused &lt;&amp;&gt;",
         ] {
