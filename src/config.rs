@@ -466,12 +466,25 @@ struct FileSentinel {
     password_file: Option<PathBuf>,
 }
 
+/// A route's `listen` as written, checked while the file is parsed (so an error names its
+/// line); `listen_mode` is applied afterwards.
+#[derive(Debug)]
+struct FileListen(String);
+
+impl<'de> Deserialize<'de> for FileListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_listen(&text, None).map_err(serde::de::Error::custom)?;
+        Ok(FileListen(text))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
     name: Option<String>,
     master: Option<String>,
-    listen: Option<String>,
+    listen: Option<FileListen>,
     listen_mode: Option<String>,
     sentinels: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde::option")]
@@ -915,7 +928,7 @@ fn build(
                 ))
             }
             None => parse_listen(
-                r.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+                r.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.0.as_str()),
                 r.listen_mode.as_deref(),
             )
             .map_err(|m| invalid(&key("listen"), m))?,
