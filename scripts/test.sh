@@ -12,6 +12,8 @@ command -v prlimit >/dev/null 2>&1 || deploy/local/ensure-packages.sh util-linux
 command -v openssl >/dev/null 2>&1 || deploy/local/ensure-packages.sh openssl
 # supervisor: tests/deploy.rs runs deploy/supervisord/ under Debian's supervisord.
 command -v supervisord >/dev/null 2>&1 || deploy/local/ensure-packages.sh supervisor
+# chromium: the status page is loaded in headless Chromium (tests/status_page.rs).
+command -v chromium >/dev/null 2>&1 || deploy/local/ensure-packages.sh chromium
 log=$(mktemp)
 # Tests that skip themselves (a missing capability) append "<test>: <why>" here.
 export RFP_SKIP_LOG

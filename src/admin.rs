@@ -1,7 +1,8 @@
 //! The admin HTTP server: `/metrics` (Prometheus text, with the process metrics read at each
 //! scrape), `/healthz` (the process serves),
 //! `/readyz` (200 only while every route has a verified master and shutdown has not begun),
-//! `/status` (JSON). It only reads route state.
+//! `/status` (JSON), and at `/` the same status as an HTML page ([`crate::status_page`]). It
+//! only reads route state.
 //!
 //! It owns one OS thread with its own single-threaded runtime ([`AdminServer`]), run at a
 //! lower CPU priority: whatever its clients do (a scrape flood, a slowloris, thousands of idle
@@ -203,6 +204,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/", get(page))
+        .route(crate::status_page::CSS_PATH, get(css))
         .with_state(state);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -328,12 +331,39 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     (code, body).into_response()
 }
 
-async fn status(State(s): State<AdminState>) -> Response {
-    let routes: Vec<RouteView> = s.routes.load().iter().map(|r| RouteView::of(r)).collect();
-    axum::Json(StatusDoc {
+/// The `/status` document now: the one source of `/status` and the page at `/`.
+fn status_doc(s: &AdminState) -> StatusDoc {
+    StatusDoc {
         version: env!("CARGO_PKG_VERSION"),
         draining: s.draining.is_cancelled(),
-        routes,
-    })
-    .into_response()
+        routes: s.routes.load().iter().map(|r| RouteView::of(r)).collect(),
+    }
+}
+
+async fn status(State(s): State<AdminState>) -> Response {
+    axum::Json(status_doc(&s)).into_response()
+}
+
+/// Headers of the status page and its stylesheet: nothing but themselves may load.
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 5] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, crate::status_page::CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ]
+}
+
+async fn page(State(s): State<AdminState>) -> Response {
+    let body = crate::status_page::render(&status_doc(&s), crate::route::unix_now());
+    (page_headers("text/html; charset=utf-8"), body).into_response()
+}
+
+async fn css() -> Response {
+    (
+        page_headers("text/css; charset=utf-8"),
+        crate::status_page::CSS,
+    )
+        .into_response()
 }

@@ -275,6 +275,106 @@ pub struct RuntimeConfig {
     pub yield_before_sleep: bool,
 }
 
+/// Default mode of a route's Unix socket file (`listen_mode`).
+pub const DEFAULT_LISTEN_MODE: u32 = 0o660;
+
+/// Where a route accepts clients: a TCP address, or a Unix socket path (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at `path`, its file given `mode` (`listen_mode`).
+    Unix {
+        /// The socket file's absolute path.
+        path: PathBuf,
+        /// Permission bits of the socket file.
+        mode: u32,
+    },
+}
+
+impl ListenAddr {
+    /// Whether both name the same socket (a Unix path is one socket whatever its mode).
+    pub fn same_socket(&self, other: &ListenAddr) -> bool {
+        match (self, other) {
+            (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) => a == b,
+            (ListenAddr::Unix { path: a, .. }, ListenAddr::Unix { path: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The TCP address, if this is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Longest Unix socket path Linux takes (`sun_path` is 108 bytes with the final NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// Parses a route's `listen` value: `unix:/absolute/path` or `HOST_IP:PORT`.
+pub fn parse_listen(text: &str, mode: Option<&str>) -> Result<ListenAddr, String> {
+    match text.strip_prefix("unix:") {
+        Some(path) => {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "expected an absolute Unix socket path after \"unix:\", got {path:?}"
+                ));
+            }
+            if path.len() > MAX_UNIX_PATH {
+                return Err(format!(
+                    "a Unix socket path may have at most {MAX_UNIX_PATH} bytes, {path:?} has {}",
+                    path.len()
+                ));
+            }
+            if path.ends_with('/') || path.contains('\0') {
+                return Err(format!("expected a socket file path, got {path:?}"));
+            }
+            let mode = match mode {
+                None => DEFAULT_LISTEN_MODE,
+                Some(m) => parse_mode(m)?,
+            };
+            Ok(ListenAddr::Unix {
+                path: PathBuf::from(path),
+                mode,
+            })
+        }
+        None => {
+            if mode.is_some() {
+                return Err(
+                    "listen_mode applies to a Unix socket (listen = \"unix:/path\") only"
+                        .to_string(),
+                );
+            }
+            text.parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|_| format!("expected IP:PORT or unix:/absolute/path, got {text:?}"))
+        }
+    }
+}
+
+/// Parses an octal permission string such as `"0660"` or `"660"` (at most `0777`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "listen_mode: expected octal permission bits such as \"0660\" (at most 0777), got {text:?}"
+        )),
+    }
+}
+
 /// One route: a listen address bound to a sentinel master name.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -282,8 +382,8 @@ pub struct RouteConfig {
     pub name: String,
     /// Sentinel master name (`sentinel monitor <name> ...`).
     pub master_name: String,
-    /// Client listen address.
-    pub listen: SocketAddr,
+    /// Client listen address (TCP or a Unix socket).
+    pub listen: ListenAddr,
     /// Sentinels asked for this route's master.
     pub sentinel: SentinelConfig,
     /// How long a client accepted while no master is known waits for one.
@@ -417,12 +517,26 @@ struct FileSentinel {
     password_file: Option<PathBuf>,
 }
 
+/// A route's `listen` as written, checked while the file is parsed (so an error names its
+/// line); `listen_mode` is applied afterwards.
+#[derive(Debug)]
+struct FileListen(String);
+
+impl<'de> Deserialize<'de> for FileListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_listen(&text, None).map_err(serde::de::Error::custom)?;
+        Ok(FileListen(text))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
     name: Option<String>,
     master: Option<String>,
-    listen: Option<SocketAddr>,
+    listen: Option<FileListen>,
+    listen_mode: Option<String>,
     sentinels: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde::option")]
     hold_timeout: Option<Duration>,
@@ -491,11 +605,11 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.routes {
-            if !r.listen.ip().is_loopback() {
+            if let Some(listen) = r.listen.tcp().filter(|a| !a.ip().is_loopback()) {
                 out.push(format!(
                     "route {}: listens on {}, reachable from other hosts{}",
                     r.name,
-                    r.listen,
+                    listen,
                     if r.listen_tls.is_some() {
                         " (with TLS)"
                     } else {
@@ -916,10 +1030,21 @@ fn build(
                 format!("expected a sentinel master name without spaces, got {master_name:?}"),
             ));
         }
-        let listen = overrides
-            .listen
-            .or(r.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let listen = match overrides.listen {
+            Some(a) if r.listen_mode.is_none() => ListenAddr::Tcp(a),
+            Some(_) => {
+                return Err(invalid(
+                    &key("listen_mode"),
+                    "listen_mode applies to a Unix socket, but --listen gives a TCP address"
+                        .to_string(),
+                ))
+            }
+            None => parse_listen(
+                r.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.0.as_str()),
+                r.listen_mode.as_deref(),
+            )
+            .map_err(|m| invalid(&key("listen"), m))?,
+        };
         let addresses = r
             .sentinels
             .or_else(|| sentinel.addresses.clone())
@@ -1008,6 +1133,13 @@ fn build(
         )?;
         let listen_tls = match (r.listen_tls_cert, r.listen_tls_key, r.listen_tls_client_ca) {
             (None, None, None) => None,
+            (Some(_), _, _) | (_, Some(_), _) if listen.tcp().is_none() => {
+                return Err(invalid(
+                    &key("listen_tls_cert"),
+                    "listen TLS needs a TCP listen address; a Unix socket is local already"
+                        .to_string(),
+                ))
+            }
             (Some(cert), Some(key_file), client_ca) => Some(Arc::new(
                 TlsServer::load(&ServerSettings {
                     cert,
@@ -1051,7 +1183,10 @@ fn build(
         });
     }
     for (i, r) in routes.iter().enumerate() {
-        if let Some(j) = routes[..i].iter().position(|o| o.listen == r.listen) {
+        if let Some(j) = routes[..i]
+            .iter()
+            .position(|o| o.listen.same_socket(&r.listen))
+        {
             return Err(invalid(
                 &format!("route[{i}].listen"),
                 format!("{} is already the listen address of route[{j}]", r.listen),
@@ -1077,7 +1212,7 @@ fn build(
         .admin
         .or(file.admin.listen)
         .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default"));
-    if routes.iter().any(|r| r.listen == admin_listen) {
+    if routes.iter().any(|r| r.listen.tcp() == Some(admin_listen)) {
         return Err(invalid(
             "admin.listen",
             format!("{admin_listen} is also a route's listen address"),
@@ -1236,6 +1371,92 @@ mod tests {
             "t.toml",
             &Overrides::default(),
         )
+    }
+
+    #[test]
+    fn listen_rows() {
+        let unix = |p: &str, mode: u32| {
+            Ok(ListenAddr::Unix {
+                path: PathBuf::from(p),
+                mode,
+            })
+        };
+        let rows: &[(&str, Option<&str>, Result<ListenAddr, &str>)] = &[
+            (
+                "127.0.0.1:6380",
+                None,
+                Ok(ListenAddr::Tcp("127.0.0.1:6380".parse().unwrap())),
+            ),
+            (
+                "[::1]:6380",
+                None,
+                Ok(ListenAddr::Tcp("[::1]:6380".parse().unwrap())),
+            ),
+            (
+                "unix:/run/rfp/redis.sock",
+                None,
+                unix("/run/rfp/redis.sock", 0o660),
+            ),
+            (
+                "unix:/run/rfp/redis.sock",
+                Some("0600"),
+                unix("/run/rfp/redis.sock", 0o600),
+            ),
+            ("unix:/tmp/s", Some("777"), unix("/tmp/s", 0o777)),
+            ("unix:relative.sock", None, Err("absolute Unix socket path")),
+            ("unix:", None, Err("absolute Unix socket path")),
+            ("unix:/run/dir/", None, Err("socket file path")),
+            ("unix:/tmp/s", Some("0999"), Err("octal permission bits")),
+            ("unix:/tmp/s", Some("01777"), Err("octal permission bits")),
+            ("unix:/tmp/s", Some(""), Err("octal permission bits")),
+            ("127.0.0.1:6380", Some("0660"), Err("Unix socket")),
+            (
+                "localhost:6380",
+                None,
+                Err("IP:PORT or unix:/absolute/path"),
+            ),
+        ];
+        for (text, mode, want) in rows {
+            let got = parse_listen(text, *mode);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(g, w, "{text} {mode:?}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{text} {mode:?}: {g}"),
+                _ => panic!("{text} {mode:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let long = format!("unix:/{}", "x".repeat(MAX_UNIX_PATH));
+        assert!(parse_listen(&long, None).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_unix_route_in_the_file() {
+        let c = parse(
+            "[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"unix:/run/rfp/redis.sock\"\nlisten_mode=\"0600\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.routes[0].listen,
+            ListenAddr::Unix {
+                path: PathBuf::from("/run/rfp/redis.sock"),
+                mode: 0o600
+            }
+        );
+        assert_eq!(c.routes[0].listen.to_string(), "unix:/run/rfp/redis.sock");
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"unix:/s\"\nlisten_tls_cert=\"/c\"\nlisten_tls_key=\"/k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listen_tls_cert") && e.contains("TCP listen address"),
+            "{e}"
+        );
+        let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[[route]]\nlisten=\"unix:/s\"\n[[route]]\nmaster=\"m2\"\nlisten=\"unix:/s\"\nlisten_mode=\"0600\"\n");
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("already the listen address"),
+            "same path, different mode: still the same socket"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod resp_limit;
 pub mod route;
 pub mod sentinel;
 pub mod status;
+pub mod status_page;
 pub mod status_report;
 pub mod tls;
 
@@ -33,6 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::metrics as m;
+use config::ListenAddr;
+use proxy::listener::RouteListener;
 
 pub use config::Config;
 pub use proxy::workers::Workers;
@@ -43,7 +46,7 @@ pub use proxy::Shutdown;
 #[derive(Debug)]
 pub struct Listeners {
     /// One per route, in `config.routes` order.
-    pub routes: Vec<TcpListener>,
+    pub routes: Vec<RouteListener>,
     /// The admin HTTP server's (none when it is switched off).
     pub admin: Option<TcpListener>,
 }
@@ -52,8 +55,8 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} ({what}): {source}")]
 pub struct BindError {
-    /// The address.
-    pub addr: SocketAddr,
+    /// The address (`ip:port` or `unix:/path`).
+    pub addr: String,
     /// Which listener (`route NAME` or `admin`).
     pub what: String,
     /// Why.
@@ -64,16 +67,31 @@ pub struct BindError {
 pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
-        // A listen backlog as deep as the connection limit (HAProxy does the same; the kernel
-        // caps it at net.core.somaxconn): a reconnect storm after a fence arrives all at once.
-        let backlog = u32::try_from(r.max_connections).unwrap_or(u32::MAX);
-        routes.push(bind_one(r.listen, backlog, format!("route {}", r.name))?);
+        routes.push(bind_route(r)?);
     }
     let admin = config
         .admin_listen
         .map(|a| bind_one(a, 128, "admin".to_string()))
         .transpose()?;
     Ok(Listeners { routes, admin })
+}
+
+/// Binds a route's listen address (TCP or a Unix socket).
+fn bind_route(r: &config::RouteConfig) -> Result<RouteListener, BindError> {
+    // A listen backlog as deep as the connection limit (HAProxy does the same; the kernel
+    // caps it at net.core.somaxconn): a reconnect storm after a fence arrives all at once.
+    let backlog = u32::try_from(r.max_connections).unwrap_or(u32::MAX);
+    let what = format!("route {}", r.name);
+    Ok(match &r.listen {
+        ListenAddr::Tcp(a) => RouteListener::Tcp(bind_one(*a, backlog, what)?),
+        ListenAddr::Unix { path, mode } => RouteListener::Unix(
+            proxy::listener::bind_unix(path, *mode, backlog).map_err(|source| BindError {
+                addr: r.listen.to_string(),
+                what,
+                source,
+            })?,
+        ),
+    })
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32, what: String) -> Result<TcpListener, BindError> {
@@ -88,7 +106,11 @@ fn bind_one(addr: SocketAddr, backlog: u32, what: String) -> Result<TcpListener,
         .and_then(|s| s.set_reuseaddr(true).map(|()| s))
         .and_then(|s| s.bind(addr).map(|()| s))
         .and_then(|s| s.listen(backlog.clamp(128, 65_535)))
-        .map_err(|source| BindError { addr, what, source })
+        .map_err(|source| BindError {
+            addr: addr.to_string(),
+            what,
+            source,
+        })
 }
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
@@ -166,8 +188,7 @@ pub async fn run(
     // accepts but counts as the least loaded.
     let mut prepared = Vec::with_capacity(listeners.routes.len());
     for (rc, listener) in config.routes.iter().zip(listeners.routes) {
-        let p = listener
-            .into_std()
+        let p = RouteSocket::from_listener(listener)
             .and_then(|socket| Prepared::new(rc.clone(), socket, &workers))
             .map_err(|source| StartError::Route {
                 route: rc.name.clone(),
@@ -182,8 +203,12 @@ pub async fn run(
         admin_routes: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
         workers,
         shutdown: shutdown.clone(),
+        unix_files: Vec::new(),
         config,
     };
+    for rc in &proxy.config.routes {
+        proxy.unix_files.extend(unix_file_of(&rc.listen));
+    }
     let routes: Vec<Arc<route::Route>> = prepared
         .iter()
         .map(|p| route::Route::new(p.config.clone()))
@@ -250,6 +275,7 @@ pub async fn run(
         workers,
         config,
         routes,
+        unix_files,
         ..
     } = proxy;
     // The listening sockets close as the accept loops end: this process's own copies too.
@@ -284,22 +310,74 @@ pub async fn run(
             .stop(admin::CLOSE_GRACE + Duration::from_secs(1))
             .await;
     }
+    for (path, ino) in unix_files {
+        use std::os::unix::fs::MetadataExt;
+        // Another process may have replaced it meanwhile; only our own file goes.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     info!("shutdown complete");
     Ok(())
+}
+
+/// The socket file a Unix listen address created, with its inode, to remove at exit if it is
+/// still ours.
+fn unix_file_of(listen: &ListenAddr) -> Option<(std::path::PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    match listen {
+        ListenAddr::Unix { path, .. } => {
+            let ino = std::fs::symlink_metadata(path).ok()?.ino();
+            Some((path.clone(), ino))
+        }
+        ListenAddr::Tcp(_) => None,
+    }
+}
+
+/// A route's listening socket outside any event loop, kept so a reload can reuse it or change
+/// its backlog.
+enum RouteSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl RouteSocket {
+    fn from_listener(l: RouteListener) -> io::Result<RouteSocket> {
+        Ok(match l {
+            RouteListener::Tcp(l) => RouteSocket::Tcp(l.into_std()?),
+            RouteListener::Unix(l) => RouteSocket::Unix(l.into_std()?),
+        })
+    }
+
+    fn try_clone(&self) -> io::Result<RouteSocket> {
+        Ok(match self {
+            RouteSocket::Tcp(l) => RouteSocket::Tcp(l.try_clone()?),
+            RouteSocket::Unix(l) => RouteSocket::Unix(l.try_clone()?),
+        })
+    }
+
+    /// Linux takes a second listen() on a listening socket as a new backlog.
+    fn set_backlog(&self, backlog: i32) {
+        let backlog = backlog.clamp(128, 65_535);
+        let _ = match self {
+            RouteSocket::Tcp(l) => socket2::SockRef::from(l).listen(backlog),
+            RouteSocket::Unix(l) => socket2::SockRef::from(l).listen(backlog),
+        };
+    }
 }
 
 /// A route's socket and its per-thread descriptors, ready to launch (nothing runs yet).
 struct Prepared {
     config: config::RouteConfig,
     /// The socket itself, kept so a reload can reuse it or change its backlog.
-    socket: std::net::TcpListener,
-    fds: Vec<TcpListener>,
+    socket: RouteSocket,
+    fds: Vec<RouteListener>,
 }
 
 impl Prepared {
     fn new(
         config: config::RouteConfig,
-        socket: std::net::TcpListener,
+        socket: RouteSocket,
         workers: &Workers,
     ) -> io::Result<Prepared> {
         let fds = share_listener(&socket, workers)?;
@@ -314,7 +392,7 @@ impl Prepared {
 /// One running route: what is needed to change or stop it.
 struct RunningRoute {
     route: Arc<route::Route>,
-    socket: std::net::TcpListener,
+    socket: RouteSocket,
     /// The route's own stop: `drain` ends its accept loops and releases its held clients.
     stop: Shutdown,
     /// Its accept loops.
@@ -332,6 +410,8 @@ struct Proxy {
     admin_routes: admin::Routes,
     workers: Workers,
     shutdown: Shutdown,
+    /// Unix socket files this process created, removed at exit if still the same file.
+    unix_files: Vec<(std::path::PathBuf, u64)>,
     /// The configuration in force.
     config: Config,
 }
@@ -339,10 +419,7 @@ struct Proxy {
 impl Proxy {
     /// Starts the watcher and the accept loops of a prepared route.
     fn launch(&self, route: Arc<route::Route>, p: Prepared) -> RunningRoute {
-        let addr = p.fds[0]
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = p.fds[0].local_addr();
         info!(
             route = route.name(),
             listen = %addr,
@@ -453,7 +530,7 @@ impl Proxy {
                 .routes
                 .iter()
                 .filter(|r| plan.removed.iter().any(|n| n == r.route.name()))
-                .find(|r| r.route.config().listen == rc.listen);
+                .find(|r| r.route.config().listen.same_socket(&rc.listen));
             let socket = match reused {
                 Some(r) => r.socket.try_clone().map_err(|e| {
                     format!(
@@ -462,16 +539,17 @@ impl Proxy {
                     )
                 })?,
                 None => {
-                    let backlog = u32::try_from(rc.max_connections).unwrap_or(u32::MAX);
-                    bind_one(rc.listen, backlog, format!("route {name}"))
+                    let socket = bind_route(rc)
                         .and_then(|l| {
-                            l.into_std().map_err(|source| BindError {
-                                addr: rc.listen,
+                            RouteSocket::from_listener(l).map_err(|source| BindError {
+                                addr: rc.listen.to_string(),
                                 what: format!("route {name}"),
                                 source,
                             })
                         })
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                    self.unix_files.extend(unix_file_of(&rc.listen));
+                    socket
                 }
             };
             let p = Prepared::new(rc.clone(), socket, &self.workers).map_err(|e| {
@@ -505,9 +583,8 @@ impl Proxy {
                 continue;
             };
             if change.keys.contains(&"max_connections") {
-                // Linux takes a second listen() on a listening socket as a new backlog.
-                let backlog = i32::try_from(rc.max_connections).unwrap_or(i32::MAX);
-                let _ = socket2::SockRef::from(&r.socket).listen(backlog.clamp(128, 65_535));
+                r.socket
+                    .set_backlog(i32::try_from(rc.max_connections).unwrap_or(i32::MAX));
             }
             r.route.reconfigure(rc.clone());
         }
@@ -586,16 +663,16 @@ pub enum StartError {
 
 /// One descriptor of `listener` per session thread, each registered with that thread's
 /// runtime.
-fn share_listener(
-    listener: &std::net::TcpListener,
-    workers: &Workers,
-) -> io::Result<Vec<TcpListener>> {
+fn share_listener(socket: &RouteSocket, workers: &Workers) -> io::Result<Vec<RouteListener>> {
     (0..workers.len())
         .map(|thread| {
-            let fd = listener.try_clone()?;
+            let fd = socket.try_clone()?;
             // Registers with the runtime entered here: the session thread's.
             let _in_thread = workers.handle(thread).enter();
-            TcpListener::from_std(fd)
+            Ok(match fd {
+                RouteSocket::Tcp(l) => RouteListener::Tcp(TcpListener::from_std(l)?),
+                RouteSocket::Unix(l) => RouteListener::Unix(tokio::net::UnixListener::from_std(l)?),
+            })
         })
         .collect()
 }

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason};
-pub use crate::status::{FenceRecord, SentinelStatus};
+pub use crate::status::{FenceRecord, History, HistoryEntry, SentinelStatus};
 
 /// The verified master of one epoch.
 #[derive(Debug)]
@@ -159,6 +159,7 @@ pub struct Route {
     open_clients: AtomicUsize,
     held_clients: AtomicUsize,
     last_fence: Mutex<Option<FenceRecord>>,
+    history: Mutex<History>,
     node_error: Mutex<Option<String>>,
     /// Connects to the master in flight at once (see [`MAX_CONNECTING`]).
     pub connecting: tokio::sync::Semaphore,
@@ -210,6 +211,7 @@ impl Route {
             open_clients: AtomicUsize::new(0),
             held_clients: AtomicUsize::new(0),
             last_fence: Mutex::new(None),
+            history: Mutex::new(History::default()),
             node_error: Mutex::new(None),
             connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
         })
@@ -346,6 +348,8 @@ impl Route {
             old.token.cancel();
             old.sessions.close();
         }
+        self.history_mut()
+            .switch(unix_now(), epoch, master.addr.to_string());
         let route = self.name().to_string();
         gauge!(m::EPOCH, "route" => route.clone()).set(epoch as f64);
         gauge!(m::MASTER_VERIFIED, "route" => route.clone()).set(1.0);
@@ -358,10 +362,15 @@ impl Route {
     /// Returns the fenced master so the caller can wait for its sessions to close.
     pub fn fence(&self, reason: FenceReason) -> Option<Arc<Master>> {
         let old = self.master.swap(None)?;
+        // Counted before the cancel: sessions on other threads start closing at once.
+        let open = old.sessions() as u64;
         old.token.cancel();
         old.sessions.close();
+        let now = unix_now();
+        self.history_mut()
+            .fence(now, old.epoch, old.addr.to_string(), reason.as_str(), open);
         *self.last_fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(FenceRecord {
-            unix: unix_now(),
+            unix: now,
             reason: reason.as_str(),
             epoch: old.epoch,
             master: old.addr.to_string(),
@@ -369,6 +378,22 @@ impl Route {
         gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
         self.changed.notify_waiters();
         Some(old)
+    }
+
+    fn history_mut(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that every session of fenced epoch `epoch` closed `took` after the evidence
+    /// (watcher only).
+    pub fn fence_drained(&self, epoch: u64, took: std::time::Duration) {
+        self.history_mut()
+            .fence_drained(epoch, took.as_secs_f64() * 1000.0);
+    }
+
+    /// The latest switches and fences, newest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.history_mut().newest_first()
     }
 
     /// The most recent fence, if any.

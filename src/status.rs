@@ -3,6 +3,7 @@
 //! what the proxy does: a route whose master refuses connections is not ready, whatever the
 //! sentinels still say.
 
+use std::collections::VecDeque;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
@@ -45,6 +46,104 @@ pub struct FenceRecord {
     pub epoch: u64,
     /// Its master.
     pub master: String,
+}
+
+/// Entries a route's [`History`] keeps (the oldest is dropped beyond this).
+pub const HISTORY_LEN: usize = 20;
+
+/// What a [`HistoryEntry`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryKind {
+    /// A newly verified master was installed (a new epoch).
+    Switch,
+    /// An epoch ended: its master was no longer trusted.
+    Fence,
+}
+
+/// One switch or fence of a route, for `/status` and the status page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// When (seconds since the Unix epoch).
+    pub at_unix: f64,
+    /// Switch or fence.
+    pub kind: HistoryKind,
+    /// Switch: the new epoch; fence: the epoch that ended.
+    pub epoch: u64,
+    /// Switch: the previous master's address (none for the first); fence: the fenced master.
+    pub from: Option<String>,
+    /// Switch: the new master's address; fence: none.
+    pub to: Option<String>,
+    /// Fence: why ([`crate::metrics::FenceReason`] label); switch: none.
+    pub reason: Option<String>,
+    /// Fence: from the evidence to the last session of the epoch closed, once that happened.
+    pub duration_ms: Option<f64>,
+    /// Fence: the sessions the fence closed.
+    pub sessions: Option<u64>,
+}
+
+/// The last [`HISTORY_LEN`] switches and fences of a route, oldest first (a bounded ring;
+/// the watcher is its only writer).
+#[derive(Debug, Default)]
+pub struct History {
+    entries: VecDeque<HistoryEntry>,
+    /// The address of the latest switch (the next switch's `from`).
+    last_master: Option<String>,
+}
+
+impl History {
+    /// Records a switch to `to` as epoch `epoch`, at `at_unix`.
+    pub fn switch(&mut self, at_unix: f64, epoch: u64, to: String) {
+        let from = self.last_master.replace(to.clone());
+        self.push(HistoryEntry {
+            at_unix,
+            kind: HistoryKind::Switch,
+            epoch,
+            from,
+            to: Some(to),
+            reason: None,
+            duration_ms: None,
+            sessions: None,
+        });
+    }
+
+    /// Records the fence of epoch `epoch` (master `from`, `sessions` open), at `at_unix`.
+    pub fn fence(&mut self, at_unix: f64, epoch: u64, from: String, reason: &str, sessions: u64) {
+        self.push(HistoryEntry {
+            at_unix,
+            kind: HistoryKind::Fence,
+            epoch,
+            from: Some(from),
+            to: None,
+            reason: Some(reason.to_string()),
+            duration_ms: None,
+            sessions: Some(sessions),
+        });
+    }
+
+    /// Fills in the duration of epoch `epoch`'s fence once its last session closed (no-op if
+    /// that entry has left the ring or already has one).
+    pub fn fence_drained(&mut self, epoch: u64, duration_ms: f64) {
+        if let Some(e) =
+            self.entries.iter_mut().rev().find(|e| {
+                e.kind == HistoryKind::Fence && e.epoch == epoch && e.duration_ms.is_none()
+            })
+        {
+            e.duration_ms = Some(duration_ms);
+        }
+    }
+
+    fn push(&mut self, e: HistoryEntry) {
+        if self.entries.len() >= HISTORY_LEN {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(e);
+    }
+
+    /// Every entry, newest first.
+    pub fn newest_first(&self) -> Vec<HistoryEntry> {
+        self.entries.iter().rev().cloned().collect()
+    }
 }
 
 /// The whole `/status` document.
@@ -98,6 +197,8 @@ pub struct RouteView {
     pub sentinel_majority: bool,
     /// What each sentinel last said.
     pub sentinels: Vec<SentinelStatus>,
+    /// The latest switches and fences, newest first (at most [`HISTORY_LEN`]).
+    pub history: Vec<HistoryEntry>,
 }
 
 /// The installed master, as `/status` shows it.
@@ -153,6 +254,7 @@ impl RouteView {
             sentinels_reachable: reachable,
             sentinel_majority: reachable > sentinels.len() / 2,
             sentinels,
+            history: route.history(),
         }
     }
 }
@@ -236,6 +338,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            history: Vec::new(),
         }
     }
 
@@ -270,5 +373,62 @@ mod tests {
             assert_eq!(r, *ready, "{state:?} {reachable}: {body}");
             assert!(body.contains(contains), "{state:?} {reachable}: {body}");
         }
+    }
+
+    #[test]
+    fn history_is_a_bounded_ring_newest_first() {
+        let mut h = History::default();
+        h.switch(1.0, 1, "a:1".into());
+        h.fence(2.0, 1, "a:1".into(), "switch_event", 3);
+        h.switch(3.0, 2, "b:2".into());
+        let all = h.newest_first();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].kind, HistoryKind::Switch);
+        assert_eq!(all[0].from.as_deref(), Some("a:1"));
+        assert_eq!(all[0].to.as_deref(), Some("b:2"));
+        assert_eq!(all[2].from, None, "the first switch has no previous master");
+        assert_eq!(all[1].sessions, Some(3));
+        assert_eq!(all[1].duration_ms, None, "not drained yet");
+        for i in 0..(HISTORY_LEN as u64 * 2) {
+            h.switch(10.0 + i as f64, 3 + i, format!("n:{i}"));
+        }
+        let all = h.newest_first();
+        assert_eq!(all.len(), HISTORY_LEN);
+        assert!(all.windows(2).all(|w| w[0].at_unix > w[1].at_unix));
+    }
+
+    #[test]
+    fn a_fence_gets_its_duration_once_drained() {
+        let mut h = History::default();
+        h.switch(1.0, 1, "a:1".into());
+        h.fence(2.0, 1, "a:1".into(), "role_replica", 0);
+        h.switch(3.0, 2, "b:2".into());
+        // Unknown epoch: nothing changes.
+        h.fence_drained(7, 5.0);
+        assert!(h.newest_first().iter().all(|e| e.duration_ms.is_none()));
+        h.fence_drained(1, 12.5);
+        let fence = &h.newest_first()[1];
+        assert_eq!(fence.duration_ms, Some(12.5));
+        // Only once.
+        h.fence_drained(1, 99.0);
+        assert_eq!(h.newest_first()[1].duration_ms, Some(12.5));
+    }
+
+    #[test]
+    fn history_json_has_the_agreed_fields() {
+        let mut h = History::default();
+        h.switch(1.5, 1, "a:1".into());
+        h.fence(2.5, 1, "a:1".into(), "switch_event", 2);
+        let v = serde_json::to_value(h.newest_first()).unwrap();
+        assert_eq!(
+            v[0],
+            serde_json::json!({"at_unix": 2.5, "kind": "fence", "epoch": 1, "from": "a:1",
+                "to": null, "reason": "switch_event", "duration_ms": null, "sessions": 2})
+        );
+        assert_eq!(
+            v[1],
+            serde_json::json!({"at_unix": 1.5, "kind": "switch", "epoch": 1, "from": null,
+                "to": "a:1", "reason": null, "duration_ms": null, "sessions": null})
+        );
     }
 }

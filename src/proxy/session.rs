@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use metrics::{counter, Counter};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tracing::{debug, field, Instrument};
 
+use super::listener::{Accepted, Peer};
 use super::workers::LoadGuard;
 use super::Shutdown;
 use crate::config::RouteConfig;
-use crate::metrics::{self as m, Closed, Rejected};
+use crate::metrics::{self as m, Closed, FenceReason, Rejected};
 use crate::route::{Admission, ClientGuard, HeldGuard, Master, Route};
 
 /// Size of the per-thread read buffer (see `SCRATCH`). Per-session buffers would cost 32 KiB
@@ -29,8 +30,8 @@ const BUF_SIZE: usize = 16 * 1024;
 
 /// Serves one accepted client until it, its master or its epoch ends.
 pub async fn run(
-    client: TcpStream,
-    peer: SocketAddr,
+    client: Accepted,
+    peer: Peer,
     route: Arc<Route>,
     permit: Admission,
     load: LoadGuard,
@@ -54,14 +55,19 @@ enum HoldEnd {
     ClientGone,
 }
 
-async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdown: Shutdown) {
+async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown: Shutdown) {
     let _client_guard = ClientGuard::new(&route);
-    let _ = client.set_nodelay(true);
     // The configuration as it was when the client arrived: a reload applies to later clients.
     let config = route.config();
-    let client = match &config.listen_tls {
-        None => ClientIo::Plain(client),
-        Some(tls) => {
+    let client = match (client, &config.listen_tls) {
+        // No TCP options and no TLS on a Unix socket (the configuration allows none there).
+        (Accepted::Unix(c), _) => ClientIo::Unix(c),
+        (Accepted::Tcp(c), None) => {
+            let _ = c.set_nodelay(true);
+            ClientIo::Plain(c)
+        }
+        (Accepted::Tcp(client), Some(tls)) => {
+            let _ = client.set_nodelay(true);
             let handshake = tokio::select! {
                 // Boxed, like every TLS future here: a plain session's task must not be sized
                 // for a TLS handshake it never does (10,000 idle sessions pay per byte).
@@ -94,7 +100,7 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 match hold(
                     route.wait_for_master(deadline),
-                    client.tcp(),
+                    &client,
                     &shutdown,
                     deadline,
                 )
@@ -116,7 +122,7 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
                     _ = route.changed() => {}
                 }
             };
-            match hold(settled, client.tcp(), &shutdown, deadline).await {
+            match hold(settled, &client, &shutdown, deadline).await {
                 Ok(()) => continue,
                 Err(end) => break Err(end),
             }
@@ -132,14 +138,7 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
         let pace = match route.connecting.try_acquire() {
             Ok(p) => p,
             // Only a client that really has to wait is held (and bound by the hold timeout).
-            Err(_) => match hold(
-                route.connecting.acquire(),
-                client.tcp(),
-                &shutdown,
-                deadline,
-            )
-            .await
-            {
+            Err(_) => match hold(route.connecting.acquire(), &client, &shutdown, deadline).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => continue,
                 Err(end) => break Err(end),
@@ -173,7 +172,7 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
                 debug!(master.addr = %master.addr, error = %e, "connect to master failed; retrying");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 let retry = tokio::time::sleep(LOCAL_RETRY);
-                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
+                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
                     break Err(end);
                 }
             }
@@ -183,7 +182,7 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
                 debug!(error = %e, "cannot open a socket to the master; holding client");
                 held.get_or_insert_with(|| HeldGuard::new(&route));
                 let retry = tokio::time::sleep(LOCAL_RETRY);
-                if let Err(end) = hold(retry, client.tcp(), &shutdown, deadline).await {
+                if let Err(end) = hold(retry, &client, &shutdown, deadline).await {
                     break Err(end);
                 }
             }
@@ -205,6 +204,19 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
             counter!(m::CONNECTIONS_REJECTED, "route" => route.name().to_string(), "reason" => reason.as_str())
                 .increment(1);
             debug!(reason = reason.as_str(), "client closed without a session");
+            // This client never had a session, so nothing can be interleaved: tell it why.
+            let seen = match route.current() {
+                Some(m) if m.is_trusted() => MasterSeen::Trusted,
+                Some(_) => MasterSeen::Untrusted,
+                None => MasterSeen::None,
+            };
+            let why = hold_end_reason(
+                matches!(reason, Rejected::Shutdown),
+                seen,
+                route.last_fence().map(|f| f.reason),
+            );
+            let msg = hold_error(route.name(), why, started.elapsed());
+            Box::pin(goodbye(client, msg.as_bytes())).await;
             return;
         }
         Err(HoldEnd::ClientGone) => {
@@ -233,6 +245,14 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
         (ClientIo::Tls(c), MasterIo::Tls(m)) => {
             Box::pin(splice_io(*c, *m, &master, &shutdown, &route)).await
         }
+        // A Unix socket client takes the generic path (its own buffers): TCP keeps the
+        // readiness-based one above.
+        (ClientIo::Unix(c), MasterIo::Plain(m)) => {
+            Box::pin(splice_io(c, m, &master, &shutdown, &route)).await
+        }
+        (ClientIo::Unix(c), MasterIo::Tls(m)) => {
+            Box::pin(splice_io(c, *m, &master, &shutdown, &route)).await
+        }
     };
     // A removed route ends its epoch the way a fence does; the metric tells them apart.
     let reason = if reason == Closed::MasterSwitch && route.is_retired() {
@@ -244,11 +264,101 @@ async fn serve(client: TcpStream, route: Arc<Route>, _permit: Admission, shutdow
     debug!(reason = reason.as_str(), "session closed");
 }
 
+/// What the route looked like when a hold ended without a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MasterSeen {
+    /// No master installed.
+    None,
+    /// A master installed, but it refused a connect or `ROLE` check since it last answered.
+    Untrusted,
+    /// A trusted master (connects to it kept failing or waiting).
+    Trusted,
+}
+
+/// Why a held client is sent away, in words for the error it gets: shutdown first, then what
+/// the route's master state says, then the latest fence's reason (a fence for lack of a
+/// sentinel majority is not a failover).
+fn hold_end_reason(
+    shutting_down: bool,
+    seen: MasterSeen,
+    last_fence: Option<&str>,
+) -> &'static str {
+    if shutting_down {
+        return "no verified master (shutting down)";
+    }
+    match (seen, last_fence) {
+        (MasterSeen::Untrusted, _) => "master not answering (refused since its last ROLE check)",
+        (MasterSeen::Trusted, _) => "cannot connect to the master in time",
+        (MasterSeen::None, Some(r)) if r == FenceReason::NoMajority.as_str() => {
+            "no verified master (no sentinel majority)"
+        }
+        (MasterSeen::None, Some(_)) => "no verified master (failover in progress)",
+        (MasterSeen::None, None) => "no verified master (no master known)",
+    }
+}
+
+/// The one RESP error line a held client gets before it is closed. Route names come from
+/// the configuration; anything but printable ASCII is replaced so the line stays one line.
+fn hold_error(route: &str, why: &str, held: Duration) -> String {
+    let route: String = route
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    format!(
+        "-ERR redis-failover-proxy: route {route}: {why}; held {:.1}s\r\n",
+        held.as_secs_f64()
+    )
+}
+
+/// Most a goodbye reads and discards of what the client sent (so the close sends a FIN
+/// after the error, not a reset that could discard it at the client).
+const GOODBYE_DRAIN: usize = 64 * 1024;
+
+/// Writes `msg` to a client that never had a session, without waiting for it (best effort:
+/// a client that does not read gets nothing), then closes. A TLS client gets at most
+/// [`GOODBYE_TLS_TIMEOUT`] for the record and its close_notify.
+async fn goodbye(client: ClientIo, msg: &[u8]) {
+    match client {
+        ClientIo::Plain(c) => {
+            let mut drained = 0;
+            while drained < GOODBYE_DRAIN {
+                match c.try_read(&mut [0u8; 4096]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            let _ = c.try_write(msg);
+            let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
+        }
+        ClientIo::Unix(c) => {
+            let mut drained = 0;
+            while drained < GOODBYE_DRAIN {
+                match c.try_read(&mut [0u8; 4096]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            let _ = c.try_write(msg);
+            let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
+        }
+        ClientIo::Tls(mut c) => {
+            let _ = tokio::time::timeout(GOODBYE_TLS_TIMEOUT, async {
+                c.write_all(msg).await?;
+                c.shutdown().await
+            })
+            .await;
+        }
+    }
+}
+
+/// How long a TLS client's goodbye may take.
+const GOODBYE_TLS_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Holds the client until `until` resolves, unless the hold ends first: the deadline passes,
 /// the client goes away, or shutdown starts.
 async fn hold<T>(
     until: impl std::future::Future<Output = T>,
-    client: &TcpStream,
+    client: &ClientIo,
     shutdown: &Shutdown,
     deadline: tokio::time::Instant,
 ) -> Result<T, HoldEnd> {
@@ -265,11 +375,29 @@ async fn hold<T>(
 
 /// Resolves when the client has closed (EOF or error). If the client has sent data, it is
 /// still there: pend forever, leaving the data to the session.
-async fn client_gone(client: &TcpStream) {
+async fn client_gone(client: &ClientIo) {
     let mut byte = [0u8; 1];
-    match client.peek(&mut byte).await {
+    let peeked = match client {
+        ClientIo::Plain(c) => c.peek(&mut byte).await,
+        ClientIo::Tls(c) => c.tcp().peek(&mut byte).await,
+        ClientIo::Unix(c) => peek_unix(c).await,
+    };
+    match peeked {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Waits until a Unix socket client has sent a byte or closed: `Ok(0)` on EOF, `Ok(1)` if a
+/// byte is waiting (left in place).
+async fn peek_unix(c: &UnixStream) -> io::Result<usize> {
+    loop {
+        c.readable().await?;
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match c.try_io(Interest::READABLE, || SockRef::from(c).peek(&mut byte)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
     }
 }
 
@@ -308,19 +436,12 @@ fn abort_master(conn: &TcpStream) {
 /// Longest a client may take to complete the listener's TLS handshake.
 const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The client's side of a session: plain TCP, or TLS when the route's listener has it.
+/// The client's side of a session: plain TCP, TLS when the route's listener has it, or a
+/// Unix socket.
 enum ClientIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl ClientIo {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientIo::Plain(t) => t,
-            ClientIo::Tls(t) => t.tcp(),
-        }
-    }
+    Unix(UnixStream),
 }
 
 /// The master's side of a session: plain TCP, or TLS when the nodes speak it.
@@ -526,10 +647,11 @@ async fn race(
     }
 }
 
-/// Splices a session where at least one side is TLS. Same contract as [`splice`]; a TLS
-/// stream cannot use the readiness tricks of the plain path, so each direction is a plain
-/// read/write/flush loop with its own buffer. A fence aborts the master's TCP connection.
-async fn splice_io<C: Transport, M: Transport>(
+/// Splices a session where at least one side is TLS, or the client is on a Unix socket. Same
+/// contract as [`splice`]; a TLS stream cannot use the readiness tricks of the plain path, so
+/// each direction is a plain read/write/flush loop with its own buffer. A fence aborts the
+/// master's TCP connection.
+async fn splice_io<C: AsyncRead + AsyncWrite + Unpin, M: Transport>(
     client: C,
     master_conn: M,
     master: &Master,
@@ -728,5 +850,86 @@ mod tests {
                 "{kind:?}"
             );
         }
+    }
+
+    #[test]
+    fn hold_end_reason_rows() {
+        use MasterSeen::*;
+        let rows: &[(bool, MasterSeen, Option<&str>, &str)] = &[
+            (
+                true,
+                None,
+                Option::None,
+                "no verified master (shutting down)",
+            ),
+            (
+                true,
+                Untrusted,
+                Some("switch_event"),
+                "no verified master (shutting down)",
+            ),
+            (
+                false,
+                None,
+                Option::None,
+                "no verified master (no master known)",
+            ),
+            (
+                false,
+                None,
+                Some("switch_event"),
+                "no verified master (failover in progress)",
+            ),
+            (
+                false,
+                None,
+                Some("role_replica"),
+                "no verified master (failover in progress)",
+            ),
+            (
+                false,
+                None,
+                Some("no_sentinel_majority"),
+                "no verified master (no sentinel majority)",
+            ),
+            (
+                false,
+                Untrusted,
+                Option::None,
+                "master not answering (refused since its last ROLE check)",
+            ),
+            (
+                false,
+                Trusted,
+                Some("switch_event"),
+                "cannot connect to the master in time",
+            ),
+        ];
+        for (shutting_down, seen, fence, want) in rows {
+            assert_eq!(
+                hold_end_reason(*shutting_down, *seen, *fence),
+                *want,
+                "{shutting_down} {seen:?} {fence:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hold_error_is_one_resp_error_line() {
+        let e = hold_error(
+            "main",
+            "no verified master (failover in progress)",
+            Duration::from_millis(2049),
+        );
+        assert_eq!(
+            e,
+            "-ERR redis-failover-proxy: route main: no verified master (failover in progress); held 2.0s\r\n"
+        );
+        let e = hold_error("a\r\nb c", "x", Duration::ZERO);
+        assert_eq!(
+            e,
+            "-ERR redis-failover-proxy: route a??b?c: x; held 0.0s\r\n"
+        );
+        assert_eq!(e.matches("\r\n").count(), 1);
     }
 }

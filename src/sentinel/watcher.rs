@@ -494,8 +494,10 @@ impl Watcher {
             sessions = old.sessions(),
             "master fenced; holding new clients"
         );
+        let history = self.route.clone();
         tokio::spawn(async move {
             let took = route::drained(&old, since).await;
+            history.fence_drained(old.epoch, took);
             histogram!(m::FENCE_DURATION, "route" => route.clone()).record(took.as_secs_f64());
             info!(
                 route,

@@ -807,7 +807,13 @@ impl Proxy {
         Proxy::spawn(cmd, dir, IpAddr::V4(Ipv4Addr::LOCALHOST), port, admin)
     }
 
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, ip: IpAddr, port: u16, admin: u16) -> Proxy {
+    pub fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        ip: IpAddr,
+        port: u16,
+        admin: u16,
+    ) -> Proxy {
         let log = dir.path().join("proxy.log");
         let child = cmd
             .current_dir(dir.path())
