@@ -314,31 +314,35 @@ fn hold_error(route: &str, why: &str, held: Duration) -> String {
 /// after the error, not a reset that could discard it at the client).
 const GOODBYE_DRAIN: usize = 64 * 1024;
 
+/// The plain (TCP or Unix) part of [`goodbye`]: discards up to [`GOODBYE_DRAIN`] bytes the
+/// client already sent (so the close is a FIN, not a reset that could wipe out the error),
+/// then writes `msg` once without waiting.
+fn goodbye_plain(
+    try_read: impl Fn(&mut [u8]) -> io::Result<usize>,
+    try_write: impl Fn(&[u8]) -> io::Result<usize>,
+    msg: &[u8],
+) {
+    let mut drained = 0;
+    while drained < GOODBYE_DRAIN {
+        match try_read(&mut [0u8; 4096]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = try_write(msg);
+}
+
 /// Writes `msg` to a client that never had a session, without waiting for it (best effort:
 /// a client that does not read gets nothing), then closes. A TLS client gets at most
 /// [`GOODBYE_TLS_TIMEOUT`] for the record and its close_notify.
 async fn goodbye(client: ClientIo, msg: &[u8]) {
     match client {
         ClientIo::Plain(c) => {
-            let mut drained = 0;
-            while drained < GOODBYE_DRAIN {
-                match c.try_read(&mut [0u8; 4096]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-            let _ = c.try_write(msg);
+            goodbye_plain(|b| c.try_read(b), |b| c.try_write(b), msg);
             let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
         }
         ClientIo::Unix(c) => {
-            let mut drained = 0;
-            while drained < GOODBYE_DRAIN {
-                match c.try_read(&mut [0u8; 4096]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-            let _ = c.try_write(msg);
+            goodbye_plain(|b| c.try_read(b), |b| c.try_write(b), msg);
             let _ = SockRef::from(&c).shutdown(std::net::Shutdown::Write);
         }
         ClientIo::Tls(mut c) => {
