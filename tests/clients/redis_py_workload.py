@@ -4,18 +4,14 @@
 Usage: redis_py_workload.py PROXY_PORT DURATION_S REPORT.json
        redis_py_workload.py --demo-retry REDIS_PORT
 
-The second form shows what redis-py's default retry does with a command whose connection is cut
-after the server executed it but before its reply arrived (what a fence, or any dropped
-connection, can do to a command in flight): a relay in front of REDIS_PORT forwards one INCR,
-one SET and one more INCR, drops each reply and closes the connection; it prints JSON with what
-the application got back and what the server holds.
-
-Runs, for DURATION_S seconds, threads that all share one redis-py client (one
+The first form runs, for DURATION_S seconds, threads that all share one redis-py client (one
 ConnectionPool), configured the way an application configures it:
 `redis.Redis(host, port, socket_timeout=5, max_connections=...)` with redis-py's default retry
-(in redis-py 6 and later: a ConnectionError or TimeoutError closes the connection and the same
-command is sent again on a new one, up to 10 times with exponential backoff, 10 ms doubling,
-capped at 1 s, with jitter). Kinds of work:
+(in redis-py 8.1: a ConnectionError or TimeoutError closes the connection and the same command
+is sent again on a new one, up to 10 times with exponential backoff, 10 ms doubling, capped at
+1 s, with jitter); it ends early when a line "stop" arrives on stdin. RP_POOL=explicit in the environment builds the pool by hand instead
+(`redis.ConnectionPool(..., retry_on_timeout=True)`, whose connections retry once, at once).
+Kinds of work:
 
 - `set`: 50 threads, SET of a unique key each time (the acknowledged keys are written to
   REPORT.json.keys, one `<unix time of the ack> <key>` per line, for a loss check);
@@ -31,7 +27,14 @@ capped at 1 s, with jitter). Kinds of work:
 An error is an exception that reached the application's code (redis-py's retries were
 exhausted, or it does not retry that case). Prints READY on stdout once every kind has had a
 success, and writes the report (ops per kind, errors by type and message with their times,
-longest gaps, counters) as JSON. Exit code 0 unless the script itself failed.
+the commands redis-py re-sent silently, longest gaps, counters) as JSON. Exit code 0 unless
+the script itself failed.
+
+The second form shows what redis-py's default retry does with a command whose connection is cut
+after the server executed it but before its reply arrived (what a fence, or any dropped
+connection, can do to a command in flight): a relay in front of REDIS_PORT forwards one INCR,
+one SET and one more INCR (this one with retries off), drops each reply and closes the
+connection; it prints JSON with what the application got back and what the server holds.
 """
 
 import json
@@ -232,15 +235,31 @@ def main():
     port = int(sys.argv[1])
     duration = float(sys.argv[2])
     out = sys.argv[3]
-    r = redis.Redis(
-        host="127.0.0.1",
-        port=port,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        max_connections=SET_THREADS + 30,
-    )
-    # The retry redis-py configured by default, unchanged, only counted.
-    default_retry = r.get_retry()
+    style = os.environ.get("RP_POOL", "client")
+    if style == "explicit":
+        # A pool built by hand, as some applications do: its connections get redis-py's
+        # connection-level default, one immediate retry (with retry_on_timeout=True).
+        pool = redis.ConnectionPool(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry_on_timeout=True,
+            max_connections=SET_THREADS + 30,
+        )
+        r = redis.Redis(connection_pool=pool)
+    else:
+        r = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            max_connections=SET_THREADS + 30,
+        )
+    # The retry redis-py gave the connections, unchanged, only counted.
+    c = r.connection_pool.get_connection()
+    default_retry = c.retry
+    r.connection_pool.release(c)
     r.set_retry(counting(default_retry))
     rep = Report()
     stop = threading.Event()
@@ -397,10 +416,19 @@ def main():
     for t in threads:
         t.start()
 
+    def stop_on_stdin():
+        # End early when stdin says "stop" (the test does once the failover is over and the
+        # work has gone on for a while on the new master); DURATION_S is the longest run.
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                stop.set()
+                return
+
+    threading.Thread(target=stop_on_stdin, daemon=True).start()
     kinds = {k for k, _, _ in workers} | {"pubsub"}
     deadline = started + duration
     ready = False
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if not ready:
             with rep.lock:
                 ready = kinds <= set(rep.ops)
@@ -481,6 +509,7 @@ def main():
         "acked_keys_file": keys_file,
         "key_prefix": KEY_PREFIX,
         "watch_retries": rep.watch_retries,
+        "pool": style,
         "default_retry": {
             "retries": default_retry.get_retries(),
             "backoff": type(default_retry._backoff).__name__,
