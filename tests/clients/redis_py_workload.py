@@ -129,16 +129,21 @@ RETRIES_LOCK = threading.Lock()
 
 class CountingRetry(Retry):
     """redis-py's own Retry with the same backoff, count and errors, counting each failure it
-    handles (each one is a command, pipeline or connect that redis-py re-sent silently)."""
+    handles (each one is a command, pipeline or connect that redis-py re-sent silently, when
+    it has retries left)."""
 
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+    def call_with_retry(self, do, fail, *args, **kwargs):
+        failures = [0]
+
         def counted(error, *count):
-            key = f"{type(error).__name__}: {str(error)[:120]}"
-            with RETRIES_LOCK:
-                RETRIES[key] = RETRIES.get(key, 0) + 1
+            failures[0] += 1
+            if self._retries < 0 or failures[0] <= self._retries:
+                key = f"{type(error).__name__}: {str(error)[:120]}"
+                with RETRIES_LOCK:
+                    RETRIES[key] = RETRIES.get(key, 0) + 1
             return fail(error, *count)
 
-        return super().call_with_retry(do, counted, is_retryable, with_failure_count)
+        return super().call_with_retry(do, counted, *args, **kwargs)
 
 
 def counting(default):
@@ -147,8 +152,9 @@ def counting(default):
 
 def cutting_relay(redis_port):
     """A relay to 127.0.0.1:redis_port that, on each connection, forwards everything, except
-    that once a client sends a command containing one of the words in `relay.cut_words`
-    (each used once), the server's reply to it is dropped and the client connection closed."""
+    that once a client sends a command containing one of the byte strings in
+    `state["cut_words"]` (the list is then emptied), the server's reply to it is dropped and
+    the client connection closed."""
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(16)
@@ -166,11 +172,9 @@ def cutting_relay(redis_port):
                     if not data:
                         return
                     with lock:
-                        for w in state["cut_words"]:
-                            if w in data:
-                                state["cut_words"].remove(w)
-                                armed = True
-                                break
+                        if any(w in data for w in state["cut_words"]):
+                            state["cut_words"] = []
+                            armed = True
                     s.sendall(data)
                 if s in ready:
                     data = s.recv(65536)
@@ -194,33 +198,52 @@ def cutting_relay(redis_port):
     return lsock.getsockname()[1], state, lock
 
 
+def connection_retry(pool):
+    """The Retry redis-py gives this pool's connections."""
+    try:
+        c = pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        c = pool.get_connection("PING")
+    try:
+        return c.retry
+    finally:
+        pool.release(c)
+
+
 def demo_retry(redis_port):
     port, state, lock = cutting_relay(redis_port)
     direct = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
     direct.delete("rp:demo:incr", "rp:demo:set", "rp:demo:noretry")
     out = {"redis_py_version": redis.__version__}
+
+    # The command name as a RESP bulk string (redis-py 5 sends INCR as INCRBY).
+    INCR = [b"\r\nINCR\r\n", b"\r\nINCRBY\r\n"]
+
+    def cut(client, words, call):
+        """`call()` with the reply to its command cut: (what it returned, the error)."""
+        with lock:
+            state["cut_words"] = list(words)
+        try:
+            return call(), None
+        except redis.exceptions.ConnectionError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
     # As an application configures it: redis-py's default retry.
     app = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     app.ping()
-    with lock:
-        state["cut_words"] = [b"INCR"]
-    out["default_retry_incr_returned"] = app.incr("rp:demo:incr")
-    out["default_retry_incr_server_value"] = int(direct.get("rp:demo:incr"))
-    with lock:
-        state["cut_words"] = [b"SET"]
-    out["default_retry_set_returned"] = app.set("rp:demo:set", "v")
-    out["default_retry_set_server_value"] = direct.get("rp:demo:set").decode()
-    # Without retries (redis-py before 6.0 by default, or retry=Retry(NoBackoff(), 0)): the
+    out["default_retries"] = connection_retry(app.connection_pool)._retries
+    got, err = cut(app, INCR, lambda: app.incr("rp:demo:incr"))
+    out["default_retry_incr_returned"], out["default_retry_incr_error"] = got, err
+    out["default_retry_incr_server_value"] = int(direct.get("rp:demo:incr") or 0)
+    got, err = cut(app, [b"\r\nSET\r\n"], lambda: app.set("rp:demo:set", "v"))
+    out["default_retry_set_returned"], out["default_retry_set_error"] = got, err
+    out["default_retry_set_server_value"] = (direct.get("rp:demo:set") or b"").decode()
+    # Without retries (redis-py before 6 by default, or retry=Retry(NoBackoff(), 0)): the
     # application sees the error, and the INCR it thinks failed was applied.
     plain = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     plain.ping()
-    with lock:
-        state["cut_words"] = [b"INCR"]
-    try:
-        plain.incr("rp:demo:noretry")
-        out["no_retry_incr_error"] = None
-    except redis.exceptions.ConnectionError as exc:
-        out["no_retry_incr_error"] = f"{type(exc).__name__}: {exc}"
+    got, err = cut(plain, INCR, lambda: plain.incr("rp:demo:noretry"))
+    out["no_retry_incr_error"] = err
     out["no_retry_incr_server_value"] = int(direct.get("rp:demo:noretry") or 0)
     out["cuts"] = state["cuts"]
     print(json.dumps(out))
@@ -257,9 +280,7 @@ def main():
             max_connections=SET_THREADS + 30,
         )
     # The retry redis-py gave the connections, unchanged, only counted.
-    c = r.connection_pool.get_connection()
-    default_retry = c.retry
-    r.connection_pool.release(c)
+    default_retry = connection_retry(r.connection_pool)
     r.set_retry(counting(default_retry))
     rep = Report()
     stop = threading.Event()
@@ -511,7 +532,7 @@ def main():
         "watch_retries": rep.watch_retries,
         "pool": style,
         "default_retry": {
-            "retries": default_retry.get_retries(),
+            "retries": default_retry._retries,
             "backoff": type(default_retry._backoff).__name__,
             "errors": sorted(f"{e.__module__}.{e.__name__}" for e in default_retry._supported_errors),
         },
