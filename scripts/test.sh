@@ -14,6 +14,8 @@ command -v openssl >/dev/null 2>&1 || deploy/local/ensure-packages.sh openssl
 command -v supervisord >/dev/null 2>&1 || deploy/local/ensure-packages.sh supervisor
 # chromium: the status page is loaded in headless Chromium (tests/status_page.rs).
 command -v chromium >/dev/null 2>&1 || deploy/local/ensure-packages.sh chromium
+# redis-py (tests/redis_py.rs), pinned, for the python3 on PATH, only if it is missing.
+python3 -c 'import redis' 2>/dev/null || PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet 'redis==8.1.0' || echo "redis-py not installed: tests/redis_py.rs will skip"
 log=$(mktemp)
 # Tests that skip themselves (a missing capability) append "<test>: <why>" here.
 export RFP_SKIP_LOG
