@@ -333,11 +333,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 /// The `/status` document now: the one source of `/status` and the page at `/`.
 fn status_doc(s: &AdminState) -> StatusDoc {
-    StatusDoc {
-        version: env!("CARGO_PKG_VERSION"),
-        draining: s.draining.is_cancelled(),
-        routes: s.routes.load().iter().map(|r| RouteView::of(r)).collect(),
-    }
+    StatusDoc::of(s.routes.load().iter(), s.draining.is_cancelled())
 }
 
 async fn status(State(s): State<AdminState>) -> Response {

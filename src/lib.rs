@@ -470,15 +470,10 @@ impl Proxy {
 
     /// Logs the `/status` document as one line of JSON (SIGUSR1).
     fn log_status(&self) {
-        let doc = status::StatusDoc {
-            version: env!("CARGO_PKG_VERSION"),
-            draining: self.shutdown.drain.is_cancelled(),
-            routes: self
-                .routes
-                .iter()
-                .map(|r| status::RouteView::of(&r.route))
-                .collect(),
-        };
+        let doc = status::StatusDoc::of(
+            self.routes.iter().map(|r| &r.route),
+            self.shutdown.drain.is_cancelled(),
+        );
         match serde_json::to_string(&doc) {
             Ok(json) => info!(status = %json, "status (SIGUSR1)"),
             Err(e) => warn!(error = %e, "cannot render the status"),
@@ -582,6 +577,15 @@ impl Proxy {
             ) else {
                 continue;
             };
+            if change.keys.contains(&"listen_mode") {
+                if let ListenAddr::Unix { path, mode } = &rc.listen {
+                    use std::os::unix::fs::PermissionsExt;
+                    let perms = std::fs::Permissions::from_mode(*mode);
+                    if let Err(e) = std::fs::set_permissions(path, perms) {
+                        warn!(route = %change.name, path = %path.display(), error = %e, "configuration reload: cannot change the socket's mode; it keeps the old one");
+                    }
+                }
+            }
             if change.keys.contains(&"max_connections") {
                 r.socket
                     .set_backlog(i32::try_from(rc.max_connections).unwrap_or(i32::MAX));

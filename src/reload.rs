@@ -42,9 +42,12 @@ impl Plan {
     }
 }
 
-/// Whether `new` is the same route as `old` (same name, master name and listen address).
+/// Whether `new` is the same route as `old` (same name, master name and listen address; a Unix
+/// socket's mode may differ: see `listen_mode` in [`route_changes`]).
 fn same_route(old: &RouteConfig, new: &RouteConfig) -> bool {
-    old.name == new.name && old.master_name == new.master_name && old.listen == new.listen
+    old.name == new.name
+        && old.master_name == new.master_name
+        && old.listen.same_socket(&new.listen)
 }
 
 /// Decides what replacing the running configuration `old` by `new` does.
@@ -114,7 +117,9 @@ pub fn effective(old: &Config, mut new: Config) -> Config {
 /// The keys whose values differ between two configurations of the same route.
 pub fn route_changes(old: &RouteConfig, new: &RouteConfig) -> Vec<&'static str> {
     let (os, ns) = (&old.sentinel, &new.sentinel);
-    let checks: [(&'static str, bool); 15] = [
+    let checks: [(&'static str, bool); 16] = [
+        // Same socket path (see `same_route`), so a difference is the mode.
+        ("listen_mode", old.listen != new.listen),
         ("sentinel.addresses", os.addresses != ns.addresses),
         (
             "sentinel.poll_interval",
@@ -162,6 +167,17 @@ pub fn route_changes(old: &RouteConfig, new: &RouteConfig) -> Vec<&'static str> 
 /// Whether two ways of reaching peers use the same credentials and TLS settings.
 pub fn same_access(a: &PeerAccess, b: &PeerAccess) -> bool {
     a.auth == b.auth && same_client_tls(&a.tls, &b.tls)
+}
+
+/// Whether `a` and `b` are the very same loaded TLS material. Every reload reads certificate
+/// files again, so a reload with TLS configured always yields new material, which clients that
+/// cache it (the sentinel connections) must pick up: a renewed certificate at the same path.
+pub fn same_loaded_tls(a: &Option<Arc<TlsClient>>, b: &Option<Arc<TlsClient>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 /// TLS configurations compare by the settings they were loaded from (files and names).
@@ -419,5 +435,21 @@ mod tests {
             "kept=- changed=a(hold_timeout) added=b removed=b"
         );
         assert!(plan(&old, &old).is_noop());
+    }
+
+    #[test]
+    fn a_unix_sockets_mode_is_a_change_of_the_same_route() {
+        let unix = BASE.replace("\"127.0.0.1:7002\"", "\"unix:/tmp/rfp-plan.sock\"");
+        let old = cfg(&unix);
+        let new = cfg(&unix.replace(
+            "listen=\"unix:/tmp/rfp-plan.sock\"\n",
+            "listen=\"unix:/tmp/rfp-plan.sock\"\nlisten_mode=\"0600\"\n",
+        ));
+        let p = plan(&old, &new);
+        assert_eq!(p.kept, ["a"]);
+        assert!(p.added.is_empty() && p.removed.is_empty(), "{p:?}");
+        assert_eq!(p.changed.len(), 1);
+        assert_eq!(p.changed[0].name, "b");
+        assert_eq!(p.changed[0].keys, ["listen_mode"]);
     }
 }

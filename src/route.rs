@@ -238,7 +238,11 @@ impl Route {
         // Only a change the watcher caches interrupts it (it abandons a round in progress).
         let tell_watcher = crate::reload::route_changes(&old, &config)
             .iter()
-            .any(|k| k.starts_with("sentinel"));
+            .any(|k| k.starts_with("sentinel"))
+            || !crate::reload::same_loaded_tls(
+                &old.sentinel.access.tls,
+                &config.sentinel.access.tls,
+            );
         self.config.store(Arc::new(config));
         if tell_watcher {
             self.reconfigured.notify_one();

@@ -4,6 +4,7 @@
 //! sentinels still say.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
@@ -155,6 +156,18 @@ pub struct StatusDoc {
     pub draining: bool,
     /// Every route.
     pub routes: Vec<RouteView>,
+}
+
+impl StatusDoc {
+    /// The document for `routes` now: the one source of `/status`, the page at `/` and the
+    /// SIGUSR1 log line.
+    pub fn of<'a>(routes: impl IntoIterator<Item = &'a Arc<Route>>, draining: bool) -> StatusDoc {
+        StatusDoc {
+            version: env!("CARGO_PKG_VERSION"),
+            draining,
+            routes: routes.into_iter().map(|r| RouteView::of(r)).collect(),
+        }
+    }
 }
 
 /// A route's state for `/status`.

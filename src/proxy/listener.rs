@@ -115,6 +115,16 @@ pub fn before_bind(found: &Found) -> Result<bool, String> {
     }
 }
 
+/// A non-blocking connect to the Unix socket at `path`: a blocking one waits for ever while the
+/// listener's queue is full (a hung process), and this runs on the control thread during a
+/// reload.
+fn connect_without_waiting(path: &Path) -> io::Result<()> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.connect(&SockAddr::unix(path)?)
+}
+
 /// Looks at `path` (without following a symlink) and, if it is a socket, connects to it.
 fn probe(path: &Path) -> Found {
     use std::os::unix::fs::FileTypeExt;
@@ -122,9 +132,11 @@ fn probe(path: &Path) -> Found {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Found::Absent,
         Err(e) => Found::Unprobed(e.to_string()),
         Ok(m) if !m.file_type().is_socket() => Found::NotSocket,
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => Found::LiveSocket,
+        Ok(_) => match connect_without_waiting(path) {
+            Ok(()) => Found::LiveSocket,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Found::StaleSocket,
+            // A listener whose queue is full: live, and busy.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Found::LiveSocket,
             Err(e) => Found::Unprobed(e.to_string()),
         },
     }

@@ -294,7 +294,9 @@ impl Watcher {
         self.poll_interval = new.poll_interval;
         let rebuild = new.addresses != self.cfg.addresses
             || new.timeout != self.cfg.timeout
-            || !crate::reload::same_access(&new.access, &self.cfg.access);
+            || !crate::reload::same_access(&new.access, &self.cfg.access)
+            // Certificate files read again by the reload (e.g. a renewed client certificate).
+            || !crate::reload::same_loaded_tls(&new.access.tls, &self.cfg.access.tls);
         if !rebuild {
             self.cfg = new;
             return;
