@@ -289,17 +289,8 @@ fn a_closed_stderr_does_not_stop_signal_handling() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("proxy ignored SIGTERM after its stderr closed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(5))
+        .expect("proxy ignored SIGTERM after its stderr closed");
     assert_eq!(status.code(), Some(0));
 }
 

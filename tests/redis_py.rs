@@ -107,18 +107,8 @@ impl Workload {
     /// Waits for the end of the run and returns the report.
     fn finish(mut self) -> Value {
         let timeout = Duration::from_secs(DURATION_S + 40);
-        let start = std::time::Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait python3") {
-                break st;
-            }
-            if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the redis-py workload did not end within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = exit_within(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("the redis-py workload did not end within {timeout:?}"));
         assert!(status.success(), "the redis-py workload failed: {status}");
         let text = std::fs::read_to_string(&self.out).expect("report file");
         serde_json::from_str(&text).expect("report JSON")

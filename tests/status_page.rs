@@ -46,20 +46,12 @@ fn chromium(url: &str, extra: &[&str]) -> String {
         .spawn()
         .expect("spawn chromium");
     let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for chromium") {
-            break st;
-        }
-        if start.elapsed() > CHROMIUM_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "chromium did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child, CHROMIUM_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "chromium did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        )
+    });
     assert!(
         status.success(),
         "chromium failed ({status}); stderr:\n{}",

@@ -208,18 +208,9 @@ fn refused(sentinel_ports: &[u16], sock: &Path) -> (Option<i32>, String) {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .expect("spawn proxy");
-    let start = Instant::now();
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the proxy started although it should have refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = exit_within(&mut child, Duration::from_secs(20))
+        .expect("the proxy started although it should have refused")
+        .code();
     (code, std::fs::read_to_string(&err).unwrap_or_default())
 }
 

@@ -145,6 +145,22 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits up to `timeout` for `child` to exit and returns its status; `None` after killing and
+/// reaping it when it did not exit in time.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if start.elapsed() > timeout {
+            kill(child);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// One `redis-server`.
 pub struct Node {
     pub port: u16,
@@ -954,16 +970,9 @@ impl Proxy {
     /// Waits for the proxy to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return st.code();
-            }
-            if start.elapsed() > timeout {
-                kill(&mut child);
-                panic!("proxy did not exit within {timeout:?}\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match exit_within(&mut child, timeout) {
+            Some(st) => st.code(),
+            None => panic!("proxy did not exit within {timeout:?}\n{}", self.log()),
         }
     }
 }
