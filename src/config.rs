@@ -273,7 +273,13 @@ pub struct RuntimeConfig {
     pub pin_threads: bool,
     /// A session thread yields the CPU once before it sleeps waiting for network events.
     pub yield_before_sleep: bool,
+    /// How long a session thread keeps polling for network events (yielding the CPU between
+    /// polls) before it sleeps; zero: off.
+    pub busy_poll: Duration,
 }
+
+/// Longest `runtime.busy_poll` accepted.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 /// Default mode of a route's Unix socket file (`listen_mode`).
 pub const DEFAULT_LISTEN_MODE: u32 = 0o660;
@@ -492,6 +498,8 @@ struct FileRuntime {
     threads: Option<usize>,
     pin_threads: Option<bool>,
     yield_before_sleep: Option<bool>,
+    #[serde(default, with = "humantime_serde::option")]
+    busy_poll: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1232,6 +1240,17 @@ fn build(
         }
         n => n,
     };
+    let busy_poll = file.runtime.busy_poll.unwrap_or(Duration::ZERO);
+    if busy_poll > MAX_BUSY_POLL {
+        return Err(invalid(
+            "runtime.busy_poll",
+            format!(
+                "expected 0 (off) to {}, got {}",
+                humantime::format_duration(MAX_BUSY_POLL),
+                humantime::format_duration(busy_poll)
+            ),
+        ));
+    }
     Ok(Config {
         admin_listen,
         shutdown_grace,
@@ -1240,6 +1259,7 @@ fn build(
             threads,
             pin_threads: file.runtime.pin_threads.unwrap_or(false),
             yield_before_sleep: file.runtime.yield_before_sleep.unwrap_or(true),
+            busy_poll,
         },
     })
 }
@@ -1531,6 +1551,18 @@ mod tests {
         assert_eq!((c.runtime.threads, c.runtime.pin_threads), (3, true));
         let e = parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nthreads=5000\n").unwrap_err();
         assert!(e.to_string().contains("runtime.threads"), "{e}");
+    }
+
+    #[test]
+    fn runtime_busy_poll() {
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
+        assert_eq!(c.runtime.busy_poll, Duration::ZERO);
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nbusy_poll=\"200us\"\n").unwrap();
+        assert_eq!(c.runtime.busy_poll, Duration::from_micros(200));
+        let e =
+            parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nbusy_poll=\"1s\"\n").unwrap_err();
+        assert!(e.to_string().contains("runtime.busy_poll"), "{e}");
+        assert!(e.to_string().contains("10ms"), "{e}");
     }
 
     #[test]

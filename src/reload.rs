@@ -103,6 +103,13 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             o.yield_before_sleep, n.yield_before_sleep
         ));
     }
+    if o.busy_poll != n.busy_poll {
+        p.needs_restart.push(format!(
+            "runtime.busy_poll ({} -> {})",
+            humantime::format_duration(o.busy_poll),
+            humantime::format_duration(n.busy_poll)
+        ));
+    }
     p
 }
 

@@ -375,6 +375,55 @@ fn sessions_spread_over_pinned_session_threads() {
     );
 }
 
+/// `runtime.busy_poll`: the session threads poll before they sleep, sessions work as usual,
+/// and an idle proxy still sleeps (the spin ends after its budget).
+#[test]
+fn busy_polling_session_threads_serve_and_then_sleep() {
+    let Some((_t, proxy)) = ready_lab(
+        Topology::single,
+        ProxyOpts {
+            runtime_extra: "threads = 2\nbusy_poll = \"500us\"",
+            ..ProxyOpts::default()
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        proxy.log().contains("busy_poll_us=500"),
+        "the start log names busy_poll: {}",
+        proxy.log()
+    );
+    assert!(
+        !proxy
+            .log()
+            .contains("cannot find this session thread's epoll instance"),
+        "{}",
+        proxy.log()
+    );
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(proxy.port)).collect();
+    for i in 0..2_000 {
+        for c in &mut clients {
+            let v = i.to_string();
+            assert_eq!(c.cmd(&["SET", "k", &v]).unwrap(), "+OK");
+            assert_eq!(c.cmd(&["GET", "k"]).unwrap(), v);
+        }
+    }
+    // Idle (clients open, nothing sent): over a second the session threads use a sliver of
+    // CPU, not a core each.
+    let threads = session_threads(proxy.pid());
+    let cpu = |ts: &[Task]| ts.iter().map(|t| t.cpu_ns()).sum::<u64>();
+    let before = cpu(&threads);
+    let window = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu(&threads) - before;
+    let share = used as f64 / window.elapsed().as_nanos() as f64;
+    assert!(
+        share < 0.2,
+        "idle session threads used {:.0} % of a CPU",
+        share * 100.0
+    );
+}
+
 #[derive(Debug)]
 struct Task {
     name: String,

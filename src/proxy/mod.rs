@@ -1,6 +1,7 @@
 //! The client side: the accept loop of each route ([`listener`]) and the sessions it spawns
 //! ([`session`]): hold until a verified master exists, connect, splice, end with the epoch.
 
+pub mod busy_poll;
 pub mod listener;
 pub mod session;
 pub mod workers;

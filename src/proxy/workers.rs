@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
+use super::busy_poll::{self, Poller};
 use crate::config::RuntimeConfig;
 
 /// The running session threads. Dropping this stops them (after their sessions are
@@ -72,6 +73,7 @@ impl Workers {
             Vec::new()
         };
         let yield_before_sleep = cfg.yield_before_sleep;
+        let busy_poll = cfg.busy_poll;
         // At least one, whatever a library caller passes.
         let threads = cfg.threads.max(1);
         let mut workers = Vec::with_capacity(threads);
@@ -89,19 +91,33 @@ impl Workers {
                         }
                     }
                     let mut builder = tokio::runtime::Builder::new_current_thread();
-                    if yield_before_sleep {
+                    let poller = (!busy_poll.is_zero()).then(|| Poller::new(busy_poll));
+                    if let Some(p) = poller.clone() {
+                        // Spins (yielding between polls) before every sleep: see busy_poll.rs.
+                        builder.on_thread_park(move || {
+                            p.spin();
+                        });
+                    } else if yield_before_sleep {
                         // Before sleeping in epoll_wait, let whoever this thread just woke (the
                         // master, a client) run first: their answers are then often already
                         // queued and the thread handles them without a sleep and a wakeup.
                         builder.on_thread_park(std::thread::yield_now);
                     }
-                    let rt = match builder.enable_all().build() {
+                    let (built, epoll_fds) =
+                        busy_poll::with_new_epoll_fds(|| builder.enable_all().build());
+                    let rt = match built {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
+                    if let Some(p) = &poller {
+                        if epoll_fds.is_empty() {
+                            warn!(thread = i, "runtime.busy_poll: cannot find this session thread's epoll instance; it sleeps without polling first");
+                        }
+                        p.watch(epoll_fds);
+                    }
                     if ready_tx.send(Ok(rt.handle().clone())).is_err() {
                         return;
                     }
@@ -124,6 +140,7 @@ impl Workers {
             threads,
             pinned = !cores.is_empty(),
             yield_before_sleep,
+            busy_poll_us = busy_poll.as_micros() as u64,
             "session threads started"
         );
         let turns = Arc::new(Turns {
