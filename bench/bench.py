@@ -27,7 +27,20 @@ import urllib.error
 import urllib.request
 
 HOST = "127.0.0.1"
-TARGETS = ("direct", "proxy", "haproxy")
+# haproxy_tuned: the canonical config plus what a careful user adds (HAPROXY_TUNED below).
+TARGETS = ("direct", "proxy", "haproxy", "haproxy_tuned")
+# The two HAProxy configs every target of issue 11 is judged against.
+HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
+LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
+         "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
+         "haproxy_pinned": "HAProxy (cpu-map)"}
+# HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
+# check brings it in, sessions of a server marked down are closed (so clients reconnect to
+# the new master instead of staying on the old one), and `balance first` sends every client
+# to the first usable server instead of round-robin. start_haproxy's keywords.
+HAPROXY_TUNED = {"inter": "250ms",
+                 "server_extra": " fall 1 rise 1 on-marked-down shutdown-sessions",
+                 "backend_extra": "    balance first\n"}
 # With --pinned 1: the same two middle boxes with their threads pinned to CPUs, run only in
 # these scenarios, after the three above in every round (so their ratios are from the same run).
 PINNED_TARGETS = ("proxy_pinned", "haproxy_pinned")
@@ -335,13 +348,16 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
     return listen, f"{HOST}:{admin}", p
 
 
-def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra=""):
+def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra="",
+                  inter="1s", backend_extra=""):
     """HAProxy the canonical way for Sentinel setups: route to whichever node says role:master.
     `global_extra`: more `global` lines (indented, newline-terminated), e.g. a `cpu-map`;
-    `server_extra`: more keywords for every `server` line (leading space), e.g. `ssl ...`."""
+    `server_extra`: more keywords for every `server` line (leading space), e.g. `ssl ...`;
+    `inter`: the check interval; `backend_extra`: more backend lines (as `global_extra`).
+    HAPROXY_TUNED holds the last three for HAProxy (tuned)."""
     listen = free_port()
     servers = "\n".join(
-        f"    server node{i + 1} {HOST}:{p} check inter 1s{server_extra}"
+        f"    server node{i + 1} {HOST}:{p} check inter {inter}{server_extra}"
         for i, p in enumerate(node_ports)
     )
     cfg = os.path.join(work, f"{name}.cfg")
@@ -365,7 +381,7 @@ frontend redis_front
     default_backend redis_master
 
 backend redis_master
-    option tcp-check
+{backend_extra}    option tcp-check
     tcp-check send PING\\r\\n
     tcp-check expect string +PONG
     tcp-check send info\\ replication\\r\\n
@@ -1619,9 +1635,10 @@ def pinned_lines(results, cpu, scen, vals, note):
     return lines
 
 
-def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
+def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, failed_runs=()):
     """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants'
     after the throughput table); fills `headline` with the ratios."""
+    mids = [tg for tg in TARGETS if tg != "direct"]
     lines = [
         "",
         "Medians over the rounds. Ratios are to direct (higher is better for requests/s; "
@@ -1629,8 +1646,9 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
         "",
         "## Throughput (requests/s)",
         "",
-        "| scenario | test | direct | proxy | HAProxy | proxy / direct | HAProxy / direct |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| scenario | test | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
+        + " | ".join(f"{LABEL[tg]} / direct" for tg in mids) + " |",
+        "|---|---|" + "---:|" * (len(TARGETS) + len(mids)),
     ]
     for sid, desc, _, _ in scen:
         tests = []
@@ -1639,38 +1657,45 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
                 tests.append(r["test"])
         for t in tests:
             m = {tg: med(vals(sid, t, tg, "rps")) for tg in TARGETS}
-            rp = m["proxy"] / m["direct"] if m["direct"] else float("nan")
-            rh = m["haproxy"] / m["direct"] if m["direct"] else float("nan")
-            headline[(sid, t)] = (rp, rh)
-            lines.append(f"| {desc} | {t} | {fmt(m['direct'])} | {fmt(m['proxy'])} | "
-                         f"{fmt(m['haproxy'])} | {fmt(rp, 2)} | {fmt(rh, 2)} |")
+            ratio = {tg: m[tg] / m["direct"] if m["direct"] else float("nan") for tg in mids}
+            headline[(sid, t)] = tuple(ratio[tg] for tg in mids)
+            lines.append(f"| {desc} | {t} | " + " | ".join(fmt(m[tg]) for tg in TARGETS) + " | "
+                         + " | ".join(fmt(ratio[tg], 2) for tg in mids) + " |")
+    if failed_runs:
+        lines += ["", f"**{len(failed_runs)} run(s) failed** and are left out of the medians:"]
+        lines += [f"- round {rnd}, {sid}, {LABEL[tg]}: `{reason}`"
+                  for rnd, sid, tg, reason in failed_runs]
     if any(r["target"] in PINNED_TARGETS for r in results):
         lines += pinned_lines(results, cpu, scen, vals, pinned_note)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
         "",
-        "| percentile | direct | proxy | HAProxy | proxy added | HAProxy added |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| percentile | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
+        + " | ".join(f"{LABEL[tg]} added" for tg in mids) + " |",
+        "|---|" + "---:|" * (len(TARGETS) + len(mids)),
     ]
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("avg_ms", "mean")):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in TARGETS}
-        lines.append(f"| {label} | {m['direct']:.3f} | {m['proxy']:.3f} | {m['haproxy']:.3f} | "
-                     f"{m['proxy'] - m['direct']:+.3f} | {m['haproxy'] - m['direct']:+.3f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in TARGETS) + " | "
+                     + " | ".join(f"{m[tg] - m['direct']:+.3f}" for tg in mids) + " |")
+    haps = [tg for tg in mids if tg != "proxy"]
     lines += [
         "",
         "## CPU per million requests (seconds of utime+stime, from /proc/PID/stat)",
         "",
         "The middle box's own CPU while it carried the run; redis-server's for reference.",
         "",
-        "| scenario | proxy | HAProxy | redis-server (direct run) | proxy / HAProxy |",
-        "|---|---:|---:|---:|---:|",
+        "| scenario | " + " | ".join(LABEL[tg] for tg in mids) + " | redis-server (direct run) | "
+        + " | ".join(f"proxy / {LABEL[tg]}" for tg in haps) + " |",
+        "|---|" + "---:|" * (len(mids) + 1 + len(haps)),
     ]
     for sid, desc, _, _ in scen:
         c = {tg: med(cpu.get((sid, tg), [])) for tg in TARGETS}
-        ratio = c["proxy"] / c["haproxy"] if c["haproxy"] else float("nan")
-        lines.append(f"| {desc} | {fmt(c['proxy'], 2)} | {fmt(c['haproxy'], 2)} | "
-                     f"{fmt(c['direct'], 2)} | {fmt(ratio, 2)} |")
+        lines.append(f"| {desc} | " + " | ".join(fmt(c[tg], 2) for tg in mids) + " | "
+                     f"{fmt(c['direct'], 2)} | "
+                     + " | ".join(fmt(c["proxy"] / c[tg] if c[tg] else float("nan"), 2)
+                                  for tg in haps) + " |")
     return lines
 
 
@@ -1890,15 +1915,26 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
         "# Benchmark: direct vs redis-failover-proxy vs HAProxy",
         "",
         f"- date: {info['date']}; mode: {'quick (numbers meaningless)' if args.quick else 'full'}, "
-        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy"
+        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy, "
+        "HAProxy (tuned)"
         + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
            if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
         f"{info['os']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
-        f"- proxy: release build of `{info['commit']}`, default `[runtime]` (one session thread "
-        "per CPU, not pinned, `yield_before_sleep` on);"
-        " HAProxy: default nbthread, config in bench/run.sh output dir (`haproxy.cfg`)",
+        "- proxy: "
+        + (f"release build of `{info['commit']}`"
+           if os.path.abspath(args.bin) == os.path.join(args.repo,
+                                                        "target/release/redis-failover-proxy")
+           else f"`RFP_BENCH_BIN` = `{args.bin}` (working tree at `{info['commit']}`)")
+        + ", default `[runtime]` (one session thread per CPU, not pinned, "
+        "`yield_before_sleep` on)",
+        "- HAProxy: the canonical config for Sentinel setups (`option tcp-check`, `PING`, "
+        "`info replication` / `role:master`, `QUIT`; `check inter 1s`), default nbthread. "
+        "HAProxy (tuned): the same with `check inter "
+        f"{HAPROXY_TUNED['inter']}{HAPROXY_TUNED['server_extra']}` on every `server` line and "
+        f"`{HAPROXY_TUNED['backend_extra'].strip()}` in the backend. Configs: `haproxy.cfg`, "
+        "`haproxy_tuned.cfg` in the work dir (`bench/run.sh --keep`)",
         f"- load average at start {info['load']}, at end {info_end['load']}; "
         + ("quiet: no cargo/rustc and no other redis-server at start or end"
            if quiet else f"**NOT QUIET**: other processes were running "
@@ -1909,7 +1945,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
     headline = {}
     if results:
         lines += throughput_lines(results, cpu, scen, vals, headline,
-                                  getattr(args, "pinned_note", None))
+                                  getattr(args, "pinned_note", None),
+                                  getattr(args, "failed_runs", ()))
     if tls:
         lines += [""] + tls_lines(tls)
     if idle:
@@ -1989,7 +2026,7 @@ def main():
                     help="rounds of the TLS scenario (default: --rounds; 0 = skip)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
-    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 7)
     args.tls_rounds = args.tls_rounds if args.tls_rounds is not None else args.rounds
     args.fence = args.fence if args.fence is not None else (100 if args.quick else 1000)
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
@@ -2086,19 +2123,36 @@ def single_master_steps(procs, args, scen):
 
     ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
     pid_of = {"direct": master.pid, "proxy": proxy.pid, "haproxy": hap.pid}
+    if args.rounds > 0:
+        ports["haproxy_tuned"], hap_t = start_haproxy(procs, args.work, [master_port],
+                                                      name="haproxy_tuned", **HAPROXY_TUNED)
+        pid_of["haproxy_tuned"] = hap_t.pid
+        log(f"haproxy_tuned :{ports['haproxy_tuned']}")
     args.pinned_note = None
     if args.pinned and args.rounds > 0:
         ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
         ports.update(ports_p)
         pid_of.update(pid_p)
     results, cpu = [], {}
+    # Runs of HAProxy (tuned) that failed: with `fall 1` and a 250 ms check timeout, one slow
+    # check on a saturated machine takes the master out and `shutdown-sessions` closes the
+    # benchmark's connections. That is a result, not a reason to lose the whole run.
+    args.failed_runs = []
     for rnd in range(1, args.rounds + 1):
         for sid, desc, bargs, n in scen:
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
             for tg in TARGETS + pinned:
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
-                rows = run_benchmark(ports[tg], bargs, n)
+                try:
+                    rows = run_benchmark(ports[tg], bargs, n)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    if tg != "haproxy_tuned":
+                        raise
+                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
+                    args.failed_runs.append((rnd, sid, tg, reason))
+                    log(f"round {rnd}/{args.rounds} {sid:8} {tg:14} FAILED: {reason}")
+                    continue
                 dc = cpu_seconds(pid_of[tg]) - c0
                 total = n * len(rows)
                 cpm = dc / total * 1e6
@@ -2127,7 +2181,8 @@ def single_master_steps(procs, args, scen):
                                              redis_info(master_port)).group(1)) < 100,
                        timeout=30)
     # Nothing of this group is needed by the failover scenarios: free the CPU and the fds.
-    for name in ("haproxy_pinned", "proxy_pinned", "haproxy", "proxy", "sentinel", "master"):
+    for name in ("haproxy_pinned", "proxy_pinned", "haproxy_tuned", "haproxy", "proxy",
+                 "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
 

@@ -8,7 +8,8 @@
 #                 to target/bench-quick/ unless --out is given (the committed results are
 #                 never overwritten by it)
 #   --keep        keep the work dir (logs, configs) instead of deleting it
-#   --rounds N    rounds of the interleaved runs (default 5, quick 1; 0 = skip)
+#   --rounds N    rounds of the interleaved runs (default 7, quick 1; 0 = skip); every round
+#                 runs direct, proxy, HAProxy and HAProxy (tuned) in turn per scenario
 #   --idle N      idle sessions to open through each middle box (default 10000, quick 500;
 #                 0 = skip); capped at what the fd limit allows
 #   --fence N     sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology
@@ -60,7 +61,7 @@ while (($#)); do
         py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,39s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,40s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
