@@ -1667,6 +1667,13 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
+def fmt_signed(x, nd):
+    """`+0.008`; a value that rounds to zero is `+0.000`, never `-0.000`."""
+    if x == x and abs(x) < 0.5 * 10 ** -nd:
+        x = 0.0
+    return f"{x:+,.{nd}f}"
+
+
 def fmt_ms(v, signed=False):
     if v is None:
         return "–"
@@ -1907,7 +1914,7 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, faile
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("avg_ms", "mean")):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in TARGETS}
         lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in TARGETS) + " | "
-                     + " | ".join(f"{m[tg] - m['direct']:+.3f}" for tg in mids) + " |")
+                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in mids) + " |")
     lines += latency_spread_lines(results)
     haps = [tg for tg in mids if tg != "proxy"]
     lines += [
@@ -1995,7 +2002,7 @@ def fmt_stats(st, nd=0, signed=False, minmax=True):
         return "–"
 
     def f(x):
-        return f"{x:+,.{nd}f}" if signed else fmt(x, nd)
+        return fmt_signed(x, nd) if signed else fmt(x, nd)
 
     out = f"{f(st['med'])} [{f(st['lo'])} – {f(st['hi'])}]"
     return out + (f" ({f(st['min'])} – {f(st['max'])})" if minmax else "")
@@ -2560,13 +2567,15 @@ def fence_lines(fences, args):
         "`CLIENT KILL TYPE normal` to each node it reconfigures. As soon as the proxy's last "
         "session is closed, every one of its clients reconnects at once (all connects fired "
         "back to back, then `PING` each); the proxy holds them while it has no verified "
-        f"master. Then {args.fence_repeats - 1} more failover(s) on the same group through the "
-        "proxy only (fence and storm again; per repeat, comma-separated).",
+        "master."
+        + (f" Then {args.fence_repeats - 1} more failover(s) on the same group through the "
+           "proxy only (fence and storm again; figures per failover, comma-separated)."
+           if args.fence_repeats > 1 else ""),
     ]
     notes = [f"- {f['requested']:,} sessions: {e}" for f in fences for e in f["repeat_errors"]]
-    notes += [f"- {f['requested']:,} sessions not measurable here: {f['cap_reason']}, and a "
-              "middle box needs 2 fds per session (and this driver 1 per client), so "
-              f"{f['sessions']:,} were measured." for f in fences if f["cap_reason"]]
+    notes += [f"- {f['requested']:,} not measurable here: {f['cap_reason']}; measured at "
+              f"{f['sessions']:,} (a middle box needs 2 fds per session, this driver 1 per "
+              "client)." for f in fences if f["cap_reason"]]
     if notes:
         lines += [""] + notes
     lines += [
