@@ -45,7 +45,7 @@ HAPROXY_TUNED = {"inter": "250ms",
                  "server_extra": " fall 1 rise 1 on-marked-down shutdown-sessions",
                  "backend_extra": "    balance first\n"}
 # With --pinned 1: the same two middle boxes with their threads pinned to CPUs, run only in
-# these scenarios, after the three above in every round (so their ratios are from the same run).
+# these scenarios, after the four above in every round (so their ratios are from the same run).
 PINNED_TARGETS = ("proxy_pinned", "haproxy_pinned")
 PINNED_SCENARIOS = ("c50_p1", "c50_p16")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
