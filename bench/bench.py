@@ -2538,7 +2538,7 @@ def fence_lines(fences, args):
         return f"**{h['still_open']:,} still open after 30 s**"
 
     rows = [
-        ("proxy: fence, evidence → last session closed (`fence_duration_seconds`), per repeat",
+        ("proxy: fence, evidence → last session closed (`fence_duration_seconds`), per failover",
          lambda f: per_repeat(f, lambda r: r["fence_ms"], "ms1")),
         ("target", target_cell),
         ("`SENTINEL FAILOVER` → a sentinel names the new master",
