@@ -11,10 +11,13 @@ waited on, so the caller's trap can kill it even after a SIGKILL of this script.
 import argparse
 import csv
 import datetime
+import errno
 import json
 import os
 import platform
+import random
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -27,9 +30,22 @@ import urllib.error
 import urllib.request
 
 HOST = "127.0.0.1"
-TARGETS = ("direct", "proxy", "haproxy")
+# haproxy_tuned: the canonical config plus what a careful user adds (HAPROXY_TUNED below).
+TARGETS = ("direct", "proxy", "haproxy", "haproxy_tuned")
+# The two HAProxy configs every target of issue 11 is judged against.
+HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
+LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
+         "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
+         "haproxy_pinned": "HAProxy (cpu-map)"}
+# HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
+# check brings it in, sessions of a server marked down are closed (so clients reconnect to
+# the new master instead of staying on the old one), and `balance first` sends every client
+# to the first usable server instead of round-robin. start_haproxy's keywords.
+HAPROXY_TUNED = {"inter": "250ms",
+                 "server_extra": " fall 1 rise 1 on-marked-down shutdown-sessions",
+                 "backend_extra": "    balance first\n"}
 # With --pinned 1: the same two middle boxes with their threads pinned to CPUs, run only in
-# these scenarios, after the three above in every round (so their ratios are from the same run).
+# these scenarios, after the four above in every round (so their ratios are from the same run).
 PINNED_TARGETS = ("proxy_pinned", "haproxy_pinned")
 PINNED_SCENARIOS = ("c50_p1", "c50_p16")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -265,13 +281,89 @@ def single_cpu_threads(pid):
     return out
 
 
-def cpu_seconds(pid):
-    """utime + stime of the process (all threads), in seconds."""
+def cpu_seconds(pid, children=False):
+    """utime + stime of the process (all threads), in seconds; with `children`, plus the
+    CPU of its children it has waited for (cutime + cstime, e.g. a redis-server's fork)."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime is field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # fields[0] is field 3 (state); utime is field 14, stime 15, cutime 16, cstime 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def machine_cpu():
+    """(all, busy, steal) CPU seconds of the whole machine since boot, from /proc/stat. Busy
+    is user + nice + system + irq + softirq (guest time is inside user): a tick in softirq
+    (loopback packet processing, mostly in the sending process's context) is also charged to
+    the process it interrupted, so this busy is what the processes' utime + stime add up to
+    (checked here: within 1 %)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return sum(v) / CLK_TCK, (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+class Noise:
+    """Was the machine quiet? Around each round: the machine's busy CPU against the CPU of
+    this benchmark's own processes (this driver with the children it waited for, i.e.
+    redis-benchmark, redis-cli, openssl; every process it started and still runs: redis-server,
+    sentinels, proxies, HAProxies). The rest is other processes'; steal is CPU the hypervisor
+    gave to someone else."""
+
+    def __init__(self, procs):
+        self.procs = procs
+        self.phases = []
+
+    def ours(self):
+        t = os.times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for _, p in self.procs.procs:
+            try:
+                total += cpu_seconds(p.pid, children=True)
+            except OSError:
+                pass  # ended and reaped: its CPU is in this driver's children_* now
+        return total
+
+    def snap(self):
+        return (*machine_cpu(), self.ours(), time.monotonic())
+
+    def add(self, label, a, b):
+        """Records the phase from snapshot `a` to `b`: percentages of the whole machine."""
+        every, busy, steal, ours, secs = (y - x for x, y in zip(a, b))
+        pct = (lambda x: x / every * 100) if every > 0 else (lambda x: NAN)
+        self.phases.append({"phase": label, "seconds": secs, "busy_pct": pct(busy),
+                            "ours_pct": pct(ours), "other_pct": pct(busy - ours),
+                            "steal_pct": pct(steal)})
+
+    def worst(self, key):
+        """(max value, phase) of other_pct or steal_pct, or (nan, None) without phases."""
+        if not self.phases:
+            return NAN, None
+        p = max(self.phases, key=lambda p: p[key] if p[key] == p[key] else -1)
+        return p[key], p["phase"]
+
+    def quiet(self):
+        """True, False, or None (no round measured)."""
+        if not self.phases:
+            return None
+        return (self.worst("other_pct")[0] <= NOISE_OTHER_MAX_PCT
+                and self.worst("steal_pct")[0] <= NOISE_STEAL_MAX_PCT)
+
+    def sentence(self):
+        """One line for the report's header and the summary."""
+        if not self.phases:
+            return "noise: no round measured"
+        (o, op), (st, sp) = self.worst("other_pct"), self.worst("steal_pct")
+        what = (f"other processes used at most {max(o, 0):.1f} % of the machine ({op}), steal "
+                f"at most {max(st, 0):.1f} % ({sp}) over {len(self.phases)} round(s)")
+        if self.quiet():
+            return (f"noise: quiet: {what} (thresholds {NOISE_OTHER_MAX_PCT:.0f} % and "
+                    f"{NOISE_STEAL_MAX_PCT:.0f} %)")
+        return (f"noise: **NOT QUIET**: {what}; above {NOISE_OTHER_MAX_PCT:.0f} % other or "
+                f"{NOISE_STEAL_MAX_PCT:.0f} % steal, numbers are noisy (see \"Noise\" below)")
 
 
 # --------------------------------------------------------------------------- topology
@@ -335,13 +427,16 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
     return listen, f"{HOST}:{admin}", p
 
 
-def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra=""):
+def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra="",
+                  inter="1s", backend_extra=""):
     """HAProxy the canonical way for Sentinel setups: route to whichever node says role:master.
     `global_extra`: more `global` lines (indented, newline-terminated), e.g. a `cpu-map`;
-    `server_extra`: more keywords for every `server` line (leading space), e.g. `ssl ...`."""
+    `server_extra`: more keywords for every `server` line (leading space), e.g. `ssl ...`;
+    `inter`: the check interval; `backend_extra`: more backend lines (as `global_extra`).
+    HAPROXY_TUNED holds the last three for HAProxy (tuned)."""
     listen = free_port()
     servers = "\n".join(
-        f"    server node{i + 1} {HOST}:{p} check inter 1s{server_extra}"
+        f"    server node{i + 1} {HOST}:{p} check inter {inter}{server_extra}"
         for i, p in enumerate(node_ports)
     )
     cfg = os.path.join(work, f"{name}.cfg")
@@ -365,7 +460,7 @@ frontend redis_front
     default_backend redis_master
 
 backend redis_master
-    option tcp-check
+{backend_extra}    option tcp-check
     tcp-check send PING\\r\\n
     tcp-check expect string +PONG
     tcp-check send info\\ replication\\r\\n
@@ -564,32 +659,166 @@ def start_failover_topology(procs, work, prefix, master_name, down_after_ms):
     return nodes, sents
 
 
-def fence_scenario(procs, work, binary, sessions):
-    """3 nodes, 3 sentinels (quorum 2), a proxy following them and HAProxy checking all three
-    nodes. Opens `sessions` idle sessions through each, runs SENTINEL FAILOVER and measures
-    how the sessions to the old master end."""
-    name = "fbench"
-    (n1, *replicas), sents = start_failover_topology(procs, work, "f", name, 5000)
-    proxy_port, admin, _ = start_proxy(procs, work, binary, name, sents, name="f-proxy")
-    hap_port, _ = start_haproxy(procs, work, [n1, *replicas], name="f-haproxy")
-    via_proxy = open_sessions(proxy_port, sessions)
-    via_hap = open_sessions(hap_port, sessions)
-    sum0, count0 = fence_metric(admin)
+def has_cap_sys_resource():
+    """Whether this process may raise its hard fd limit (CAP_SYS_RESOURCE, bit 24 of CapEff)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(l.split()[1] for l in f if l.startswith("CapEff:"))
+        return bool(int(caps, 16) >> 24 & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
 
+
+def fd_cap_reason():
+    """Why no more sessions fit, for the report: e.g. `hard fd limit 20,000 (no
+    CAP_SYS_RESOURCE)`."""
+    if not fd_limit_is_hard():
+        return f"fd limit {fd_limit():,}"
+    return f"hard fd limit {fd_limit():,}" + ("" if has_cap_sys_resource()
+                                              else " (no CAP_SYS_RESOURCE)")
+
+
+def sentinel_failover(port, master_name, timeout=30.0):
+    """SENTINEL FAILOVER, retried while the sentinel refuses it because the previous failover
+    is still being finished (-INPROG) or no replica is ready yet (-NOGOODSLAVE). Returns the
+    monotonic time the accepted command was sent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t0 = time.monotonic()
+        reply = rcli(port, "SENTINEL", "FAILOVER", master_name)
+        if reply == ["OK"]:
+            return t0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"SENTINEL FAILOVER: {reply} for {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def storm_error(err):
+    """The kind of a failed reconnect, from its errno."""
+    return {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset",
+            errno.ETIMEDOUT: "timeout"}.get(err, "other")
+
+
+def reconnect_storm(port, count, timeout=30.0):
+    """`count` clients connect at once (non-blocking connects fired back to back, then one
+    epoll for all), each sends PING once connected. Counts the ones refused, reset, closed,
+    answered with something else than +PONG or not answered within `timeout`, and the time
+    from the first connect to the last +PONG. The proxy holds a client while it has no
+    verified master, so one that arrives before the new master is routed must still get its
+    PONG."""
+    sel = selectors.DefaultSelector()
+    errors = dict.fromkeys(("refused", "reset", "closed", "error reply", "timeout", "other"), 0)
+    ok, last_pong = 0, None
     t0 = time.monotonic()
-    ok = rcli(sents[0], "SENTINEL", "FAILOVER", name)
-    if ok != ["OK"]:
-        raise RuntimeError(f"SENTINEL FAILOVER: {ok}")
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            err = s.connect_ex((HOST, port))
+            if err not in (0, errno.EINPROGRESS):
+                errors[storm_error(err)] += 1
+                s.close()
+                continue
+            sel.register(s, selectors.EVENT_WRITE, [False, b""])  # [PING sent, reply so far]
+        fired = time.monotonic()
+        while sel.get_map() and time.monotonic() < t0 + timeout:
+            for key, _ in sel.select(timeout=0.1):
+                s, st = key.fileobj, key.data
+                try:
+                    if not st[0]:
+                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            raise OSError(err, os.strerror(err))
+                        s.send(b"PING\r\n")
+                        st[0] = True
+                        sel.modify(s, selectors.EVENT_READ, st)
+                        continue
+                    got = s.recv(64)
+                    if not got:
+                        errors["closed"] += 1
+                    else:
+                        st[1] += got
+                        if not st[1].endswith(b"\r\n"):
+                            continue
+                        if st[1] == b"+PONG\r\n":
+                            ok += 1
+                            last_pong = time.monotonic()
+                        else:
+                            errors["error reply"] += 1
+                except OSError as e:
+                    errors[storm_error(e.errno)] += 1
+                sel.unregister(s)
+                s.close()
+        errors["timeout"] += len(sel.get_map())
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+    return {"ok": ok, "failed": sum(errors.values()), "errors": errors,
+            "ms": (last_pong - t0) * 1000 if last_pong else None,
+            "fire_ms": (fired - t0) * 1000}
+
+
+def fence_scenario(procs, work, binary, requested, repeats):
+    """3 nodes, 3 sentinels (quorum 2), a proxy following them and HAProxy checking all three
+    nodes. `requested` idle sessions (as many as the fd limit allows) through each, then
+    SENTINEL FAILOVER: how do the sessions to the old master end, and how do the proxy's
+    clients fare when they all reconnect at once? Then `repeats` - 1 more failovers on the
+    same group, through the proxy only (the group's start dominates the cost, and HAProxy's
+    sessions take Sentinel's ~11 s to end)."""
+    cap = sessions_within_fd_limit(fd_limit())
+    sessions = min(requested, cap)
+    if sessions < requested:
+        log(f"fence: {requested:,} sessions do not fit ({fd_cap_reason()}); "
+            f"measuring {sessions:,}")
+    name, prefix = "fbench", f"f{requested}"
+    (n1, *replicas), sents = start_failover_topology(procs, work, prefix, name, 5000)
+    proxy_port, admin, _ = start_proxy(procs, work, binary, name, sents, name=f"{prefix}-proxy")
+    hap_port, _ = start_haproxy(procs, work, [n1, *replicas], name=f"{prefix}-haproxy")
+    out = {"requested": requested, "sessions": sessions,
+           "cap_reason": fd_cap_reason() if sessions < requested else None,
+           "repeats": [], "repeat_errors": [], "haproxy": None}
+    for k in range(1, repeats + 1):
+        try:
+            r = fence_once(sents, name, proxy_port, admin, sessions,
+                           hap_port if k == 1 else None)
+        except (RuntimeError, OSError) as e:
+            if k == 1:
+                raise
+            # The first repeat is the measurement; a later one that cannot run is reported.
+            out["repeat_errors"].append(f"repeat {k}: {e}")
+            log(f"fence {requested}: repeat {k} failed: {e}")
+            break
+        if k == 1:
+            out["haproxy"] = r.pop("haproxy")
+        out["repeats"].append(r)
+        log(f"fence {sessions} #{k}: {r['fence_ms']:.1f} ms; storm: "
+            + (f"{r['storm']['ok']} PONG, {r['storm']['failed']} failed "
+               f"{r['storm']['errors']}, last PONG {r['storm']['ms'] or 0:.0f} ms"
+               if r["storm"] else "none"))
+    # The next size gets a fresh group; free the CPU and the fds of this one.
+    procs.stop_prefix(prefix + "-")
+    return out
+
+
+def fence_once(sents, name, proxy_port, admin, sessions, hap_port=None):
+    """One SENTINEL FAILOVER with `sessions` idle sessions through the proxy (and, with
+    `hap_port`, as many through HAProxy). Right after the proxy closed its last one, every
+    client reconnects at once (reconnect_storm)."""
+    master0 = rcli(sents[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)[1:2]
+    via_proxy = open_sessions(proxy_port, sessions)
+    via_hap = open_sessions(hap_port, sessions) if hap_port else []
+    sum0, count0 = fence_metric(admin)
+    t0 = sentinel_failover(sents[0], name)
     # Poll both sets until every session has ended (or 30 s): when did each side see its
     # last session closed?
     last_close = {"proxy": None, "haproxy": None}
     alive = {"proxy": via_proxy, "haproxy": via_hap}
-    new_master = lambda: rcli(sents[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
     announced, next_ask = None, 0.0
-    deadline = t0 + 30
-    while (any(alive.values()) or announced is None) and time.monotonic() < deadline:
+    storm, storm_s = None, 0.0
+    while (any(alive.values()) or announced is None) and time.monotonic() < t0 + 30 + storm_s:
         if announced is None and time.monotonic() >= next_ask:
-            if new_master()[1:2] != [str(n1)]:
+            if rcli(sents[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)[1:2] != master0:
                 announced = time.monotonic() - t0
             next_ask = time.monotonic() + 0.02
         for k in alive:
@@ -597,6 +826,14 @@ def fence_scenario(procs, work, binary, sessions):
                 alive[k] = still_open(alive[k])
                 if not alive[k]:
                     last_close[k] = time.monotonic() - t0
+                    if k == "proxy":
+                        # Every client whose session was closed comes back at once. HAProxy's
+                        # sessions are not polled meanwhile (they last ~11 s, a storm ~1 s).
+                        for s in via_proxy:
+                            s.close()
+                        t_storm = time.monotonic()
+                        storm = reconnect_storm(proxy_port, sessions)
+                        storm_s = time.monotonic() - t_storm
         time.sleep(0.001)
     wait_until("the fence in /metrics", lambda: fence_metric(admin)[1] > count0, timeout=10)
     sum1, count1 = fence_metric(admin)
@@ -617,10 +854,13 @@ def fence_scenario(procs, work, binary, sessions):
         "fence_ms": (sum1 - sum0) / (count1 - count0) * 1000,
         "proxy_last_close_s": last_close["proxy"],
         "proxy_still_open": len(alive["proxy"]),
-        "haproxy_last_close_s": last_close["haproxy"],
         "announced_s": announced,
-        "haproxy_still_open": len(alive["haproxy"]),
-        "haproxy_write_reply": readonly,
+        "storm": storm,
+        "haproxy": None if hap_port is None else {
+            "last_close_s": last_close["haproxy"],
+            "still_open": len(alive["haproxy"]),
+            "write_reply": readonly,
+        },
     }
 
 
@@ -1281,7 +1521,7 @@ def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_REA
     return None, None, None, reason
 
 
-def tls_scenario(procs, work, binary, rounds, quick):
+def tls_scenario(procs, work, binary, rounds, quick, noise=None):
     """Mutual TLS to the master: direct (redis-benchmark --tls) vs the proxy vs HAProxy, both
     with TLS to the master, interleaved per scenario in every round. Returns a dict for the
     report; a proxy that cannot run it is reported as not available, with the reason."""
@@ -1319,6 +1559,7 @@ def tls_scenario(procs, work, binary, rounds, quick):
             del cpu[k]
 
     for rnd in range(1, rounds + 1):
+        snap = noise.snap() if noise else None
         for sid, desc, bargs, n in scen:
             for tg in TLS_TARGETS:
                 if not proxy_error and proxy.poll() is not None:
@@ -1348,6 +1589,8 @@ def tls_scenario(procs, work, binary, rounds, quick):
                     + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
                                 for r in rows)
                     + f", cpu {cpm:.2f}s/M")
+        if noise:
+            noise.add(f"TLS round {rnd}", snap, noise.snap())
     procs.stop_prefix("tls_")
     return {
         "rounds": rounds, "scen": scen, "results": results, "cpu": cpu,
@@ -1422,6 +1665,13 @@ def fmt(x, nd=0):
     if x != x:  # NaN
         return "–"
     return f"{x:,.{nd}f}"
+
+
+def fmt_signed(x, nd):
+    """`+0.008`; a value that rounds to zero is `+0.000`, never `-0.000`."""
+    if x == x and abs(x) < 0.5 * 10 ** -nd:
+        x = 0.0
+    return f"{x:+,.{nd}f}"
 
 
 def fmt_ms(v, signed=False):
@@ -1583,7 +1833,7 @@ def pinned_lines(results, cpu, scen, vals, note):
         "## Pinned threads (same run)",
         "",
         "Two more middle boxes, run only in the two c=50 scenarios below, right after direct, "
-        "proxy and HAProxy in every round (direct is the same runs as above):",
+        "proxy, HAProxy and HAProxy (tuned) in every round (direct is the same runs as above):",
         "",
         *(note or []),
         "",
@@ -1619,9 +1869,11 @@ def pinned_lines(results, cpu, scen, vals, note):
     return lines
 
 
-def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
+def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, failed_runs=(),
+                     quick=False):
     """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants'
     after the throughput table); fills `headline` with the ratios."""
+    mids = [tg for tg in TARGETS if tg != "direct"]
     lines = [
         "",
         "Medians over the rounds. Ratios are to direct (higher is better for requests/s; "
@@ -1629,8 +1881,9 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
         "",
         "## Throughput (requests/s)",
         "",
-        "| scenario | test | direct | proxy | HAProxy | proxy / direct | HAProxy / direct |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| scenario | test | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
+        + " | ".join(f"{LABEL[tg]} / direct" for tg in mids) + " |",
+        "|---|---|" + "---:|" * (len(TARGETS) + len(mids)),
     ]
     for sid, desc, _, _ in scen:
         tests = []
@@ -1639,38 +1892,48 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None):
                 tests.append(r["test"])
         for t in tests:
             m = {tg: med(vals(sid, t, tg, "rps")) for tg in TARGETS}
-            rp = m["proxy"] / m["direct"] if m["direct"] else float("nan")
-            rh = m["haproxy"] / m["direct"] if m["direct"] else float("nan")
-            headline[(sid, t)] = (rp, rh)
-            lines.append(f"| {desc} | {t} | {fmt(m['direct'])} | {fmt(m['proxy'])} | "
-                         f"{fmt(m['haproxy'])} | {fmt(rp, 2)} | {fmt(rh, 2)} |")
+            ratio = {tg: m[tg] / m["direct"] if m["direct"] else float("nan") for tg in mids}
+            headline[(sid, t)] = tuple(ratio[tg] for tg in mids)
+            lines.append(f"| {desc} | {t} | " + " | ".join(fmt(m[tg]) for tg in TARGETS) + " | "
+                         + " | ".join(fmt(ratio[tg], 2) for tg in mids) + " |")
+    lines += spread_lines(results, quick)
+    if failed_runs:
+        lines += ["", f"**{len(failed_runs)} run(s) failed** and are left out of the medians:"]
+        lines += [f"- round {rnd}, {sid}, {LABEL[tg]}: `{reason}`"
+                  for rnd, sid, tg, reason in failed_runs]
     if any(r["target"] in PINNED_TARGETS for r in results):
         lines += pinned_lines(results, cpu, scen, vals, pinned_note)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
         "",
-        "| percentile | direct | proxy | HAProxy | proxy added | HAProxy added |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| percentile | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
+        + " | ".join(f"{LABEL[tg]} added" for tg in mids) + " |",
+        "|---|" + "---:|" * (len(TARGETS) + len(mids)),
     ]
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("avg_ms", "mean")):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in TARGETS}
-        lines.append(f"| {label} | {m['direct']:.3f} | {m['proxy']:.3f} | {m['haproxy']:.3f} | "
-                     f"{m['proxy'] - m['direct']:+.3f} | {m['haproxy'] - m['direct']:+.3f} |")
+        lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in TARGETS) + " | "
+                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in mids) + " |")
+    lines += latency_spread_lines(results)
+    haps = [tg for tg in mids if tg != "proxy"]
     lines += [
         "",
         "## CPU per million requests (seconds of utime+stime, from /proc/PID/stat)",
         "",
         "The middle box's own CPU while it carried the run; redis-server's for reference.",
         "",
-        "| scenario | proxy | HAProxy | redis-server (direct run) | proxy / HAProxy |",
-        "|---|---:|---:|---:|---:|",
+        "| scenario | " + " | ".join(LABEL[tg] for tg in mids) + " | redis-server (direct run) | "
+        + " | ".join(f"proxy / {LABEL[tg]}" for tg in haps) + " |",
+        "|---|" + "---:|" * (len(mids) + 1 + len(haps)),
     ]
     for sid, desc, _, _ in scen:
         c = {tg: med(cpu.get((sid, tg), [])) for tg in TARGETS}
-        ratio = c["proxy"] / c["haproxy"] if c["haproxy"] else float("nan")
-        lines.append(f"| {desc} | {fmt(c['proxy'], 2)} | {fmt(c['haproxy'], 2)} | "
-                     f"{fmt(c['direct'], 2)} | {fmt(ratio, 2)} |")
+        lines.append(f"| {desc} | " + " | ".join(fmt(c[tg], 2) for tg in mids) + " | "
+                     f"{fmt(c['direct'], 2)} | "
+                     + " | ".join(fmt(c["proxy"] / c[tg] if c[tg] else float("nan"), 2)
+                                  for tg in haps) + " |")
+    lines += cpu_ratio_lines(results)
     return lines
 
 
@@ -1680,6 +1943,327 @@ def spread(xs):
     if len(xs) < 2 or not m or m != m:
         return "–"
     return f"{(max(xs) - min(xs)) / m * 100:.0f} %"
+
+
+# --------------------------------------------------------------------------- targets (issue 11)
+#
+# Every target is judged on the spread over the rounds, not on a median alone: a target is
+# met only when the whole 95 % bootstrap interval of the median lies on its side (for
+# "ahead of HAProxy": the proxy's interval wholly above HAProxy's). An interval that
+# straddles the limit, or two that overlap, is "not met" with that as the reason.
+
+BOOT_RESAMPLES = 2000
+# Fixed, so that the same rounds give the same intervals in every report.
+BOOT_SEED = 11
+# c=1 GET: the proxy's p50 minus direct's p50 in the same round.
+ADDED_P50_MAX_MS = 0.015
+# c=50 P=1: the proxy's CPU per request over HAProxy's, per round.
+CPU_RATIO_MAX = 0.80
+CPU_TARGET_SID = "c50_p1"
+# Sessions -> the most the fence (evidence -> last session closed) may take.
+FENCE_TARGETS_MS = {1000: 20.0, 10000: 150.0}
+# (scenario, test) of "ahead of HAProxy in every throughput scenario".
+THROUGHPUT_TARGETS = (("c50_p1", "SET"), ("c50_p1", "GET"), ("c50_p16", "GET"),
+                      ("c50_16k", "SET"), ("c50_16k", "GET"), ("churn", "GET"))
+SHORT = {"c50_p1": "c=50 P=1", "c50_p16": "c=50 P=16", "c50_16k": "c=50 P=1 16 KiB",
+         "churn": "c=50 -k 0 (churn)", "c1_lat": "c=1"}
+# When the machine was not quiet: CPU of other processes or steal, in % of the machine, in
+# any round.
+NOISE_OTHER_MAX_PCT = 5.0
+NOISE_STEAL_MAX_PCT = 2.0
+NAN = float("nan")
+
+
+def boot_interval(xs):
+    """95 % bootstrap interval of the median of `xs`: the 2.5th and 97.5th percentiles of the
+    medians of BOOT_RESAMPLES resamples (with replacement, same size), seeded. One value
+    gives [x, x]: no spread, not a certainty."""
+    if not xs:
+        return NAN, NAN
+    rng = random.Random(BOOT_SEED)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(BOOT_RESAMPLES))
+    return meds[int(0.025 * BOOT_RESAMPLES)], meds[int(0.975 * BOOT_RESAMPLES) - 1]
+
+
+def stats_of(xs):
+    """{n, min, med, max, lo, hi} of per-round values (lo/hi: boot_interval)."""
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return {"n": 0, "min": NAN, "med": NAN, "max": NAN, "lo": NAN, "hi": NAN}
+    lo, hi = boot_interval(xs)
+    return {"n": len(xs), "min": min(xs), "med": statistics.median(xs), "max": max(xs),
+            "lo": lo, "hi": hi}
+
+
+def fmt_stats(st, nd=0, signed=False, minmax=True):
+    """`median [interval] (min – max)`, e.g. `48,532 [47,100 – 49,900] (46,000 – 50,100)`;
+    without `minmax` only `median [interval]`."""
+    if not st["n"]:
+        return "–"
+
+    def f(x):
+        return fmt_signed(x, nd) if signed else fmt(x, nd)
+
+    out = f"{f(st['med'])} [{f(st['lo'])} – {f(st['hi'])}]"
+    return out + (f" ({f(st['min'])} – {f(st['max'])})" if minmax else "")
+
+
+def compare(a, b):
+    """`a` against `b`, higher is better: won / lost when the intervals do not overlap."""
+    if not a["n"] or not b["n"]:
+        return None
+    if a["lo"] > b["hi"]:
+        return "won"
+    if a["hi"] < b["lo"]:
+        return "lost"
+    return "tie"
+
+
+def at_most(st, limit):
+    """(verdict, reason) for "at most `limit`": met when the whole interval is at or below."""
+    if not st["n"]:
+        return "not measured", "no data"
+    if st["hi"] <= limit:
+        return "met", ""
+    if st["lo"] > limit:
+        return "not met", "interval above the target"
+    return "not met", "interval straddles the target"
+
+
+def per_round(results, sid, test, tg, key):
+    """{round: value} of one metric of one target."""
+    return {r["round"]: r[key] for r in results
+            if r["scenario"] == sid and r["test"] == test and r["target"] == tg}
+
+
+def paired(a, b, op):
+    """op(a[round], b[round]) for every round both have (a failed run drops its round)."""
+    return [op(a[r], b[r]) for r in sorted(a) if r in b]
+
+
+def target_rows(results, fences, quick):
+    """The summary: one dict per target of issue 11, with what was measured, the target and
+    the verdict (met / not met / not measured) and its reason."""
+    rows = []
+
+    def add(tid, what, measured, goal, verdict, reason="", st=None, vs=""):
+        rows.append({"id": tid, "what": what, "measured": measured, "goal": goal,
+                     "verdict": verdict, "reason": reason, "stats": st, "vs": vs})
+
+    def rnd(tg, key, sid="c1_lat", test="GET"):
+        return per_round(results, sid, test, tg, key)
+
+    no_rounds = "not measured", "no rounds (--rounds 0)"
+    # 1. Added latency at c=1.
+    if rnd("proxy", "p50_ms"):
+        st = stats_of(paired(rnd("proxy", "p50_ms"), rnd("direct", "p50_ms"),
+                             lambda p, d: p - d))
+        add("c1_added_p50", "c=1 GET: proxy's added p50 (proxy − direct, per round)",
+            fmt_stats(st, 3, signed=True, minmax=False) + " ms", f"≤ {ADDED_P50_MAX_MS} ms",
+            *at_most(st, ADDED_P50_MAX_MS), st=st)
+    else:
+        add("c1_added_p50", "c=1 GET: proxy's added p50", "–", f"≤ {ADDED_P50_MAX_MS} ms",
+            *no_rounds)
+    for hap in HAPROXY_CONFIGS:
+        what = f"c=1 GET: proxy's added p99 − {LABEL[hap]}'s (per round)"
+        if rnd("proxy", "p99_ms") and rnd(hap, "p99_ms"):
+            # Direct's p99 of the round cancels: proxy's added minus HAProxy's added is
+            # proxy p99 minus HAProxy p99 of the same round.
+            st = stats_of(paired(rnd("proxy", "p99_ms"), rnd(hap, "p99_ms"), lambda p, h: p - h))
+            verdict, reason = at_most(st, 0.0)
+            reason = {"interval straddles the target": "tie: interval includes 0",
+                      "interval above the target": "proxy's p99 higher"}.get(reason, reason)
+            add(f"c1_added_p99_vs_{hap}", what,
+                fmt_stats(st, 3, signed=True, minmax=False) + " ms", "≤ 0", verdict, reason,
+                st=st, vs=hap)
+        else:
+            add(f"c1_added_p99_vs_{hap}", what, "–", "≤ 0", *no_rounds, vs=hap)
+    # 3. Ahead of HAProxy in every throughput scenario.
+    for sid, test in THROUGHPUT_TARGETS:
+        p = stats_of(list(per_round(results, sid, test, "proxy", "rps").values()))
+        for hap in HAPROXY_CONFIGS:
+            h = stats_of(list(per_round(results, sid, test, hap, "rps").values()))
+            what = f"{SHORT[sid]} {test}: requests/s, proxy vs {LABEL[hap]}"
+            c = compare(p, h)
+            if c is None:
+                add(f"rps_{sid}_{test}_vs_{hap}", what, "–", "proxy's interval above",
+                    *no_rounds, vs=hap)
+                continue
+            add(f"rps_{sid}_{test}_vs_{hap}", what,
+                f"{fmt_stats(p, minmax=False)} vs {fmt_stats(h, minmax=False)}",
+                "proxy's interval wholly above",
+                "met" if c == "won" else "not met",
+                {"won": "", "lost": "lost: proxy's interval below",
+                 "tie": "tie: intervals overlap"}[c], st=p, vs=hap)
+    # 4. CPU per million requests at c=50 P=1.
+    cpu_of = {}
+    for r in results:
+        if r["scenario"] == CPU_TARGET_SID:
+            cpu_of.setdefault(r["target"], {})[r["round"]] = r["cpu_per_m"]
+    for hap in HAPROXY_CONFIGS:
+        what = f"c=50 P=1: CPU per million requests, proxy / {LABEL[hap]} (per round)"
+        if cpu_of.get("proxy") and cpu_of.get(hap):
+            st = stats_of(paired(cpu_of["proxy"], cpu_of[hap],
+                                 lambda p, h: p / h if h else NAN))
+            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, fmt_stats(st, 2, minmax=False),
+                f"≤ {CPU_RATIO_MAX:.2f}", *at_most(st, CPU_RATIO_MAX), st=st, vs=hap)
+        else:
+            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
+                *no_rounds, vs=hap)
+    # 5. Fencing and the reconnect storm after it.
+    rows += fence_target_rows(fences)
+    if quick:
+        for r in rows:
+            if r["verdict"] != "not measured":
+                r["reason"] = "; ".join(x for x in (r["reason"], "quick run: meaningless") if x)
+    return rows
+
+
+def spread_lines(results, quick):
+    """Throughput per target: median, interval and range over the rounds, and the verdict
+    against each HAProxy config (the issue's "ahead of HAProxy in every throughput scenario")."""
+    lines = [
+        "",
+        "## Throughput: spread over the rounds and verdicts",
+        "",
+        "Each cell: median [95 % bootstrap interval of the median] (min – max over the rounds), "
+        "requests/s. **won** only when the proxy's interval lies wholly above that HAProxy "
+        "config's, **lost** when wholly below, otherwise **tie** (the intervals overlap)."
+        + (" Quick run: too few requests and rounds, verdicts meaningless." if quick else ""),
+        "",
+        "| scenario | test | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
+        + " | ".join(f"proxy vs {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
+        "|---|---|" + "---:|" * len(TARGETS) + "---|" * len(HAPROXY_CONFIGS),
+    ]
+    for sid, test in THROUGHPUT_TARGETS:
+        st = {tg: stats_of(list(per_round(results, sid, test, tg, "rps").values()))
+              for tg in TARGETS}
+        if not st["proxy"]["n"]:
+            continue
+        lines.append(f"| {SHORT[sid]} | {test} | "
+                     + " | ".join(fmt_stats(st[tg]) for tg in TARGETS) + " | "
+                     + " | ".join(f"**{compare(st['proxy'], st[h]) or '–'}**"
+                                  for h in HAPROXY_CONFIGS) + " |")
+    return lines
+
+
+def latency_spread_lines(results):
+    """c=1 GET: what each middle box adds to direct's p50 and p99, per round, and the
+    proxy's added p99 against each HAProxy config's."""
+    mids = [tg for tg in TARGETS if tg != "direct"]
+
+    def rnd(tg, key):
+        return per_round(results, "c1_lat", "GET", tg, key)
+
+    lines = [
+        "",
+        "Added latency per round (ms; a target's percentile minus direct's in the same round), "
+        "median [95 % bootstrap interval of the median] (min – max). redis-benchmark's "
+        "percentiles come from a histogram with 8 µs steps at these latencies, so each added "
+        "value is a multiple of about 0.008 ms.",
+        "",
+        "| | " + " | ".join(LABEL[tg] for tg in mids) + " |",
+        "|---|" + "---:|" * len(mids),
+    ]
+    for key, label in (("p50_ms", "p50 added"), ("p99_ms", "p99 added")):
+        lines.append(f"| {label} | " + " | ".join(
+            fmt_stats(stats_of(paired(rnd(tg, key), rnd("direct", key), lambda a, d: a - d)),
+                      3, signed=True) for tg in mids) + " |")
+    lines.append("| proxy's p99 added − this one's | – | " + " | ".join(
+        fmt_stats(stats_of(paired(rnd("proxy", "p99_ms"), rnd(h, "p99_ms"),
+                                  lambda p, x: p - x)), 3, signed=True)
+        for h in HAPROXY_CONFIGS) + " |")
+    return lines
+
+
+def cpu_ratio_lines(results):
+    """CPU per million requests, proxy over each HAProxy config, per round."""
+    lines = [
+        "",
+        "Proxy / HAProxy CPU per million requests, per round (same round's runs): median "
+        "[95 % bootstrap interval of the median] (min – max).",
+        "",
+        "| scenario | " + " | ".join(f"proxy / {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
+        "|---|" + "---:|" * len(HAPROXY_CONFIGS),
+    ]
+    for sid in ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn"):
+        # One redis-benchmark run per scenario, target and round: its first test's row
+        # carries the run's CPU.
+        cpu_of = {}
+        for r in results:
+            if r["scenario"] == sid:
+                cpu_of.setdefault(r["target"], {}).setdefault(r["round"], r["cpu_per_m"])
+        if not cpu_of.get("proxy"):
+            continue
+        lines.append(f"| {SHORT[sid]} | " + " | ".join(
+            fmt_stats(stats_of(paired(cpu_of["proxy"], cpu_of.get(h, {}),
+                                      lambda p, x: p / x if x else NAN)), 2)
+            for h in HAPROXY_CONFIGS) + " |")
+    return lines
+
+
+def fence_target_rows(fences):
+    """Summary rows of the fence sizes with a target, and of every reconnect storm."""
+    rows = []
+    by_size = {f["requested"]: f for f in fences}
+    for size, limit in FENCE_TARGETS_MS.items():
+        tid, what, goal = f"fence_{size}", f"fence {size:,} sessions: evidence → last " \
+                                           "session closed", f"< {limit:.0f} ms"
+        f = by_size.get(size)
+        if f is None:
+            rows.append({"id": tid, "what": what, "measured": "–", "goal": goal,
+                         "verdict": "not measured", "reason": "not in this run's --fence list",
+                         "stats": None, "vs": ""})
+            continue
+        st = stats_of([r["fence_ms"] for r in f["repeats"]])
+        measured = fmt_repeats(st, 1, " ms")
+        if f["sessions"] < size:
+            verdict, reason = "not measured", (f"not measurable here: {f['cap_reason']}; "
+                                               f"measured at {f['sessions']:,}")
+            measured = f"at {f['sessions']:,}: {measured}"
+        elif st["max"] < limit:
+            verdict, reason = "met", ""
+        else:
+            verdict = "not met"
+            reason = ("above the target" if st["min"] >= limit else
+                      f"{sum(r['fence_ms'] >= limit for r in f['repeats'])} of {st['n']} "
+                      "repeats above the target")
+        rows.append({"id": tid, "what": what, "measured": measured, "goal": goal,
+                     "verdict": verdict, "reason": reason, "stats": st, "vs": ""})
+    for f in fences:
+        storms = [r["storm"] for r in f["repeats"]]
+        failed = sum(s["failed"] for s in storms)
+        st = stats_of([s["ms"] for s in storms if s["ms"] is not None])
+        rows.append({
+            "id": f"storm_{f['requested']}",
+            "what": f"reconnect storm after fencing {f['sessions']:,} sessions: reconnects "
+                    "refused, reset or failed",
+            "measured": f"{failed:,} failed of {f['sessions']:,} × {len(storms)} storm(s)"
+                        f"{storm_kinds(storms)}; first connect → last PONG "
+                        f"{fmt_repeats(st, 0, ' ms')}",
+            "goal": "0", "verdict": "met" if failed == 0 else "not met",
+            "reason": "" if failed == 0 else f"{failed:,} failed",
+            "stats": st, "vs": ""})
+    return rows
+
+
+def fmt_repeats(st, nd, unit):
+    """A figure measured a few times: `28.1 ms` or `28.1 ms (median of 3: 25.0 – 30.2)`."""
+    if not st["n"]:
+        return "–"
+    if st["n"] == 1:
+        return fmt(st["med"], nd) + unit
+    return (f"{fmt(st['med'], nd)}{unit} (median of {st['n']}: {fmt(st['min'], nd)} – "
+            f"{fmt(st['max'], nd)})")
+
+
+def storm_kinds(storms):
+    """`; refused 3; reset 1` for the failures of these storms, or nothing."""
+    kinds = {}
+    for s in storms:
+        for k, v in s["errors"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    return "".join(f"; {k} {v:,}" for k, v in sorted(kinds.items()) if v)
 
 
 def tls_medians(tls):
@@ -1855,11 +2439,217 @@ def write_tls_report(out_dir, info, tls, binary, repo):
         f.write("\n".join(head + tls_lines(tls)[1:] + [""]))
 
 
-def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence, timeline,
-                 tls=None):
-    """latest.md and latest.csv: every section that ran (a run with --rounds 0 has no
-    throughput, latency or CPU tables)."""
+def proxy_build(args, info):
+    """Which binary was measured, for the report."""
+    if os.path.abspath(args.bin) == os.path.join(args.repo, "target/release/redis-failover-proxy"):
+        return f"release build of `{info['commit']}`"
+    return f"`RFP_BENCH_BIN` = `{args.bin}` (working tree at `{info['commit']}`)"
+
+
+def summary_lines(rows, args, noise):
+    """The table of issue 11's targets, at the top of latest.md and in summary.md."""
+    lines = [
+        "## Targets (issue: performance round two)",
+        "",
+        f"{args.rounds} round(s). Measured: median [95 % bootstrap interval of the median over "
+        f"the rounds] ({BOOT_RESAMPLES} resamples, seed {BOOT_SEED}); fences: median of the "
+        "repeats (min – max). **met** only when the whole interval is on the target's side "
+        "(throughput: the proxy's interval wholly above that HAProxy config's; a fence: every "
+        "repeat under the limit). Details in the sections below.",
+    ]
+    if args.quick:
+        lines += ["", "**Quick run: tiny request counts and 1 round by default; every verdict "
+                      "below is meaningless.**"]
+    lines += [
+        "",
+        f"- {noise.sentence()}",
+        "",
+        "| target | measured | goal | verdict |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = ("**met**" if r["verdict"] == "met" else
+                   "**not met**" if r["verdict"] == "not met" else r["verdict"])
+        if r["reason"]:
+            verdict += f" ({r['reason']})"
+        lines.append(f"| {r['what']} | {r['measured']} | {r['goal']} | {verdict} |")
+    return lines
+
+
+def target_csv_rows(rows):
+    """latest.csv rows of the summary: scenario `target`, test = the target's id, target =
+    the HAProxy config it is judged against (if any); one `verdict` row each, with the
+    numbers it was decided on."""
+    out = []
+    for r in rows:
+        key = ["target", r["id"], r["vs"], ""]
+        out.append(key + ["verdict", r["verdict"]])
+        if r["reason"]:
+            out.append(key + ["reason", r["reason"]])
+        out.append(key + ["goal", r["goal"]])
+        st = r["stats"]
+        if st and st["n"]:
+            for k, name in (("med", "median"), ("lo", "ci95_lo"), ("hi", "ci95_hi"),
+                            ("min", "min"), ("max", "max"), ("n", "n")):
+                out.append(key + [name, f"{st[k]:.6g}"])
+    return out
+
+
+def fence_lines(fences, args):
+    """The fencing section: one column per fence size."""
+    sizes = []
+    for f in fences:
+        label = f"{f['sessions']:,} sessions"
+        if f["cap_reason"]:
+            label += f" ({f['requested']:,} requested)"
+        sizes.append(label)
+
+    def per_repeat(f, fn, unit):
+        vals = [fn(r) for r in f["repeats"]]
+        return ", ".join("–" if v is None else fmt(v, 1 if unit == "ms1" else 0)
+                         for v in vals) + (" ms" if unit.startswith("ms") else "")
+
+    def storm_cell(f):
+        out = []
+        for r in f["repeats"]:
+            s = r["storm"]
+            if s is None:
+                out.append(f"none ({r['proxy_still_open']:,} sessions still open)")
+            else:
+                out.append(f"{s['failed']:,}" + (f" ({', '.join(f'{k} {v}' for k, v in s['errors'].items() if v)})"
+                                                 if s["failed"] else ""))
+        return ", ".join(out) + f" of {f['sessions']:,}"
+
+    def target_cell(f):
+        limit = FENCE_TARGETS_MS.get(f["requested"])
+        if limit is None:
+            return "–"
+        if f["cap_reason"]:
+            return f"< {limit:.0f} ms for {f['requested']:,}: not measured"
+        ok = all(r["fence_ms"] < limit for r in f["repeats"])
+        return f"< {limit:.0f} ms: " + ("**met**" if ok else "**not met**")
+
+    def hap(f, fn):
+        return fn(f["haproxy"]) if f["haproxy"] else "–"
+
+    def hap_close(h):
+        if h["last_close_s"] is not None:
+            return f"{h['last_close_s'] * 1000:,.0f} ms"
+        return f"**{h['still_open']:,} still open after 30 s**"
+
+    rows = [
+        ("proxy: fence, evidence → last session closed (`fence_duration_seconds`), per failover",
+         lambda f: per_repeat(f, lambda r: r["fence_ms"], "ms1")),
+        ("target", target_cell),
+        ("`SENTINEL FAILOVER` → a sentinel names the new master",
+         lambda f: per_repeat(f, lambda r: r["announced_s"] * 1000, "ms")),
+        ("proxy: `SENTINEL FAILOVER` → the client saw its last session closed",
+         lambda f: per_repeat(f, lambda r: None if r["proxy_last_close_s"] is None
+                              else r["proxy_last_close_s"] * 1000, "ms")),
+        ("reconnect storm right after: reconnects refused, reset, closed, answered with an "
+         "error or not within 30 s", storm_cell),
+        ("reconnect storm: first connect → last `+PONG`",
+         lambda f: per_repeat(f, lambda r: r["storm"]["ms"] if r["storm"] else None, "ms")),
+        ("reconnect storm: time to fire all the connects",
+         lambda f: per_repeat(f, lambda r: r["storm"]["fire_ms"] if r["storm"] else None, "ms")),
+        ("HAProxy (first failover only): `SENTINEL FAILOVER` → the client saw its last "
+         "session closed", lambda f: hap(f, hap_close)),
+        ("HAProxy: a `SET` on one of them",
+         lambda f: hap(f, lambda h: f"`{h['write_reply'] or '(none open)'}`")),
+    ]
+    lines = [
+        "",
+        "## Fencing open sessions across a `SENTINEL FAILOVER`",
+        "",
+        "3 nodes + 3 sentinels (quorum 2) on loopback, a fresh group per size; the same idle "
+        "sessions through the proxy and through HAProxy (canonical tcp-check on all three "
+        "nodes). HAProxy's sessions are closed by Redis itself: Sentinel sends "
+        "`CLIENT KILL TYPE normal` to each node it reconfigures. As soon as the proxy's last "
+        "session is closed, every one of its clients reconnects at once (all connects fired "
+        "back to back, then `PING` each); the proxy holds them while it has no verified "
+        "master."
+        + (f" Then {args.fence_repeats - 1} more failover(s) on the same group through the "
+           "proxy only (fence and storm again; figures per failover, comma-separated)."
+           if args.fence_repeats > 1 else ""),
+    ]
+    notes = [f"- {f['requested']:,} sessions: {e}" for f in fences for e in f["repeat_errors"]]
+    notes += [f"- {f['requested']:,} not measurable here: {f['cap_reason']}; measured at "
+              f"{f['sessions']:,} (a middle box needs 2 fds per session, this driver 1 per "
+              "client)." for f in fences if f["cap_reason"]]
+    if notes:
+        lines += [""] + notes
+    lines += [
+        "",
+        "| what | " + " | ".join(sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(fn(f) for f in fences) + " |")
+    return lines
+
+
+def fence_csv_rows(fences):
+    """latest.csv rows of the fences: scenario fence_REQUESTED, round = repeat."""
+    out = []
+    for f in fences:
+        sid = f"fence_{f['requested']}"
+        out.append([sid, "", "", "", "requested", f["requested"]])
+        out.append([sid, "", "", "", "sessions", f["sessions"]])
+        if f["cap_reason"]:
+            out.append([sid, "", "", "", "cap_reason", f["cap_reason"]])
+        for e in f["repeat_errors"]:
+            out.append([sid, "", "", "", "repeat_error", e])
+        for k, v in (f["haproxy"] or {}).items():
+            out.append([sid, "", "haproxy", 1, k, v])
+        for i, r in enumerate(f["repeats"], 1):
+            for k in ("fence_ms", "announced_s", "proxy_last_close_s", "proxy_still_open"):
+                out.append([sid, "", "proxy", i, k, r[k]])
+            s = r["storm"]
+            if s:
+                for k in ("ok", "failed", "ms", "fire_ms"):
+                    out.append([sid, "", "proxy", i, f"storm_{k}", s[k]])
+                for k, v in s["errors"].items():
+                    out.append([sid, "", "proxy", i, f"storm_{k.replace(' ', '_')}", v])
+    return out
+
+
+def noise_lines(noise):
+    """Per round: the machine's busy CPU, ours, other processes', steal."""
+    if not noise.phases:
+        return []
+    lines = [
+        "",
+        "## Noise: CPU used by other processes, per round",
+        "",
+        "From `/proc/stat` (busy = user + nice + system + irq + softirq, what the processes' "
+        "utime + stime add up to) and "
+        "`/proc/PID/stat` of this benchmark's processes (this driver and what it waited for, "
+        "e.g. redis-benchmark; redis-server, sentinels, proxies, HAProxies), sampled before "
+        "and after each round. Other processes = busy − ours; all in % of the whole machine "
+        f"({os.cpu_count()} CPUs). Not quiet: other processes above "
+        f"{NOISE_OTHER_MAX_PCT:.0f} % or steal above {NOISE_STEAL_MAX_PCT:.0f} % in any round.",
+        "",
+        "| round | seconds | machine busy | this benchmark | other processes | steal |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in noise.phases:
+        flag = (p["other_pct"] > NOISE_OTHER_MAX_PCT or p["steal_pct"] > NOISE_STEAL_MAX_PCT)
+        lines.append(f"| {p['phase']} | {p['seconds']:.0f} | {p['busy_pct']:.1f} % | "
+                     f"{p['ours_pct']:.1f} % | "
+                     + ("**" if flag else "") + f"{max(p['other_pct'], 0):.1f} %"
+                     + ("**" if flag else "") + f" | {p['steal_pct']:.1f} % |")
+    (o, op), (st, sp) = noise.worst("other_pct"), noise.worst("steal_pct")
+    lines += ["", f"Max: other processes {max(o, 0):.1f} % ({op}), steal {st:.1f} % ({sp}). "
+                  "CPU counts have clock-tick resolution (10 ms), so short rounds read coarse."]
+    return lines
+
+
+def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences, timeline,
+                 tls, noise):
+    """latest.md, latest.csv and summary.md: every section that ran (a run with --rounds 0
+    has no throughput, latency or CPU tables), the targets' table first."""
     os.makedirs(out_dir, exist_ok=True)
+    targets = target_rows(results, fences, args.quick)
     # Long format: one row per (scenario, test, target, round, metric).
     with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -1874,8 +2664,11 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
                 w.writerow([f"idle_{args.idle}", "", label, "", f"rss_kib_{k}", d[k]])
             w.writerow([f"idle_{args.idle}", "", label, "", "kib_per_session",
                         f"{(d['during'] - d['before']) / args.idle:.2f}"])
-        for k, v in (fence or {}).items():
-            w.writerow([f"fence_{fence['sessions']}", "", "", "", k, v])
+        w.writerows(fence_csv_rows(fences))
+        for p in noise.phases:
+            for k in ("seconds", "busy_pct", "ours_pct", "other_pct", "steal_pct"):
+                w.writerow(["noise", p["phase"], "", "", k, f"{p[k]:.3f}"])
+        w.writerows(target_csv_rows(targets))
         for sid, target, k, v in timeline_rows(timeline):
             w.writerow([sid, "", target, "", k, v])
         if tls:
@@ -1890,26 +2683,37 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
         "# Benchmark: direct vs redis-failover-proxy vs HAProxy",
         "",
         f"- date: {info['date']}; mode: {'quick (numbers meaningless)' if args.quick else 'full'}, "
-        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy"
+        f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy, "
+        "HAProxy (tuned)"
         + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
            if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
         f"{info['os']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
-        f"- proxy: release build of `{info['commit']}`, default `[runtime]` (one session thread "
-        "per CPU, not pinned, `yield_before_sleep` on);"
-        " HAProxy: default nbthread, config in bench/run.sh output dir (`haproxy.cfg`)",
+        f"- proxy: {proxy_build(args, info)}, default `[runtime]` (one session thread per CPU, not pinned, "
+        "`yield_before_sleep` on)",
+        "- HAProxy: the canonical config for Sentinel setups (`option tcp-check`, `PING`, "
+        "`info replication` / `role:master`, `QUIT`; `check inter 1s`), default nbthread. "
+        "HAProxy (tuned): the same with `check inter "
+        f"{HAPROXY_TUNED['inter']}{HAPROXY_TUNED['server_extra']}` on every `server` line and "
+        f"`{HAPROXY_TUNED['backend_extra'].strip()}` in the backend. Configs: `haproxy.cfg`, "
+        "`haproxy_tuned.cfg` in the work dir (`bench/run.sh --keep`)",
         f"- load average at start {info['load']}, at end {info_end['load']}; "
         + ("quiet: no cargo/rustc and no other redis-server at start or end"
            if quiet else f"**NOT QUIET**: other processes were running "
            f"({info['busy']} at start, {info_end['busy']} at end: "
            f"{', '.join(sorted(set(info['busy_names'] + info_end['busy_names'])))}); "
            "numbers are noisy"),
+        f"- {noise.sentence()}",
+        "",
     ]
+    table = summary_lines(targets, args, noise)
+    lines += table
     headline = {}
     if results:
         lines += throughput_lines(results, cpu, scen, vals, headline,
-                                  getattr(args, "pinned_note", None))
+                                  getattr(args, "pinned_note", None),
+                                  getattr(args, "failed_runs", ()), args.quick)
     if tls:
         lines += [""] + tls_lines(tls)
     if idle:
@@ -1929,43 +2733,34 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fence,
             lines.append(
                 f"| {label} | {d['start'] / 1024:.1f} MiB | {d['before'] / 1024:.1f} MiB | "
                 f"{d['during'] / 1024:.1f} MiB | {per:.1f} KiB | {d['after'] / 1024:.1f} MiB |")
-    if fence:
-        lines += [
-            "",
-            f"## Fencing {fence['sessions']:,} open sessions across a `SENTINEL FAILOVER`",
-            "",
-            "3 nodes + 3 sentinels (quorum 2) on loopback; the same idle sessions through the "
-            "proxy and through HAProxy (canonical tcp-check on all three nodes). HAProxy's "
-            "sessions are closed by Redis itself: Sentinel sends `CLIENT KILL TYPE normal` to "
-            "each node it reconfigures.",
-            "",
-            "| what | measured |",
-            "|---|---|",
-            f"| proxy: fence, evidence → last session closed (`fence_duration_seconds`) | "
-            f"{fence['fence_ms']:.1f} ms |",
-            f"| `SENTINEL FAILOVER` → a sentinel names the new master | "
-            f"{fence['announced_s'] * 1000:.0f} ms |",
-        ]
-        for who, label in (("proxy", "proxy"), ("haproxy", "HAProxy")):
-            lc = fence[f"{who}_last_close_s"]
-            lines.append(
-                f"| {label}: `SENTINEL FAILOVER` → the client saw its last session closed | "
-                + (f"{lc * 1000:.0f} ms" if lc is not None else
-                   f"**{fence[who + '_still_open']:,} of {fence['sessions']:,} still open "
-                   "after 30 s**") + " |")
-        lines += [
-            f"| HAProxy: a `SET` on one of them | "
-            f"`{fence['haproxy_write_reply'] or '(none open)'}` |",
-        ]
+    if fences:
+        lines += fence_lines(fences, args)
+    lines += noise_lines(noise)
     if timeline:
         lines += [""] + timeline_lines(timeline)
     lines += [""]
     with open(os.path.join(out_dir, "latest.md"), "w") as f:
         f.write("\n".join(lines))
+    # The table alone, for the README to include; its first lines say which run it is.
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(
+            [table[0], "", f"From `latest.md` of {info['date']}, proxy: {proxy_build(args, info)}, "
+             f"{'quick run' if args.quick else 'full run'}.", ""] + table[2:] + [""]))
     return headline
 
 
 # --------------------------------------------------------------------------- main
+
+
+def fence_sizes(text):
+    """--fence: session counts, comma-separated, e.g. `1000,10000`; 0 (or nothing) skips."""
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of session counts: {text!r}")
+    if any(n < 0 for n in sizes):
+        raise argparse.ArgumentTypeError(f"negative session count in {text!r}")
+    return [n for n in sizes if n > 0]
 
 
 def main():
@@ -1977,7 +2772,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--idle", type=int)
-    ap.add_argument("--fence", type=int)
+    ap.add_argument("--fence", type=fence_sizes,
+                    help="session counts to fence, comma-separated (0: none)")
+    ap.add_argument("--fence-repeats", type=int,
+                    help="failovers per fence size on the same group (the first one with HAProxy)")
     ap.add_argument("--timeline", type=int, choices=(0, 1), default=1)
     ap.add_argument("--pinned", type=int, choices=(0, 1), default=1,
                     help="also run the proxy with pinned threads and HAProxy with cpu-map "
@@ -1989,9 +2787,12 @@ def main():
                     help="rounds of the TLS scenario (default: --rounds; 0 = skip)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
-    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 7)
     args.tls_rounds = args.tls_rounds if args.tls_rounds is not None else args.rounds
-    args.fence = args.fence if args.fence is not None else (100 if args.quick else 1000)
+    args.fence = args.fence if args.fence is not None else ([100] if args.quick
+                                                            else list(FENCE_TARGETS_MS))
+    args.fence_repeats = max(1, args.fence_repeats if args.fence_repeats is not None
+                             else (1 if args.quick else 3))
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
     if args.timeline and not args.timeline_bin:
         sys.exit("bench: --timeline 1 needs --timeline-bin (bench/run.sh builds it)")
@@ -2019,16 +2820,18 @@ def main():
 
     info = machine(args.repo)
     procs = Procs(args.work)
+    noise = Noise(procs)
     try:
         results, cpu, idle, scen = [], {}, {}, scenarios(args.quick)
         if args.rounds > 0 or args.idle > 0:
-            results, cpu, idle = single_master_steps(procs, args, scen)
+            results, cpu, idle = single_master_steps(procs, args, scen, noise)
 
         tls = None
         if args.tls and args.tls_rounds > 0:
             log(f"tls: mutual TLS to the master, {args.tls_rounds} round(s)")
             try:
-                tls = tls_scenario(procs, args.work, args.bin, args.tls_rounds, args.quick)
+                tls = tls_scenario(procs, args.work, args.bin, args.tls_rounds, args.quick,
+                                   noise)
             except Exception as e:  # noqa: BLE001 - reported; the other scenarios still run
                 log(f"tls: the scenario failed: {e}")
                 procs.stop_prefix("tls_")
@@ -2036,11 +2839,10 @@ def main():
             write_tls_report(args.out, info, tls, args.bin, args.repo)
             log(f"wrote {args.out}/tls.md and tls.csv")
 
-        fence = None
-        if args.fence > 0:
-            log(f"failover topology: fencing {args.fence} sessions")
-            fence = fence_scenario(procs, args.work, args.bin, args.fence)
-            log(f"fence: {fence}")
+        fences = []
+        for size in args.fence:
+            log(f"failover topology: fencing {size} sessions, {args.fence_repeats} time(s)")
+            fences.append(fence_scenario(procs, args.work, args.bin, size, args.fence_repeats))
 
         timeline = []
         if args.timeline:
@@ -2051,9 +2853,9 @@ def main():
                 + ", ".join(f"timeline-{r['fault']}.{{csv,svg}}" for r in timeline))
 
         info_end = machine(args.repo)
-        if results or idle or fence:
-            write_report(args.out, args, info, info_end, results, cpu, idle, scen, fence,
-                         timeline, tls)
+        if results or idle or fences:
+            write_report(args.out, args, info, info_end, results, cpu, idle, scen, fences,
+                         timeline, tls, noise)
             log(f"wrote {args.out}/latest.md and latest.csv")
             with open(os.path.join(args.out, "latest.md")) as f:
                 sys.stdout.write(f.read())
@@ -2070,7 +2872,7 @@ def main():
         procs.stop()
 
 
-def single_master_steps(procs, args, scen):
+def single_master_steps(procs, args, scen, noise):
     """The interleaved redis-benchmark rounds and the idle sessions, against one master
     with one sentinel that never fails over. Returns (results, cpu, idle)."""
     master_port, master = start_redis(procs, args.work, "master")
@@ -2086,19 +2888,37 @@ def single_master_steps(procs, args, scen):
 
     ports = {"direct": master_port, "proxy": proxy_port, "haproxy": hap_port}
     pid_of = {"direct": master.pid, "proxy": proxy.pid, "haproxy": hap.pid}
+    if args.rounds > 0:
+        ports["haproxy_tuned"], hap_t = start_haproxy(procs, args.work, [master_port],
+                                                      name="haproxy_tuned", **HAPROXY_TUNED)
+        pid_of["haproxy_tuned"] = hap_t.pid
+        log(f"haproxy_tuned :{ports['haproxy_tuned']}")
     args.pinned_note = None
     if args.pinned and args.rounds > 0:
         ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
         ports.update(ports_p)
         pid_of.update(pid_p)
     results, cpu = [], {}
+    # Runs of HAProxy (tuned) that failed: with `fall 1` and a 250 ms check timeout, one slow
+    # check on a saturated machine takes the master out and `shutdown-sessions` closes the
+    # benchmark's connections. That is a result, not a reason to lose the whole run.
+    args.failed_runs = []
     for rnd in range(1, args.rounds + 1):
+        snap = noise.snap()
         for sid, desc, bargs, n in scen:
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
             for tg in TARGETS + pinned:
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
-                rows = run_benchmark(ports[tg], bargs, n)
+                try:
+                    rows = run_benchmark(ports[tg], bargs, n)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    if tg != "haproxy_tuned":
+                        raise
+                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
+                    args.failed_runs.append((rnd, sid, tg, reason))
+                    log(f"round {rnd}/{args.rounds} {sid:8} {tg:14} FAILED: {reason}")
+                    continue
                 dc = cpu_seconds(pid_of[tg]) - c0
                 total = n * len(rows)
                 cpm = dc / total * 1e6
@@ -2110,6 +2930,10 @@ def single_master_steps(procs, args, scen):
                     + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
                                 for r in rows)
                     + f", cpu {cpm:.2f}s/M")
+        noise.add(f"round {rnd}", snap, noise.snap())
+        p = noise.phases[-1]
+        log(f"round {rnd}: other processes {p['other_pct']:.1f} % of the machine, "
+            f"steal {p['steal_pct']:.1f} %")
 
     idle = {}
     if args.idle > 0:
@@ -2127,7 +2951,8 @@ def single_master_steps(procs, args, scen):
                                              redis_info(master_port)).group(1)) < 100,
                        timeout=30)
     # Nothing of this group is needed by the failover scenarios: free the CPU and the fds.
-    for name in ("haproxy_pinned", "proxy_pinned", "haproxy", "proxy", "sentinel", "master"):
+    for name in ("haproxy_pinned", "proxy_pinned", "haproxy_tuned", "haproxy", "proxy",
+                 "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
 

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
 #
-#   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N] [--timeline 0|1]
-#                [--pinned 0|1] [--tls 0|1] [--tls-rounds N] [--out DIR]
+#   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N[,N...]]
+#                [--fence-repeats N] [--timeline 0|1] [--pinned 0|1] [--tls 0|1]
+#                [--tls-rounds N] [--out DIR]
 #
 #   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
 #                 to target/bench-quick/ unless --out is given (the committed results are
 #                 never overwritten by it)
 #   --keep        keep the work dir (logs, configs) instead of deleting it
-#   --rounds N    rounds of the interleaved runs (default 5, quick 1; 0 = skip)
+#   --rounds N    rounds of the interleaved runs (default 7, quick 1; 0 = skip); every round
+#                 runs direct, proxy, HAProxy and HAProxy (tuned) in turn per scenario
 #   --idle N      idle sessions to open through each middle box (default 10000, quick 500;
 #                 0 = skip); capped at what the fd limit allows
-#   --fence N     sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology
-#                 (default 1000, quick 100; 0 = skip)
+#   --fence N,... sessions open across a SENTINEL FAILOVER in a 3-node + 3-sentinel topology,
+#                 one fresh group per size (default 1000,10000, quick 100; 0 = skip); capped
+#                 at what the fd limit allows (the report says so); right after each fence
+#                 every closed client reconnects at once (the reconnect storm)
+#   --fence-repeats N  failovers per size on the same group, the first one also through
+#                 HAProxy, the others through the proxy only (default 3, quick 1)
 #   --timeline 0|1  failover timeline: SET traffic through the proxy with and without its hold
 #                 and through HAProxy across a SENTINEL FAILOVER and a kill -9 of the master
 #                 (quick: the SENTINEL FAILOVER only); writes timeline.md and timeline-*.svg
@@ -26,9 +32,10 @@
 #                 section in latest.md (default 1, also with --quick)
 #   --tls-rounds N  rounds of the TLS scenario (default: --rounds; 0 = skip). Only the TLS
 #                 scenario: --rounds 0 --idle 0 --fence 0 --timeline 0 --tls-rounds 5
-#   --out DIR     where latest.md, latest.csv, the timeline and the tls files go (default
-#                 bench/results/). A run of only the timeline (--rounds 0 --idle 0 --fence 0)
-#                 or only the TLS scenario leaves latest.md and latest.csv alone.
+#   --out DIR     where latest.md, latest.csv, summary.md (the targets' table), the timeline
+#                 and the tls files go (default bench/results/). A run of only the timeline
+#                 (--rounds 0 --idle 0 --fence 0) or only the TLS scenario leaves latest.md,
+#                 latest.csv and summary.md alone.
 #
 # Installs redis-server/redis-sentinel/redis-tools and haproxy from Debian's packages if
 # missing, builds the proxy in release, starts its own redis-server, sentinel, proxy and
@@ -48,7 +55,7 @@ while (($#)); do
     case $1 in
     --quick) quick=1; py_args+=(--quick) ;;
     --keep) keep=1 ;;
-    --rounds | --idle | --fence) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
+    --rounds | --idle | --fence | --fence-repeats) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
         py_args+=("$1" "$2"); shift ;;
     --timeline) [[ ${2:-} == [01] ]] || { echo "bench: --timeline takes 0 or 1" >&2; exit 2; }
         timeline=$2; shift ;;
@@ -60,7 +67,7 @@ while (($#)); do
         py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,39s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,46s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
