@@ -36,7 +36,7 @@ TARGETS = ("direct", "proxy", "haproxy", "haproxy_tuned")
 HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
 LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
          "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
-         "haproxy_pinned": "HAProxy (cpu-map)"}
+         "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)"}
 # HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
 # check brings it in, sessions of a server marked down are closed (so clients reconnect to
 # the new master instead of staying on the old one), and `balance first` sends every client
@@ -48,6 +48,11 @@ HAPROXY_TUNED = {"inter": "250ms",
 # these scenarios, after the four above in every round (so their ratios are from the same run).
 PINNED_TARGETS = ("proxy_pinned", "haproxy_pinned")
 PINNED_SCENARIOS = ("c50_p1", "c50_p16")
+# The proxy with `[runtime] busy_poll` (BUSY_POLL): what it does to the c=1 latency, and what
+# it costs in CPU at c=50 P=1; in these scenarios, after the others in every round.
+BUSY_TARGET = "proxy_busy"
+BUSY_SCENARIOS = ("c1_lat", "c50_p1")
+BUSY_POLL = "200us"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -1825,6 +1830,43 @@ def write_timeline_report(out_dir, info, runs, binary, repo):
         f.write("\n".join(head + timeline_lines(runs)[1:]))
 
 
+def busy_lines(results, cpu, vals):
+    """The proxy with busy polling next to the default proxy and HAProxy: c=1 latency, and
+    requests/s and CPU at c=50 P=1 (the price)."""
+    tgs = ("direct", "proxy", BUSY_TARGET, "haproxy", "haproxy_tuned")
+    lines = [
+        "",
+        f"## Busy polling (same run): `[runtime] busy_poll = \"{BUSY_POLL}\"`",
+        "",
+        f"A third proxy with the same binary and config plus `busy_poll = \"{BUSY_POLL}\"` "
+        "(off by default): before a session thread sleeps, it keeps polling its epoll instance "
+        "for up to that long, yielding the CPU between polls. Run in the c=1 latency and the "
+        "c=50 P=1 scenarios, after the others in every round. Medians over the rounds.",
+        "",
+        "| c=1 GET (ms) | " + " | ".join(LABEL[tg] for tg in tgs) + " | "
+        + " | ".join(f"{LABEL[tg]} added" for tg in tgs[1:]) + " |",
+        "|---|" + "---:|" * (2 * len(tgs) - 1),
+    ]
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
+        lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
+                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
+    lines += [
+        "",
+        "| scenario | " + " | ".join(f"{LABEL[tg]} req/s" for tg in tgs) + " | "
+        + " | ".join(f"{LABEL[tg]} CPU s/M" for tg in tgs[1:]) + " |",
+        "|---|" + "---:|" * (2 * len(tgs) - 1),
+    ]
+    for sid, test in (("c1_lat", "GET"), ("c50_p1", "SET"), ("c50_p1", "GET")):
+        m = {tg: med(vals(sid, test, tg, "rps")) for tg in tgs}
+        c = {tg: med(cpu.get((sid, tg), [])) for tg in tgs[1:]}
+        lines.append(f"| {SHORT[sid]} {test} | " + " | ".join(fmt(m[tg]) for tg in tgs) + " | "
+                     + " | ".join(fmt(c[tg], 2) for tg in tgs[1:]) + " |")
+    lines += ["", "CPU s/M: seconds of utime+stime per million requests, for the whole scenario "
+                  "(c=50 P=1: SET and GET together)."]
+    return lines
+
+
 def pinned_lines(results, cpu, scen, vals, note):
     """The proxy with pinned session threads and HAProxy with cpu-map, next to the same
     round's direct runs."""
@@ -1903,6 +1945,8 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, faile
                   for rnd, sid, tg, reason in failed_runs]
     if any(r["target"] in PINNED_TARGETS for r in results):
         lines += pinned_lines(results, cpu, scen, vals, pinned_note)
+    if any(r["target"] == BUSY_TARGET for r in results):
+        lines += busy_lines(results, cpu, vals)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
@@ -2078,6 +2122,26 @@ def target_rows(results, fences, quick):
                 st=st, vs=hap)
         else:
             add(f"c1_added_p99_vs_{hap}", what, "–", "≤ 0", *no_rounds, vs=hap)
+    # The same two c=1 targets for the proxy with busy polling (off by default).
+    if rnd(BUSY_TARGET, "p50_ms"):
+        st = stats_of(paired(rnd(BUSY_TARGET, "p50_ms"), rnd("direct", "p50_ms"),
+                             lambda p, d: p - d))
+        add("c1_added_p50_busy", f"c=1 GET: {LABEL[BUSY_TARGET]}'s added p50 (`busy_poll = "
+            f"\"{BUSY_POLL}\"`, not the default)",
+            fmt_stats(st, 3, signed=True, minmax=False) + " ms", f"≤ {ADDED_P50_MAX_MS} ms",
+            *at_most(st, ADDED_P50_MAX_MS), st=st)
+        for hap in HAPROXY_CONFIGS:
+            if not rnd(hap, "p99_ms"):
+                continue
+            st = stats_of(paired(rnd(BUSY_TARGET, "p99_ms"), rnd(hap, "p99_ms"),
+                                 lambda p, h: p - h))
+            verdict, reason = at_most(st, 0.0)
+            reason = {"interval straddles the target": "tie: interval includes 0",
+                      "interval above the target": "proxy's p99 higher"}.get(reason, reason)
+            add(f"c1_added_p99_busy_vs_{hap}",
+                f"c=1 GET: {LABEL[BUSY_TARGET]}'s added p99 − {LABEL[hap]}'s (per round)",
+                fmt_stats(st, 3, signed=True, minmax=False) + " ms", "≤ 0", verdict, reason,
+                st=st, vs=hap)
     # 3. Ahead of HAProxy in every throughput scenario.
     for sid, test in THROUGHPUT_TARGETS:
         p = stats_of(list(per_round(results, sid, test, "proxy", "rps").values()))
@@ -2893,6 +2957,12 @@ def single_master_steps(procs, args, scen, noise):
                                                       name="haproxy_tuned", **HAPROXY_TUNED)
         pid_of["haproxy_tuned"] = hap_t.pid
         log(f"haproxy_tuned :{ports['haproxy_tuned']}")
+    if args.rounds > 0:
+        ports[BUSY_TARGET], _, busy = start_proxy(
+            procs, args.work, args.bin, "bench", [sent_port], name=BUSY_TARGET,
+            extra_toml=f'[runtime]\nbusy_poll = "{BUSY_POLL}"\n')
+        pid_of[BUSY_TARGET] = busy.pid
+        log(f"{BUSY_TARGET} :{ports[BUSY_TARGET]} (busy_poll = {BUSY_POLL})")
     args.pinned_note = None
     if args.pinned and args.rounds > 0:
         ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
@@ -2907,7 +2977,8 @@ def single_master_steps(procs, args, scen, noise):
         snap = noise.snap()
         for sid, desc, bargs, n in scen:
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
-            for tg in TARGETS + pinned:
+            busy = (BUSY_TARGET,) if sid in BUSY_SCENARIOS else ()
+            for tg in TARGETS + pinned + busy:
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
                 try:
@@ -2951,7 +3022,7 @@ def single_master_steps(procs, args, scen, noise):
                                              redis_info(master_port)).group(1)) < 100,
                        timeout=30)
     # Nothing of this group is needed by the failover scenarios: free the CPU and the fds.
-    for name in ("haproxy_pinned", "proxy_pinned", "haproxy_tuned", "haproxy", "proxy",
+    for name in (BUSY_TARGET, "haproxy_pinned", "proxy_pinned", "haproxy_tuned", "haproxy", "proxy",
                  "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
