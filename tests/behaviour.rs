@@ -375,6 +375,46 @@ fn sessions_spread_over_pinned_session_threads() {
     );
 }
 
+/// Values from empty to 8 MiB, around the sizes where a direction switches between copying
+/// and splicing (4 KiB) and the pipe's capacity (64 KiB), come back intact, also when large
+/// and small requests alternate on one connection.
+#[test]
+fn values_of_every_size_arrive_intact() {
+    let Some((_t, proxy)) = ready_lab(Topology::single, ProxyOpts::default()) else {
+        return;
+    };
+    let mut c = Client::connect(proxy.port);
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        4097,
+        16_384,
+        65_535,
+        65_536,
+        65_537,
+        200_000,
+        1 << 20,
+        8 << 20,
+    ];
+    let value = |n: usize, salt: usize| -> String {
+        (0..n)
+            .map(|i| (b'a' + ((i * 7 + salt) % 26) as u8) as char)
+            .collect()
+    };
+    for round in 0..2 {
+        for (i, &n) in sizes.iter().enumerate() {
+            let v = value(n, i + round);
+            let k = format!("size:{n}");
+            assert_eq!(c.cmd(&["SET", &k, &v]).unwrap(), "+OK", "SET of {n} bytes");
+            assert_eq!(c.cmd(&["GET", &k]).unwrap(), v, "GET of {n} bytes");
+            // A small request right after a large one, and the other way round.
+            assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
+        }
+    }
+}
+
 /// `runtime.busy_poll`: the session threads poll before they sleep, sessions work as usual,
 /// and an idle proxy still sleeps (the spin ends after its budget).
 #[test]

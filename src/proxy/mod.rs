@@ -5,6 +5,7 @@ pub mod busy_poll;
 pub mod listener;
 pub mod session;
 pub mod workers;
+pub mod zerocopy;
 
 use tokio_util::sync::CancellationToken;
 

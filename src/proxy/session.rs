@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use tracing::{debug, field, Instrument};
 
 use super::listener::{Accepted, Peer};
 use super::workers::LoadGuard;
+use super::zerocopy::{self, Mode, Pipe};
 use super::Shutdown;
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason, Rejected};
@@ -760,7 +762,8 @@ fn read_drain(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Copies `from` -> `to` until EOF from `from`; the error names the side that failed.
+/// Copies `from` -> `to` until EOF from `from`; the error names the side that failed. While
+/// the direction carries large reads it splices instead ([`Mode`]).
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -769,8 +772,19 @@ async fn pump(
     to_side: Side,
 ) -> Result<(), Side> {
     let mut backlog: Vec<u8> = Vec::new();
+    let mut mode = Mode::Copy;
     loop {
         from.readable().await.map_err(|_| from_side)?;
+        if mode.splices() {
+            match splice_step(from, to, bytes, &mut mode).await {
+                Ok(Spliced::Moved) => continue,
+                Ok(Spliced::Eof) => return Ok(()),
+                // Nothing was read: copy from now on.
+                Ok(Spliced::Unavailable) => mode = Mode::CopyOnly,
+                Err(Failed::Read) => return Err(from_side),
+                Err(Failed::Write) => return Err(to_side),
+            }
+        }
         let step = SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             let n = match read_drain(from, &mut buf) {
@@ -780,6 +794,7 @@ async fn pump(
                 Err(_) => return Step::ReadFailed,
             };
             bytes.increment(n as u64);
+            mode = mode.after(n);
             let written = match to.try_write(&buf[..n]) {
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -811,6 +826,74 @@ async fn pump(
             }
         }
     }
+}
+
+/// What one splice step did.
+enum Spliced {
+    /// Everything read was written (or there was nothing to read).
+    Moved,
+    Eof,
+    /// Splicing is not possible here (no pipe, or the kernel does not splice these sockets);
+    /// nothing was read.
+    Unavailable,
+}
+
+/// Which side of a splice step failed.
+enum Failed {
+    Read,
+    Write,
+}
+
+/// Reads what `from` has into a pipe and splices it into `to`, waiting for `to` while it
+/// cannot take it all. A short read clears the read readiness as in [`read_drain`].
+async fn splice_step(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &Counter,
+    mode: &mut Mode,
+) -> Result<Spliced, Failed> {
+    let Ok(mut pipe) = Pipe::take() else {
+        return Ok(Spliced::Unavailable);
+    };
+    let mut got = 0;
+    let read = from.try_io(Interest::READABLE, || {
+        got = pipe.fill(from.as_raw_fd())?;
+        if got > 0 && got < zerocopy::SPLICE_MAX {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    if got == 0 {
+        pipe.give();
+        return match read {
+            Ok(()) => Ok(Spliced::Eof),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Spliced::Moved),
+            Err(e) if splice_unsupported(&e) => Ok(Spliced::Unavailable),
+            Err(_) => Err(Failed::Read),
+        };
+    }
+    bytes.increment(got as u64);
+    *mode = mode.after(got);
+    while pipe.held > 0 {
+        match to.try_io(Interest::WRITABLE, || pipe.drain(to.as_raw_fd())) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                to.writable().await.map_err(|_| Failed::Write)?;
+            }
+            Err(_) => return Err(Failed::Write),
+        }
+    }
+    pipe.give();
+    Ok(Spliced::Moved)
+}
+
+/// Errors by which a kernel says it cannot splice these descriptors.
+fn splice_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
 }
 
 #[cfg(test)]
