@@ -5,7 +5,7 @@
 #
 #   bench/breakdown.sh [--requests N] [--out FILE]
 #
-#   --requests N  requests per measurement (default 100000)
+#   --requests N  requests per measurement (default 30000)
 #   --out FILE    write the report there too (default bench/results/breakdown.md)
 #
 # Not a benchmark: strace slows every system call down, so only its counts are read, never
@@ -17,7 +17,7 @@ set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd -- "$ROOT"
-requests=100000 out=$ROOT/bench/results/breakdown.md
+requests=30000 out=$ROOT/bench/results/breakdown.md
 while (($#)); do
     case $1 in
     --requests) requests=$2; shift ;;
@@ -168,7 +168,7 @@ if perf record -e cpu-clock -o "$work/probe.data" -- true >/dev/null 2>&1; then
                 printf "### %s: %.1f s user + %.1f s system per million requests (%.0f %% system)\n\n", name, u / hz / n * 1e6, s / hz / n * 1e6, (u + s) ? 100 * s / (u + s) : 0 }'
             echo '```'
             perf report -i "$work/perf-$name.data" --no-children --sort sym --stdio -g none 2>/dev/null \
-                | grep -E '^ +[0-9.]+%' | head -15
+                | grep -E '^ +[0-9.]+%' | sed -n '1,15p'
             echo '```'
         } >>"$report"
     done
