@@ -152,12 +152,6 @@ fn admin_clients_holding_half_sent_requests_do_not_delay_exit() {
     assert!(exited < Duration::from_secs(3), "exit took {exited:?}");
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn thousands_of_idle_admin_connections_are_capped_and_the_route_keeps_serving() {
     const IDLE: usize = 3000;

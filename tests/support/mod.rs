@@ -19,6 +19,27 @@ use std::time::{Duration, Instant};
 pub const MASTER_NAME: &str = "redis-ha";
 pub const BIN: &str = env!("CARGO_BIN_EXE_redis-failover-proxy");
 
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    fds_where(pid, |_| true)
+}
+
+/// Open descriptors of process `pid` whose `/proc/PID/fd` link starts with `kind` (e.g.
+/// `"socket:"`, `"pipe:"`).
+pub fn fd_count_of(pid: u32, kind: &str) -> usize {
+    fds_where(pid, |link| link.starts_with(kind))
+}
+
+fn fds_where(pid: u32, keep: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| keep(&l.to_string_lossy())))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Panics (with `what`) unless `cond` becomes true within `timeout`; returns the time it took.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
