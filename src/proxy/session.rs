@@ -20,7 +20,7 @@ use tracing::{debug, field, Instrument};
 
 use super::listener::{Accepted, Peer};
 use super::workers::LoadGuard;
-use super::zerocopy::{self, Mode, Pipe};
+use super::zerocopy::{Mode, Pipe};
 use super::Shutdown;
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason, Rejected};
@@ -845,7 +845,7 @@ enum Failed {
 }
 
 /// Reads what `from` has into a pipe and splices it into `to`, waiting for `to` while it
-/// cannot take it all. A short read clears the read readiness as in [`read_drain`].
+/// cannot take it all.
 async fn splice_step(
     from: &TcpStream,
     to: &TcpStream,
@@ -856,13 +856,14 @@ async fn splice_step(
         return Ok(Spliced::Unavailable);
     };
     let mut got = 0;
+    // Unlike a short `recv`, a short splice does not mean the socket is drained: a splice
+    // stops when the pipe runs out of slots (one per queued segment, 16 in all), so 16 small
+    // segments end it with more queued. Readiness is cleared only by a splice that finds
+    // nothing (`EAGAIN`; the pipe is empty here, so that is the socket's): one more call per
+    // burst, and nothing stranded until the peer sends again.
     let read = from.try_io(Interest::READABLE, || {
         got = pipe.fill(from.as_raw_fd())?;
-        if got > 0 && got < zerocopy::SPLICE_MAX {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
+        Ok(())
     });
     if got == 0 {
         pipe.give();

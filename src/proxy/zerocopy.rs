@@ -14,12 +14,12 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A read of at least this many bytes switches a direction to splicing.
-pub const SPLICE_MIN: usize = 4096;
+const SPLICE_MIN: usize = 4096;
 /// After this many splices in a row that each moved less than [`SPLICE_MIN`], the direction
 /// goes back to read + write.
 const SMALL_STREAK: u32 = 16;
 /// Most bytes asked for in one splice: a pipe's default capacity (16 pages).
-pub const SPLICE_MAX: usize = 64 * 1024;
+const SPLICE_MAX: usize = 64 * 1024;
 /// Empty pipes a session thread keeps for reuse.
 const POOL: usize = 8;
 
