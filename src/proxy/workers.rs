@@ -103,8 +103,13 @@ impl Workers {
                         // queued and the thread handles them without a sleep and a wakeup.
                         builder.on_thread_park(std::thread::yield_now);
                     }
-                    let (built, epoll_fds) =
-                        busy_poll::with_new_epoll_fds(|| builder.enable_all().build());
+                    // Only busy polling needs the runtime's epoll descriptor (a scan of
+                    // /proc/self/fd under a process-wide lock).
+                    let (built, epoll_fds) = if poller.is_some() {
+                        busy_poll::with_new_epoll_fds(|| builder.enable_all().build())
+                    } else {
+                        (builder.enable_all().build(), Vec::new())
+                    };
                     let rt = match built {
                         Ok(rt) => rt,
                         Err(e) => {
