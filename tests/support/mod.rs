@@ -889,11 +889,14 @@ impl Proxy {
 
     /// Waits until /status shows the route's master at `addr` (`ip:port`).
     pub fn wait_routes_to(&self, addr: &str) {
-        wait_until(
-            Duration::from_secs(10),
-            "the proxy routes to the new master",
-            || self.master().is_some_and(|(_, a)| a == addr),
-        );
+        self.wait_routes_to_within(addr, Duration::from_secs(10));
+    }
+
+    /// Like [`Proxy::wait_routes_to`], with a deadline of the caller's.
+    pub fn wait_routes_to_within(&self, addr: &str, deadline: Duration) {
+        wait_until(deadline, "the proxy routes to the new master", || {
+            self.master().is_some_and(|(_, a)| a == addr)
+        });
     }
 
     pub fn wait_ready(&self) {
