@@ -155,11 +155,11 @@ pub(super) async fn subscribe(
     let mut malformed = Throttle::new(MALFORMED_LOG_EVERY);
     loop {
         let connect = async {
-            let mut ps = peer.pubsub().await?;
+            let (mut ps, refusal) = peer.pubsub().await?;
             ps.subscribe(&CHANNELS[..])
                 .await
                 .map_err(|e| peer.redis_error(&e))?;
-            Ok::<_, PeerError>(ps)
+            Ok::<_, PeerError>((ps, refusal))
         };
         let pubsub = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -188,7 +188,7 @@ pub(super) async fn subscribe(
                 None
             }
         };
-        let Some(pubsub) = pubsub else {
+        let Some((pubsub, refusal)) = pubsub else {
             failed_before = true;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -226,7 +226,7 @@ pub(super) async fn subscribe(
                 _ = shutdown.cancelled() => return,
                 why = &mut pinger => break why,
                 msg = stream.next() => {
-                    let Some(msg) = msg else { break "connection closed (or a message over the size bound)" };
+                    let Some(msg) = msg else { break "connection closed" };
                     let channel = msg.get_channel_name().to_string();
                     let parsed = match msg.get_payload::<String>() {
                         Ok(payload) => parse_event(&channel, &payload, index, &master_name)
@@ -259,8 +259,18 @@ pub(super) async fn subscribe(
             }
         };
         route.update_sentinel(index, |s| s.subscribed = false);
-        counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
-        warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+        // An event (or a PONG) over the size bound ends the link like a lost connection does;
+        // the bound says which it was.
+        match refusal.get() {
+            Some(over) => {
+                counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Oversized.as_str()).increment(1);
+                warn!(route = name, sentinel = %addr, kind = SentinelErrorKind::Oversized.as_str(), error = %over, "+switch-master subscription dropped: message too large; resubscribing");
+            }
+            None => {
+                counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
+                warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+            }
+        }
         // A sentinel that accepts and then drops subscriptions must not get a reconnect loop
         // (each resubscription also makes the watcher re-query).
         backoff = if subscribed_at.elapsed() >= SUBSCRIPTION_STABLE {
