@@ -225,6 +225,116 @@ fn a_node_user_without_role_is_reported_as_noperm_naming_the_command() {
     );
 }
 
+/// (c) The sentinel user without `+sentinel|master`: the sentinel answers "NOPERM this user
+/// has no permissions to run the 'sentinel|master' command"; the proxy counts kind `noperm`
+/// for that sentinel, names `'sentinel|master'` in its log (once for the episode, not per
+/// poll), in `/status` and in `check`, and routes nowhere.
+#[test]
+fn a_sentinel_user_without_sentinel_master_is_reported_as_noperm_naming_the_command() {
+    if !lab_ready() {
+        return;
+    }
+    let acl = SENTINEL_ACL.replace(" +sentinel|master", "");
+    assert_ne!(acl, SENTINEL_ACL);
+    let sec = passwords()
+        .node_user(&acl_user("rfp", "rfp-node-pw", NODE_ACL))
+        .sentinel_user(&acl_user("rfp", "rfp-sentinel-pw", &acl));
+    let t = SecureTopology::single(&sec);
+    let sentinel = t.sentinels[0].addr();
+    let conf = ProxyConf::for_topology(&t)
+        .hold_timeout("1s")
+        .sentinel_auth(Some("rfp"), "rfp-sentinel-pw")
+        .node_auth(Some("rfp"), "rfp-node-pw");
+    let proxy = conf.start();
+    let label = sentinel.to_string();
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "SENTINEL MASTER refused for lack of permission, poll after poll",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[ROUTE, ("sentinel", label.as_str()), ("kind", "noperm")],
+        |v| v >= 6.0,
+    );
+    let last = sentinel_last_error(&proxy, sentinel);
+    assert!(
+        last.contains(&format!("sentinel {sentinel}"))
+            && contains_any(&last, &["noperm"])
+            && last.contains("'sentinel|master'"),
+        "last_error: {last:?}"
+    );
+    let log = proxy.log();
+    let logged = log
+        .lines()
+        .filter(|l| contains_any(l, &["noperm"]) && l.contains("'sentinel|master'"))
+        .count();
+    assert_eq!(logged, 1, "logged {logged} times over 6+ polls:\n{log}");
+    assert_not_routing(&proxy, &t.nodes);
+    let (code, out, err) = conf.check();
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(
+        out.contains("(noperm)") && out.contains("'sentinel|master'"),
+        "check output: {out}{err}"
+    );
+}
+
+/// (c) The sentinel user without the `+switch-master` channel: `SUBSCRIBE` fails with Redis's
+/// "NOPERM this user has no permissions to access one of the channels used as arguments",
+/// which names no channel; the proxy's error names the command and its channels (log, once;
+/// `/status` `subscription_error`), counts kind `noperm`, and keeps routing by polling.
+#[test]
+fn a_sentinel_user_without_the_switch_master_channel_is_named_and_polling_keeps_routing() {
+    if !lab_ready() {
+        return;
+    }
+    let acl = SENTINEL_ACL.replace(" &+switch-master", "");
+    assert_ne!(acl, SENTINEL_ACL);
+    let sec = passwords()
+        .node_user(&acl_user("rfp", "rfp-node-pw", NODE_ACL))
+        .sentinel_user(&acl_user("rfp", "rfp-sentinel-pw", &acl));
+    let t = SecureTopology::single(&sec);
+    let sentinel = t.sentinels[0].addr();
+    let proxy = ProxyConf::for_topology(&t)
+        .sentinel_auth(Some("rfp"), "rfp-sentinel-pw")
+        .node_auth(Some("rfp"), "rfp-node-pw")
+        .start();
+    proxy.wait_ready();
+    let label = sentinel.to_string();
+    // Resubscribing backs off 100 ms, 200 ms, 400 ms ...: three refusals within ~1 s.
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "SUBSCRIBE refused for lack of channel permission, again and again",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[ROUTE, ("sentinel", label.as_str()), ("kind", "noperm")],
+        |v| v >= 3.0,
+    );
+    let st = sentinel_status(&proxy, sentinel);
+    assert_eq!(st["subscribed"], false, "{st}");
+    assert_eq!(st["reachable"], true, "{st}");
+    assert_eq!(st["last_error"], serde_json::Value::Null, "{st}");
+    let sub = st["subscription_error"].as_str().unwrap_or_default();
+    assert!(
+        sub.contains(&format!("sentinel {sentinel}"))
+            && sub.contains("SUBSCRIBE +switch-master")
+            && contains_any(sub, &["noperm"])
+            && sub.contains("channels"),
+        "subscription_error: {st}"
+    );
+    let log = proxy.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot subscribe to +switch-master"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{log}");
+    assert!(
+        logged[0].contains("SUBSCRIBE +switch-master") && contains_any(logged[0], &["noperm"]),
+        "{}",
+        logged[0]
+    );
+    // Polling alone routes, and a client reaches the master.
+    let mut c = client_via(&proxy, &[NODE_PW]);
+    assert_eq!(t.node_reached_by(&mut c).unwrap(), t.nodes[0].port);
+    assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(200));
+}
+
 /// (d) One sentinel of three has another password: it shows `kind="auth"` and "authentication
 /// failed" in `/status` (logged once, not every poll), the other two keep the route up.
 #[test]
@@ -304,16 +414,27 @@ fn a_wrong_node_password_is_counted_as_auth_and_nothing_is_routed() {
         "ROLE checks fail with auth errors, again and again",
         "redis_failover_proxy_node_check_errors_total",
         &[ROUTE, ("kind", "auth")],
-        |v| v >= 2.0,
+        |v| v >= 6.0,
     );
     assert_not_routing(&proxy, &t.nodes);
     let node = format!("127.0.0.1:{}", t.nodes[0].port);
+    let status = proxy.status();
+    let last = status["routes"][0]["last_node_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        proxy.log().lines().any(|l| l.contains(&node)
-            && contains_any(l, &["WRONGPASS", "NOAUTH", "authentication failed"])),
-        "{}",
-        proxy.log()
+        last.contains(&format!("node {node}")) && last.contains("authentication failed"),
+        "last_node_error: {status}"
     );
+    // Logged once for the episode, not on each of the 6+ failed checks.
+    let log = proxy.log();
+    let logged = log
+        .lines()
+        .filter(|l| {
+            l.contains(&node) && contains_any(l, &["WRONGPASS", "NOAUTH", "authentication failed"])
+        })
+        .count();
+    assert_eq!(logged, 1, "logged {logged} times:\n{log}");
     let (code, out, err) = conf.check();
     assert_eq!(code, 69, "{out}{err}");
     assert!(
