@@ -458,9 +458,10 @@ fn a_wrong_node_password_is_counted_as_auth_and_nothing_is_routed() {
 
 /// (e) No secret ever shows: not in the log (at trace level) of a working proxy, of one
 /// with a wrong sentinel password or a wrong node password, nor in `check` output, `/status`,
-/// `/metrics`, the shutdown log, nor in the one-line config errors (a number where the
-/// password string belongs, an unterminated string on the password's line, both `password`
-/// and `password_file`).
+/// `/metrics`, a SIGUSR1 status dump, SIGHUP reloads rejected on a secret's line, the
+/// shutdown log, nor in the one-line config errors (a number where the password string
+/// belongs, an unterminated string on the password's line, both `password` and
+/// `password_file`).
 #[test]
 fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     if !lab_ready() {
@@ -472,6 +473,7 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     let wrong_node = unique_secret("wrongnode");
     let in_file = unique_secret("infile");
     let unterminated = unique_secret("unterminated");
+    let reload_unterminated = unique_secret("reloadunterminated");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -484,15 +486,20 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
         &wrong_node,
         &in_file,
         &unterminated,
+        &reload_unterminated,
         &numeric,
     ];
     let mut seen: Vec<(String, String)> = Vec::new();
 
     let t = SecureTopology::single(&Security::passwords(Some(&node_pw), Some(&sentinel_pw)));
-    let good = ProxyConf::for_topology(&t)
-        .log_level("trace")
-        .sentinel_auth(None, &sentinel_pw)
-        .node_auth(None, &node_pw);
+    let files_dir = tempdir();
+    // Everything but the sentinel password.
+    let good_base = || {
+        ProxyConf::for_topology(&t)
+            .log_level("trace")
+            .node_auth(None, &node_pw)
+    };
+    let good = good_base().sentinel_auth(None, &sentinel_pw);
 
     // A working proxy, a client logging in through it, check, /status, /metrics, shutdown.
     let mut proxy = good.start();
@@ -505,6 +512,72 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     let (code, out, err) = good.check();
     assert_eq!(code, 0, "{out}{err}");
     seen.push(("check".into(), format!("{out}{err}")));
+    // A status dump (SIGUSR1), then SIGHUP reloads rejected because of a secret's line: a
+    // password file that does not exist, an unterminated password string, and both
+    // `password` and `password_file`; each file also holds the working node password.
+    let usr1_dumps = |p: &Proxy| p.log().matches("status (SIGUSR1)").count();
+    proxy.signal("USR1");
+    wait_until(Duration::from_secs(10), "the status dump is logged", || {
+        usr1_dumps(&proxy) == 1
+    });
+    let missing = files_dir.path().join("no-such-sentinel.pw");
+    let pw_file_in_use = files_dir.path().join("sentinel.pw");
+    std::fs::write(&pw_file_in_use, format!("{sentinel_pw}\n")).unwrap();
+    let bad_reloads = [
+        good_base()
+            .sentinel_line(&format!(
+                "password_file = {}",
+                toml_str(&missing.display().to_string())
+            ))
+            .toml(proxy.port, proxy.admin),
+        good_base()
+            .sentinel_line(&format!("password = \"{reload_unterminated}"))
+            .toml(proxy.port, proxy.admin),
+        good_base()
+            .sentinel_auth(None, &sentinel_pw)
+            .sentinel_line(&format!(
+                "password_file = {}",
+                toml_str(&pw_file_in_use.display().to_string())
+            ))
+            .toml(proxy.port, proxy.admin),
+    ];
+    for text in &bad_reloads {
+        assert!(text.contains(node_pw.as_str()));
+        let rejected = proxy.metric(
+            "redis_failover_proxy_config_reloads_total",
+            &[("result", "error")],
+        );
+        proxy.reload(text);
+        assert_eq!(
+            proxy.metric(
+                "redis_failover_proxy_config_reloads_total",
+                &[("result", "error")]
+            ),
+            rejected + 1.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        proxy.log().matches("configuration reload rejected").count(),
+        3
+    );
+    assert!(proxy.log().contains("no-such-sentinel.pw"));
+    // The running configuration (and its secrets) stays in use.
+    let mut c = client_via(&proxy, &[&node_pw]);
+    assert_eq!(c.cmd(&["GET", "k"]).unwrap(), "v");
+    drop(c);
+    proxy.signal("USR1");
+    wait_until(Duration::from_secs(10), "the second status dump", || {
+        usr1_dumps(&proxy) == 2
+    });
+    seen.push((
+        "status after rejected reloads".into(),
+        proxy.http("/status").unwrap().1,
+    ));
+    seen.push((
+        "metrics after rejected reloads".into(),
+        proxy.http("/metrics").unwrap().1,
+    ));
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
     seen.push(("log of a working proxy".into(), proxy.log()));
