@@ -404,3 +404,121 @@ fn listen_side_tls_serves_tls_clients() {
         "served a client certificate of another CA: {foreign:?}"
     );
 }
+
+/// Certificate rotation by SIGHUP: the proxy's `[tls]` files are rewritten in place (same
+/// paths, same config text) and each SIGHUP makes the proxy use what the files now hold.
+/// It starts with the wrong CA bundle (servers' certificates: unknown issuer) and a client
+/// certificate of a CA the servers do not trust. Rotating the CA bundle and reloading changes
+/// the failure to the servers refusing the client certificate (the proxy now trusts them);
+/// rotating the client certificate and key and reloading makes the route come up, sessions
+/// included. Between a rotation and its SIGHUP the proxy keeps failing, poll after poll:
+/// files are read by a reload, not watched.
+#[test]
+fn sighup_rereads_rotated_tls_files() {
+    let Some(certs) = lab() else {
+        return;
+    };
+    let t = SecureTopology::single(&Security::tls(&certs));
+    let files = tempdir();
+    let (ca, cert, key) = (
+        files.path().join("ca.pem"),
+        files.path().join("client.pem"),
+        files.path().join("client.key"),
+    );
+    let put = |from: &Path, to: &Path| {
+        std::fs::copy(from, to).expect("rotate a TLS file");
+    };
+    put(&certs.other_ca, &ca);
+    put(&certs.other_client.cert, &cert);
+    put(&certs.other_client.key, &key);
+    let conf = ProxyConf::for_topology(&t)
+        .hold_timeout("1s")
+        .tls_line(&format!("ca = {}", path(&ca)))
+        .tls_line(&format!("cert = {}", path(&cert)))
+        .tls_line(&format!("key = {}", path(&key)));
+    let proxy = conf.start();
+    let text = conf.toml(proxy.port, proxy.admin);
+    let sentinel = t.sentinels[0].addr();
+    let untrusted = ["UnknownIssuer", "unknown issuer"];
+    let tls_errors = || {
+        proxy.metric(
+            "redis_failover_proxy_sentinel_errors_total",
+            &[ROUTE, ("kind", "tls")],
+        )
+    };
+    let more_tls_errors = |n: f64| {
+        let from = tls_errors();
+        proxy.wait_metric(
+            Duration::from_secs(15),
+            "more TLS errors from the sentinel",
+            "redis_failover_proxy_sentinel_errors_total",
+            &[ROUTE, ("kind", "tls")],
+            |v| v >= from + n,
+        );
+    };
+    let last = wait_sentinel_tls_error(&proxy, &t);
+    assert!(contains_any(&last, &untrusted), "{last}");
+
+    // The CA bundle: rotated on disk, nothing changes until SIGHUP.
+    put(&certs.ca, &ca);
+    more_tls_errors(3.0);
+    let last = sentinel_last_error(&proxy, sentinel);
+    assert!(contains_any(&last, &untrusted), "before SIGHUP: {last}");
+    proxy.reload(&text);
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_config_reloads_total",
+            &[("result", "ok")]
+        ),
+        1.0,
+        "{}",
+        proxy.log()
+    );
+    // The proxy now trusts the sentinel; the sentinel still refuses the proxy's certificate.
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(15),
+        "the sentinel's certificate is trusted after SIGHUP",
+        || {
+            last = sentinel_last_error(&proxy, sentinel);
+            !last.is_empty() && !contains_any(&last, &untrusted)
+        },
+    );
+    eprintln!("after the CA bundle's rotation: {last}");
+    // rustls: "received fatal alert: UnknownCA".
+    assert!(
+        contains_any(&last, &["UnknownCA", "unknown ca", "certificate"]),
+        "{last}"
+    );
+    assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(503));
+
+    // The client certificate and key: the same, then the route comes up.
+    put(&certs.client.cert, &cert);
+    put(&certs.client.key, &key);
+    more_tls_errors(3.0);
+    assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(503));
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_switches_total", &[]),
+        0.0
+    );
+    let errors_before = tls_errors();
+    proxy.reload(&text);
+    let took = proxy.wait_metric(
+        Duration::from_secs(15),
+        "a master verified with the rotated certificate",
+        "redis_failover_proxy_master_switches_total",
+        &[],
+        |v| v >= 1.0,
+    );
+    eprintln!("routing {took:?} after the SIGHUP that loaded the rotated client certificate");
+    proxy.wait_ready();
+    let mut c = client_via(&proxy, &[]);
+    assert_eq!(c.cmd(&["SET", "rotated", "yes"]).unwrap(), "+OK");
+    assert_eq!(t.node_reached_by(&mut c).unwrap(), t.nodes[0].port);
+    assert_eq!(
+        sentinel_status(&proxy, sentinel)["last_error"],
+        serde_json::Value::Null
+    );
+    // At most the polls already in flight at the SIGHUP failed after it.
+    assert!(tls_errors() <= errors_before + 2.0, "{}", tls_errors());
+}
