@@ -1667,6 +1667,92 @@ mod tests {
         );
     }
 
+    /// `{:?}` of everything that holds a secret once it is loaded: the file as parsed, the
+    /// overrides (environment), the validated `Config` (shared tables, per-route overrides, a
+    /// password from a file) and its `Credentials`.
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw_file = dir.path().join("node.pw");
+        std::fs::write(&pw_file, "FromFileQz71\n").unwrap();
+        let secrets = [
+            "SharedSentinelQz71",
+            "FromFileQz71",
+            "RouteSentinelQz71",
+            "RouteNodeQz71",
+            "EnvSentinelQz71",
+            "EnvNodeQz71",
+        ];
+        let text = format!(
+            "[sentinel]\naddresses=[\"a:1\"]\nusername=\"rfp\"\npassword=\"SharedSentinelQz71\"\n\
+             [node]\npassword_file={:?}\n\
+             [[route]]\nname=\"one\"\nlisten=\"127.0.0.1:6380\"\n\
+             [[route]]\nname=\"two\"\nlisten=\"127.0.0.1:6381\"\n\
+             sentinel_password=\"RouteSentinelQz71\"\nnode_password=\"RouteNodeQz71\"\n",
+            pw_file.display().to_string()
+        );
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let from_file = parse(&text).unwrap();
+        let overrides = Overrides {
+            sentinel_password: Some(Secret::new("EnvSentinelQz71")),
+            node_password: Some(Secret::new("EnvNodeQz71")),
+            ..Default::default()
+        };
+        let from_env =
+            Config::from_toml(&text, Some(Path::new("t.toml")), "t.toml", &overrides).unwrap();
+        // The secrets did arrive where they belong ...
+        let one = &from_file.routes[0];
+        let two = &from_file.routes[1];
+        assert_eq!(
+            one.sentinel
+                .access
+                .auth
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("SharedSentinelQz71")
+        );
+        assert_eq!(
+            one.node.auth.password.as_ref().map(Secret::expose),
+            Some("FromFileQz71")
+        );
+        assert_eq!(
+            two.sentinel
+                .access
+                .auth
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("RouteSentinelQz71")
+        );
+        assert_eq!(
+            from_env.routes[0]
+                .node
+                .auth
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("EnvNodeQz71")
+        );
+        // ... and no Debug output shows one.
+        let shown = [
+            format!("{file:?}"),
+            format!("{from_file:?}"),
+            format!("{from_file:#?}"),
+            format!("{overrides:?}"),
+            format!("{from_env:?}"),
+            format!("{:?}", one.sentinel.access.auth),
+            format!("{:?}", two.node),
+            format!("{:?}", from_env.routes[0].node.auth),
+        ];
+        for text in &shown {
+            assert!(text.contains("<secret>"), "{text}");
+            for s in secrets {
+                assert!(!text.contains(s), "{s} in {text}");
+            }
+        }
+    }
+
     #[test]
     fn admin_can_be_switched_off() {
         let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();

@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -460,6 +460,7 @@ fn malformed(what: &'static str) -> Oversized {
 pub struct Bounded<S> {
     inner: S,
     scanner: FrameScanner,
+    refusal: Refusal,
 }
 
 impl<S> Bounded<S> {
@@ -468,12 +469,34 @@ impl<S> Bounded<S> {
         Bounded {
             inner,
             scanner: FrameScanner::new(limits),
+            refusal: Refusal::default(),
         }
     }
 
     /// The wrapped stream (reading from it directly would bypass the limits, so no `get_mut`).
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// A handle that learns this stream's refusal, still readable after the stream was handed
+    /// away (and dropped).
+    pub fn refusal(&self) -> Refusal {
+        self.refusal.clone()
+    }
+}
+
+/// What a [`Bounded`] stream refused, if it refused anything, seen from outside it.
+///
+/// The `redis` crate's pub/sub connection ends its message stream without saying why when a
+/// read fails with no request waiting; the owner of the subscription asks this instead, so an
+/// oversized event is told apart from a lost connection.
+#[derive(Debug, Clone, Default)]
+pub struct Refusal(Arc<OnceLock<Oversized>>);
+
+impl Refusal {
+    /// The limit the stream's peer broke, once it has.
+    pub fn get(&self) -> Option<&Oversized> {
+        self.0.get()
     }
 }
 
@@ -494,7 +517,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let read = buf.filled().get(before..).unwrap_or_default();
-        match this.scanner.scan(read) {
+        let scanned = this.scanner.scan(read);
+        if let Err(Rejected { err, .. }) = &scanned {
+            let _ = this.refusal.0.set(err.clone());
+        }
+        match scanned {
             Ok(()) => Poll::Ready(Ok(())),
             Err(Rejected { clean: 0, err }) => Poll::Ready(Err(invalid_data(err))),
             Err(Rejected { clean, .. }) => {
@@ -1118,6 +1145,7 @@ mod tests {
     async fn bounded_refuses_then_stays_poisoned() {
         let (ours, mut peer) = tokio::io::duplex(64 * 1024);
         let mut bounded = Bounded::new(ours, small());
+        let refusal = bounded.refusal();
         peer.write_all(b"+OK\r\n$65\r\nxxxx")
             .await
             .expect("peer write");
@@ -1125,6 +1153,14 @@ mod tests {
         // The complete reply before the refused one still arrives.
         let n = bounded.read(&mut buf).await.expect("the clean reply");
         assert_eq!(&buf[..n], b"+OK\r\n");
+        // The refusal is known as soon as it is made, before the read that reports it.
+        assert_eq!(
+            refusal.get(),
+            Some(&Oversized::String {
+                declared: 65,
+                limit: 64
+            })
+        );
         for _ in 0..3 {
             let err = bounded.read(&mut buf).await.expect_err("poisoned");
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -1299,6 +1335,7 @@ mod tests {
     #[tokio::test]
     async fn pubsub_ends_at_a_huge_message_header() {
         let (stream, mut peer, delivered) = wire();
+        let refusal = stream.inner.refusal();
         let mut pubsub = redis::aio::PubSub::new(&info(), stream)
             .await
             .expect("no handshake to fail");
@@ -1318,6 +1355,14 @@ mod tests {
         let next = tokio::time::timeout(WAIT, pubsub.on_message().next()).await;
         assert!(matches!(next, Ok(None)), "{next:?}");
         assert_eq!(delivered.load(Ordering::SeqCst), CONFIRMED.len());
+        // ... but the stream's owner can still tell why.
+        assert_eq!(
+            refusal.get(),
+            Some(&Oversized::String {
+                declared: 2_147_483_648,
+                limit: RespLimits::default().max_frame_bytes
+            })
+        );
         peer.await.expect("peer task");
     }
 

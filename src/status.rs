@@ -34,6 +34,9 @@ pub struct SentinelStatus {
     pub last_error: Option<String>,
     /// Whether the `+switch-master` subscription is established.
     pub subscribed: bool,
+    /// Why the subscription is not established (the last failure to subscribe, or how the
+    /// last one ended), until it is again.
+    pub subscription_error: Option<String>,
 }
 
 /// The route's most recent fence, for /status.

@@ -401,6 +401,7 @@ mod tests {
             last_ok_unix: Some(1_700_000_200.0),
             last_error: None,
             subscribed: true,
+            subscription_error: None,
         };
         let page = render(&doc("main", s, Some(master())), 1_700_000_210.0);
         for want in [
@@ -446,6 +447,7 @@ mod tests {
             last_ok_unix: None,
             last_error: Some(evil.into()),
             subscribed: false,
+            subscription_error: Some(evil.into()),
         };
         let mut m = master();
         m.addr = evil.into();

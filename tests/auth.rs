@@ -225,6 +225,116 @@ fn a_node_user_without_role_is_reported_as_noperm_naming_the_command() {
     );
 }
 
+/// (c) The sentinel user without `+sentinel|master`: the sentinel answers "NOPERM this user
+/// has no permissions to run the 'sentinel|master' command"; the proxy counts kind `noperm`
+/// for that sentinel, names `'sentinel|master'` in its log (once for the episode, not per
+/// poll), in `/status` and in `check`, and routes nowhere.
+#[test]
+fn a_sentinel_user_without_sentinel_master_is_reported_as_noperm_naming_the_command() {
+    if !lab_ready() {
+        return;
+    }
+    let acl = SENTINEL_ACL.replace(" +sentinel|master", "");
+    assert_ne!(acl, SENTINEL_ACL);
+    let sec = passwords()
+        .node_user(&acl_user("rfp", "rfp-node-pw", NODE_ACL))
+        .sentinel_user(&acl_user("rfp", "rfp-sentinel-pw", &acl));
+    let t = SecureTopology::single(&sec);
+    let sentinel = t.sentinels[0].addr();
+    let conf = ProxyConf::for_topology(&t)
+        .hold_timeout("1s")
+        .sentinel_auth(Some("rfp"), "rfp-sentinel-pw")
+        .node_auth(Some("rfp"), "rfp-node-pw");
+    let proxy = conf.start();
+    let label = sentinel.to_string();
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "SENTINEL MASTER refused for lack of permission, poll after poll",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[ROUTE, ("sentinel", label.as_str()), ("kind", "noperm")],
+        |v| v >= 6.0,
+    );
+    let last = sentinel_last_error(&proxy, sentinel);
+    assert!(
+        last.contains(&format!("sentinel {sentinel}"))
+            && contains_any(&last, &["noperm"])
+            && last.contains("'sentinel|master'"),
+        "last_error: {last:?}"
+    );
+    let log = proxy.log();
+    let logged = log
+        .lines()
+        .filter(|l| contains_any(l, &["noperm"]) && l.contains("'sentinel|master'"))
+        .count();
+    assert_eq!(logged, 1, "logged {logged} times over 6+ polls:\n{log}");
+    assert_not_routing(&proxy, &t.nodes);
+    let (code, out, err) = conf.check();
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(
+        out.contains("(noperm)") && out.contains("'sentinel|master'"),
+        "check output: {out}{err}"
+    );
+}
+
+/// (c) The sentinel user without the `+switch-master` channel: `SUBSCRIBE` fails with Redis's
+/// "NOPERM this user has no permissions to access one of the channels used as arguments",
+/// which names no channel; the proxy's error names the command and its channels (log, once;
+/// `/status` `subscription_error`), counts kind `noperm`, and keeps routing by polling.
+#[test]
+fn a_sentinel_user_without_the_switch_master_channel_is_named_and_polling_keeps_routing() {
+    if !lab_ready() {
+        return;
+    }
+    let acl = SENTINEL_ACL.replace(" &+switch-master", "");
+    assert_ne!(acl, SENTINEL_ACL);
+    let sec = passwords()
+        .node_user(&acl_user("rfp", "rfp-node-pw", NODE_ACL))
+        .sentinel_user(&acl_user("rfp", "rfp-sentinel-pw", &acl));
+    let t = SecureTopology::single(&sec);
+    let sentinel = t.sentinels[0].addr();
+    let proxy = ProxyConf::for_topology(&t)
+        .sentinel_auth(Some("rfp"), "rfp-sentinel-pw")
+        .node_auth(Some("rfp"), "rfp-node-pw")
+        .start();
+    proxy.wait_ready();
+    let label = sentinel.to_string();
+    // Resubscribing backs off 100 ms, 200 ms, 400 ms ...: three refusals within ~1 s.
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "SUBSCRIBE refused for lack of channel permission, again and again",
+        "redis_failover_proxy_sentinel_errors_total",
+        &[ROUTE, ("sentinel", label.as_str()), ("kind", "noperm")],
+        |v| v >= 3.0,
+    );
+    let st = sentinel_status(&proxy, sentinel);
+    assert_eq!(st["subscribed"], false, "{st}");
+    assert_eq!(st["reachable"], true, "{st}");
+    assert_eq!(st["last_error"], serde_json::Value::Null, "{st}");
+    let sub = st["subscription_error"].as_str().unwrap_or_default();
+    assert!(
+        sub.contains(&format!("sentinel {sentinel}"))
+            && sub.contains("SUBSCRIBE +switch-master")
+            && contains_any(sub, &["noperm"])
+            && sub.contains("channels"),
+        "subscription_error: {st}"
+    );
+    let log = proxy.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot subscribe to +switch-master"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{log}");
+    assert!(
+        logged[0].contains("SUBSCRIBE +switch-master") && contains_any(logged[0], &["noperm"]),
+        "{}",
+        logged[0]
+    );
+    // Polling alone routes, and a client reaches the master.
+    let mut c = client_via(&proxy, &[NODE_PW]);
+    assert_eq!(t.node_reached_by(&mut c).unwrap(), t.nodes[0].port);
+    assert_eq!(proxy.http("/readyz").map(|r| r.0), Some(200));
+}
+
 /// (d) One sentinel of three has another password: it shows `kind="auth"` and "authentication
 /// failed" in `/status` (logged once, not every poll), the other two keep the route up.
 #[test]
@@ -304,16 +414,27 @@ fn a_wrong_node_password_is_counted_as_auth_and_nothing_is_routed() {
         "ROLE checks fail with auth errors, again and again",
         "redis_failover_proxy_node_check_errors_total",
         &[ROUTE, ("kind", "auth")],
-        |v| v >= 2.0,
+        |v| v >= 6.0,
     );
     assert_not_routing(&proxy, &t.nodes);
     let node = format!("127.0.0.1:{}", t.nodes[0].port);
+    let status = proxy.status();
+    let last = status["routes"][0]["last_node_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        proxy.log().lines().any(|l| l.contains(&node)
-            && contains_any(l, &["WRONGPASS", "NOAUTH", "authentication failed"])),
-        "{}",
-        proxy.log()
+        last.contains(&format!("node {node}")) && last.contains("authentication failed"),
+        "last_node_error: {status}"
     );
+    // Logged once for the episode, not on each of the 6+ failed checks.
+    let log = proxy.log();
+    let logged = log
+        .lines()
+        .filter(|l| {
+            l.contains(&node) && contains_any(l, &["WRONGPASS", "NOAUTH", "authentication failed"])
+        })
+        .count();
+    assert_eq!(logged, 1, "logged {logged} times:\n{log}");
     let (code, out, err) = conf.check();
     assert_eq!(code, 69, "{out}{err}");
     assert!(
@@ -337,9 +458,10 @@ fn a_wrong_node_password_is_counted_as_auth_and_nothing_is_routed() {
 
 /// (e) No secret ever shows: not in the log (at trace level) of a working proxy, of one
 /// with a wrong sentinel password or a wrong node password, nor in `check` output, `/status`,
-/// `/metrics`, the shutdown log, nor in the one-line config errors (a number where the
-/// password string belongs, an unterminated string on the password's line, both `password`
-/// and `password_file`).
+/// `/metrics`, a SIGUSR1 status dump, SIGHUP reloads rejected on a secret's line, the
+/// shutdown log, nor in the one-line config errors (a number where the password string
+/// belongs, an unterminated string on the password's line, both `password` and
+/// `password_file`).
 #[test]
 fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     if !lab_ready() {
@@ -351,6 +473,7 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     let wrong_node = unique_secret("wrongnode");
     let in_file = unique_secret("infile");
     let unterminated = unique_secret("unterminated");
+    let reload_unterminated = unique_secret("reloadunterminated");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -363,15 +486,20 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
         &wrong_node,
         &in_file,
         &unterminated,
+        &reload_unterminated,
         &numeric,
     ];
     let mut seen: Vec<(String, String)> = Vec::new();
 
     let t = SecureTopology::single(&Security::passwords(Some(&node_pw), Some(&sentinel_pw)));
-    let good = ProxyConf::for_topology(&t)
-        .log_level("trace")
-        .sentinel_auth(None, &sentinel_pw)
-        .node_auth(None, &node_pw);
+    let files_dir = tempdir();
+    // Everything but the sentinel password.
+    let good_base = || {
+        ProxyConf::for_topology(&t)
+            .log_level("trace")
+            .node_auth(None, &node_pw)
+    };
+    let good = good_base().sentinel_auth(None, &sentinel_pw);
 
     // A working proxy, a client logging in through it, check, /status, /metrics, shutdown.
     let mut proxy = good.start();
@@ -384,6 +512,72 @@ fn secrets_never_appear_in_logs_check_output_status_metrics_or_config_errors() {
     let (code, out, err) = good.check();
     assert_eq!(code, 0, "{out}{err}");
     seen.push(("check".into(), format!("{out}{err}")));
+    // A status dump (SIGUSR1), then SIGHUP reloads rejected because of a secret's line: a
+    // password file that does not exist, an unterminated password string, and both
+    // `password` and `password_file`; each file also holds the working node password.
+    let usr1_dumps = |p: &Proxy| p.log().matches("status (SIGUSR1)").count();
+    proxy.signal("USR1");
+    wait_until(Duration::from_secs(10), "the status dump is logged", || {
+        usr1_dumps(&proxy) == 1
+    });
+    let missing = files_dir.path().join("no-such-sentinel.pw");
+    let pw_file_in_use = files_dir.path().join("sentinel.pw");
+    std::fs::write(&pw_file_in_use, format!("{sentinel_pw}\n")).unwrap();
+    let bad_reloads = [
+        good_base()
+            .sentinel_line(&format!(
+                "password_file = {}",
+                toml_str(&missing.display().to_string())
+            ))
+            .toml(proxy.port, proxy.admin),
+        good_base()
+            .sentinel_line(&format!("password = \"{reload_unterminated}"))
+            .toml(proxy.port, proxy.admin),
+        good_base()
+            .sentinel_auth(None, &sentinel_pw)
+            .sentinel_line(&format!(
+                "password_file = {}",
+                toml_str(&pw_file_in_use.display().to_string())
+            ))
+            .toml(proxy.port, proxy.admin),
+    ];
+    for text in &bad_reloads {
+        assert!(text.contains(node_pw.as_str()));
+        let rejected = proxy.metric(
+            "redis_failover_proxy_config_reloads_total",
+            &[("result", "error")],
+        );
+        proxy.reload(text);
+        assert_eq!(
+            proxy.metric(
+                "redis_failover_proxy_config_reloads_total",
+                &[("result", "error")]
+            ),
+            rejected + 1.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        proxy.log().matches("configuration reload rejected").count(),
+        3
+    );
+    assert!(proxy.log().contains("no-such-sentinel.pw"));
+    // The running configuration (and its secrets) stays in use.
+    let mut c = client_via(&proxy, &[&node_pw]);
+    assert_eq!(c.cmd(&["GET", "k"]).unwrap(), "v");
+    drop(c);
+    proxy.signal("USR1");
+    wait_until(Duration::from_secs(10), "the second status dump", || {
+        usr1_dumps(&proxy) == 2
+    });
+    seen.push((
+        "status after rejected reloads".into(),
+        proxy.http("/status").unwrap().1,
+    ));
+    seen.push((
+        "metrics after rejected reloads".into(),
+        proxy.http("/metrics").unwrap().1,
+    ));
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
     seen.push(("log of a working proxy".into(), proxy.log()));

@@ -404,3 +404,47 @@ fn with_in(log: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("{needle:?} not in {log}"))
         .to_string()
 }
+
+/// An admin server on a non-loopback address (0.0.0.0) serves, and the startup log warns
+/// that it is reachable from other hosts, naming the address; a loopback one does not warn.
+#[test]
+fn a_non_loopback_admin_address_logs_a_warning() {
+    let dir = tempdir();
+    let (listen, admin) = (free_port(), free_port());
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--sentinel", "127.0.0.1:1"])
+        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("0.0.0.0:{admin}")])
+        .env_remove("REDIS_FAILOVER_PROXY_LOG_FORMAT");
+    let proxy = Proxy::spawn(
+        cmd,
+        dir,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        listen,
+        admin,
+    );
+    let warning = format!(
+        "the admin server listens on 0.0.0.0:{admin}, reachable from other hosts; \
+         /status shows the topology to anyone who can connect"
+    );
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the warning is logged",
+        || proxy.log().contains(&warning),
+    );
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&warning))
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(
+        log.matches("reachable from other hosts").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(proxy.http("/healthz").map(|r| r.0), Some(200));
+
+    let quiet = run_until_blind(tempdir().path(), &[], &[]);
+    assert!(!quiet.contains("reachable from other hosts"), "{quiet}");
+}

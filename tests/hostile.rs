@@ -4,10 +4,13 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::io::{BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::fake_sentinel::{FakeSentinel, Script};
+use support::fake_sentinel::{read_command, FakeSentinel, Script};
 use support::*;
 
 fn proxy_for(fake: &FakeSentinel) -> Proxy {
@@ -388,26 +391,182 @@ fn peer_text_is_escaped_in_check_and_status() {
 
 #[test]
 fn oversized_replies_and_events_are_dropped_not_buffered() {
-    // Declares 2 GiB and sends nothing more: buffering or pre-allocating it would show in RSS.
+    // Each declares 2 GiB and sends nothing more: buffering or pre-allocating it would show in
+    // RSS. One fake sends oversized replies (and honest-sized events: none); the other answers
+    // polls with a small error reply and sends an oversized event on every subscription, so
+    // the two paths are counted apart by the `sentinel` label.
     let huge_reply = b"*2\r\n$2\r\nip\r\n$2147483648\r\n".to_vec();
     let huge_event =
         b"*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$2147483648\r\nredis-ha ".to_vec();
-    let fake = FakeSentinel::scripted(Script {
-        master_reply: Some(huge_reply),
+    let polls = FakeSentinel::start(Some(huge_reply));
+    let events = FakeSentinel::scripted(Script {
+        master_reply: Some(b"-ERR not a master reply\r\n".to_vec()),
         raw_after_subscribe: Some(huge_event),
         ..Default::default()
     });
-    let proxy = proxy_for(&fake);
+    let proxy = Proxy::start_with(
+        &[polls.port, events.port],
+        ProxyOpts {
+            hold_timeout: "300ms",
+            ..Default::default()
+        },
+    );
+    let (by_poll, by_event) = (
+        format!("127.0.0.1:{}", polls.port),
+        format!("127.0.0.1:{}", events.port),
+    );
+    let errors = "redis_failover_proxy_sentinel_errors_total";
     proxy.wait_metric(
         Duration::from_secs(10),
         "oversized replies counted",
-        "redis_failover_proxy_sentinel_errors_total",
-        &[("kind", "oversized")],
+        errors,
+        &[("sentinel", &by_poll), ("kind", "oversized")],
         |v| v >= 3.0,
     );
+    // Resubscribing backs off 200 ms, 400 ms, 800 ms ...: three drops within ~2 s.
+    proxy.wait_metric(
+        Duration::from_secs(10),
+        "oversized events counted",
+        errors,
+        &[("sentinel", &by_event), ("kind", "oversized")],
+        |v| v >= 3.0,
+    );
+    // The event sentinel's polls are protocol errors, never oversized; its dropped
+    // subscriptions are oversized, not "subscription".
+    assert!(proxy.metric(errors, &[("sentinel", &by_event), ("kind", "protocol")]) >= 1.0);
+    assert_eq!(
+        proxy.metric(errors, &[("sentinel", &by_event), ("kind", "subscription")]),
+        0.0
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("+switch-master subscription dropped: message too large"),
+        "{}",
+        proxy.log()
+    );
     let rss = rss_kib(proxy.pid());
+    eprintln!(
+        "oversized: {} by poll, {} by event, RSS {rss} KiB",
+        proxy.metric(errors, &[("sentinel", &by_poll), ("kind", "oversized")]),
+        proxy.metric(errors, &[("sentinel", &by_event), ("kind", "oversized")])
+    );
     assert!(rss < 100 * 1024, "RSS {rss} KiB");
     assert_not_routing(&proxy);
+}
+
+/// A "node" that answers `ROLE` with a 2 GiB string it never sends (and `+OK` to anything
+/// else), keeping the connection open; counts what it was asked.
+struct HugeRoleNode {
+    port: u16,
+    roles: Arc<AtomicUsize>,
+    others: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HugeRoleNode {
+    fn start() -> HugeRoleNode {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake node");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let roles = Arc::new(AtomicUsize::new(0));
+        let others = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, o, s) = (roles.clone(), others.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (r, o) = (r.clone(), o.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let Ok(mut w) = conn.try_clone() else { return };
+                    let mut reader = BufReader::new(conn);
+                    while let Some(args) = read_command(&mut reader) {
+                        let reply: &[u8] =
+                            if args.first().is_some_and(|a| a.eq_ignore_ascii_case("ROLE")) {
+                                r.fetch_add(1, Ordering::Relaxed);
+                                b"*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n$2147483648\r\n"
+                            } else {
+                                o.fetch_add(1, Ordering::Relaxed);
+                                b"+OK\r\n"
+                            };
+                        if w.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HugeRoleNode {
+            port,
+            roles,
+            others,
+            stop,
+        }
+    }
+}
+
+impl Drop for HugeRoleNode {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn an_oversized_role_reply_is_dropped_counted_and_never_routed_to() {
+    let node = HugeRoleNode::start();
+    let fake = FakeSentinel::start(Some(FakeSentinel::master_reply(
+        "127.0.0.1",
+        &node.port.to_string(),
+        "1",
+    )));
+    let proxy = proxy_for(&fake);
+    let took = proxy.wait_metric(
+        Duration::from_secs(10),
+        "oversized ROLE replies counted",
+        "redis_failover_proxy_node_check_errors_total",
+        &[("kind", "oversized")],
+        |v| v >= 5.0,
+    );
+    let checks = proxy.metric(
+        "redis_failover_proxy_role_checks_total",
+        &[("result", "error")],
+    );
+    let rss = rss_kib(proxy.pid());
+    eprintln!(
+        "oversized ROLE: 5 counted in {took:?}, {} ROLE asked, {checks} failed checks, RSS {rss} KiB",
+        node.roles.load(Ordering::Relaxed)
+    );
+    assert!(rss < 100 * 1024, "RSS {rss} KiB");
+    assert!(checks >= 5.0, "{checks}");
+    assert_eq!(
+        proxy.metric(
+            "redis_failover_proxy_role_checks_total",
+            &[("result", "master")]
+        ),
+        0.0
+    );
+    let status = proxy.status();
+    let last = status["routes"][0]["last_node_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last.contains(&format!("node 127.0.0.1:{}", node.port)) && last.contains("too large"),
+        "{status}"
+    );
+    // One warning for the episode, however many checks failed.
+    let log = proxy.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("ROLE check failed") && !l.contains("failed again"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert_not_routing(&proxy);
+    // No session was ever spliced to it: it was only ever asked ROLE.
+    assert_eq!(node.others.load(Ordering::Relaxed), 0);
 }
 
 #[test]

@@ -146,17 +146,12 @@ async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown
                 Err(end) => break Err(end),
             },
         };
-        let attempt = tokio::select! {
-            biased;
-            _ = master.fenced().cancelled() => None,
-            r = connect(&master, &config) => Some(r),
-        };
+        let attempt = unless_fenced(master.fenced(), connect(&master, &config)).await;
         drop(pace);
         match attempt {
             // Fenced while connecting: never use a connection of an ended epoch.
             None => continue,
-            Some(Ok(conn)) if !master.fenced().is_cancelled() => break Ok((master, guard, conn)),
-            Some(Ok(_)) => continue,
+            Some(Ok(conn)) => break Ok((master, guard, conn)),
             Some(Err(ConnectError::Master(e))) if refused_by_master(&e) => {
                 counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
                     .increment(1);
@@ -476,6 +471,25 @@ impl Transport for tokio_rustls::client::TlsStream<TcpStream> {
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+}
+
+/// Runs `connect` (TCP, then the TLS handshake if any) against the epoch's fence: `None` when
+/// the epoch is fenced before it starts (it is never polled), while it runs (it is dropped,
+/// handshake and all) or by the time it has finished (its connection is dropped unused). So a
+/// connection, TLS or not, to a master fenced in the meantime never becomes a session.
+async fn unless_fenced<T, E>(
+    fenced: &tokio_util::sync::CancellationToken,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<Result<T, E>> {
+    let result = tokio::select! {
+        biased;
+        _ = fenced.cancelled() => return None,
+        r = connect => r,
+    };
+    match result {
+        Ok(_) if fenced.is_cancelled() => None,
+        r => Some(r),
     }
 }
 
@@ -900,6 +914,89 @@ fn splice_unsupported(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio_util::sync::CancellationToken;
+
+    /// Sets its flag when dropped: the connection (or handshake in progress) was let go.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The fence against a connect in each phase: fenced before it starts, during the
+    /// handshake, as it completes, not at all; and a failure is still reported when unfenced.
+    #[tokio::test]
+    async fn a_connection_to_a_fenced_master_never_becomes_a_session() {
+        // Fenced before: the connect is never even polled (no SYN).
+        let fence = CancellationToken::new();
+        fence.cancel();
+        let polled = Arc::new(AtomicBool::new(false));
+        let p = polled.clone();
+        let r = unless_fenced(&fence, async move {
+            p.store(true, Ordering::SeqCst);
+            Ok::<_, ()>(())
+        })
+        .await;
+        assert!(r.is_none());
+        assert!(
+            !polled.load(Ordering::SeqCst),
+            "connect ran after the fence"
+        );
+
+        // Fenced while the handshake is in progress (the master has not answered yet): the
+        // attempt ends at once and what it holds is dropped; the master answering later
+        // changes nothing.
+        let fence = CancellationToken::new();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let held = Dropped(dropped.clone());
+        let handshake = async move {
+            let _socket = held;
+            let _ = answered.await;
+            Ok::<_, ()>("session")
+        };
+        let f = fence.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            f.cancel();
+        });
+        let r = tokio::time::timeout(Duration::from_secs(5), unless_fenced(&fence, handshake))
+            .await
+            .expect("the fence ends the attempt without the master's answer");
+        assert!(r.is_none());
+        assert!(dropped.load(Ordering::SeqCst), "the handshake was kept");
+        assert!(answer.send(()).is_err(), "the handshake is gone");
+
+        // The handshake completes in the same instant the epoch is fenced: the finished
+        // connection is dropped, not used.
+        let fence = CancellationToken::new();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let conn = Dropped(dropped.clone());
+        let f = fence.clone();
+        let r = unless_fenced(&fence, async move {
+            f.cancel();
+            Ok::<_, ()>(conn)
+        })
+        .await;
+        assert!(r.is_none());
+        assert!(dropped.load(Ordering::SeqCst), "the connection was kept");
+
+        // Not fenced: the connection, or the master's failure, is the caller's.
+        let fence = CancellationToken::new();
+        assert_eq!(
+            unless_fenced(&fence, async { Ok::<_, ()>(7) }).await,
+            Some(Ok(7))
+        );
+        assert_eq!(
+            unless_fenced(&fence, async { Err::<(), _>("refused") }).await,
+            Some(Err("refused"))
+        );
+    }
 
     #[test]
     fn the_masters_last_reply_is_delivered_only_after_a_failed_write_to_it() {

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::config::PeerAccess;
 use crate::metrics::SentinelErrorKind;
+use crate::resp_limit::{Bounded, Refusal, RespLimits};
 
 /// A sentinel or node could not be used: which one, the metric kind, and a message fit for a
 /// log line, `check` and `/status` (peer text escaped, no secrets).
@@ -264,9 +265,10 @@ impl Peer {
         info
     }
 
-    /// TCP (to the first address that answers), then TLS if configured, behind the size bound.
+    /// TCP (to the first address that answers), then TLS if configured, behind the size bound
+    /// (and a handle on that bound's refusal).
     /// `at`: connect there instead of resolving `host` (TLS still verifies `host`).
-    async fn open(&self, at: Option<SocketAddr>) -> Result<Box<dyn Io>, PeerError> {
+    async fn open(&self, at: Option<SocketAddr>) -> Result<(Box<dyn Io>, Refusal), PeerError> {
         use SentinelErrorKind as K;
         let connecting = async {
             match at {
@@ -280,12 +282,17 @@ impl Peer {
             Err(_) => return Err(self.error(K::Connect, "connect timed out")),
         };
         let _ = tcp.set_nodelay(true);
-        let limits = crate::resp_limit::RespLimits::default();
+        let limits = RespLimits::default();
+        fn bounded<S: Io + 'static>(s: S, limits: RespLimits) -> (Box<dyn Io>, Refusal) {
+            let b = Bounded::new(s, limits);
+            let refusal = b.refusal();
+            (Box::new(b), refusal)
+        }
         match &self.access.tls {
-            None => Ok(Box::new(crate::resp_limit::Bounded::new(tcp, limits))),
+            None => Ok(bounded(tcp, limits)),
             Some(tls) => {
                 match tokio::time::timeout(self.timeout, tls.connect(tcp, &self.host)).await {
-                    Ok(Ok(s)) => Ok(Box::new(crate::resp_limit::Bounded::new(s, limits))),
+                    Ok(Ok(s)) => Ok(bounded(s, limits)),
                     Ok(Err(e)) => {
                         let msg = crate::tls::rustls_error(&e)
                             .map(|r| r.to_string())
@@ -309,7 +316,7 @@ impl Peer {
     }
 
     async fn connect_to(&self, at: Option<SocketAddr>) -> Result<Conn, PeerError> {
-        let stream = self.open(at).await?;
+        let (stream, _) = self.open(at).await?;
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
         let info = self.redis_info();
         let setup = MultiplexedConnection::new_with_config(&info, stream, config);
@@ -324,12 +331,13 @@ impl Peer {
         Ok(Conn { conn, driver })
     }
 
-    /// A pub/sub connection (authenticated).
-    pub async fn pubsub(&self) -> Result<PubSub, PeerError> {
-        let stream = self.open(None).await?;
+    /// A pub/sub connection (authenticated), and what its size bound refuses: redis-rs ends the
+    /// message stream of a failed connection without the error.
+    pub async fn pubsub(&self) -> Result<(PubSub, Refusal), PeerError> {
+        let (stream, refusal) = self.open(None).await?;
         let info = self.redis_info();
         match tokio::time::timeout(self.timeout, PubSub::new(&info, stream)).await {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok((p, refusal)),
             Ok(Err(e)) => Err(PeerError::from_redis(self.role, &self.addr(), &e)),
             Err(_) => Err(self.error(SentinelErrorKind::Timeout, "connection setup timed out")),
         }

@@ -155,11 +155,14 @@ pub(super) async fn subscribe(
     let mut malformed = Throttle::new(MALFORMED_LOG_EVERY);
     loop {
         let connect = async {
-            let mut ps = peer.pubsub().await?;
-            ps.subscribe(&CHANNELS[..])
-                .await
-                .map_err(|e| peer.redis_error(&e))?;
-            Ok::<_, PeerError>(ps)
+            let (mut ps, refusal) = peer.pubsub().await?;
+            // Redis's NOPERM for a channel does not say which one: name them all.
+            ps.subscribe(&CHANNELS[..]).await.map_err(|e| {
+                let mut err = peer.redis_error(&e);
+                err.message = format!("SUBSCRIBE {} failed: {}", CHANNELS.join(" "), err.message);
+                err
+            })?;
+            Ok::<_, PeerError>((ps, refusal))
         };
         let pubsub = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -185,10 +188,12 @@ pub(super) async fn subscribe(
                     _ => SentinelErrorKind::Subscription,
                 };
                 counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => kind.as_str()).increment(1);
+                let message = e.to_string();
+                route.update_sentinel(index, |s| s.subscription_error = Some(message));
                 None
             }
         };
-        let Some(pubsub) = pubsub else {
+        let Some((pubsub, refusal)) = pubsub else {
             failed_before = true;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -202,7 +207,10 @@ pub(super) async fn subscribe(
         }
         failed_before = false;
         let subscribed_at = Instant::now();
-        route.update_sentinel(index, |s| s.subscribed = true);
+        route.update_sentinel(index, |s| {
+            s.subscribed = true;
+            s.subscription_error = None;
+        });
         hints.notify_one();
 
         let (mut sink, mut stream) = pubsub.split();
@@ -226,7 +234,7 @@ pub(super) async fn subscribe(
                 _ = shutdown.cancelled() => return,
                 why = &mut pinger => break why,
                 msg = stream.next() => {
-                    let Some(msg) = msg else { break "connection closed (or a message over the size bound)" };
+                    let Some(msg) = msg else { break "connection closed" };
                     let channel = msg.get_channel_name().to_string();
                     let parsed = match msg.get_payload::<String>() {
                         Ok(payload) => parse_event(&channel, &payload, index, &master_name)
@@ -258,9 +266,29 @@ pub(super) async fn subscribe(
                 }
             }
         };
-        route.update_sentinel(index, |s| s.subscribed = false);
-        counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
-        warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+        // An event (or a PONG) over the size bound ends the link like a lost connection does;
+        // the bound says which it was.
+        match refusal.get() {
+            Some(over) => {
+                counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Oversized.as_str()).increment(1);
+                warn!(route = name, sentinel = %addr, kind = SentinelErrorKind::Oversized.as_str(), error = %over, "+switch-master subscription dropped: message too large; resubscribing");
+                let message =
+                    format!("sentinel {addr}: subscription dropped: message too large: {over}");
+                route.update_sentinel(index, |s| {
+                    s.subscribed = false;
+                    s.subscription_error = Some(message);
+                });
+            }
+            None => {
+                counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
+                warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
+                let message = format!("sentinel {addr}: subscription lost: {why}");
+                route.update_sentinel(index, |s| {
+                    s.subscribed = false;
+                    s.subscription_error = Some(message);
+                });
+            }
+        }
         // A sentinel that accepts and then drops subscriptions must not get a reconnect loop
         // (each resubscription also makes the watcher re-query).
         backoff = if subscribed_at.elapsed() >= SUBSCRIPTION_STABLE {

@@ -240,7 +240,8 @@ impl Conn {
     }
 }
 
-fn read_command(r: &mut impl BufRead) -> Option<Vec<String>> {
+/// One RESP command (an array of bulk strings) from `r`; `None` at EOF or on anything else.
+pub fn read_command(r: &mut impl BufRead) -> Option<Vec<String>> {
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
