@@ -29,6 +29,9 @@ pub struct PeerError {
     pub kind: SentinelErrorKind,
     /// Details.
     pub message: String,
+    /// The OS error behind a failed connection, when there is one (what
+    /// [`decide::suspect_after_check`](super::decide::suspect_after_check) judges).
+    pub io: Option<std::io::ErrorKind>,
 }
 
 /// A sentinel query failed.
@@ -46,12 +49,37 @@ impl PeerError {
             addr: addr.to_string(),
             kind,
             message: peer_text(message.as_ref()),
+            io: None,
         }
     }
 
     fn from_redis(role: &'static str, addr: &str, e: &redis::RedisError) -> PeerError {
         let (kind, message) = classify(e);
-        PeerError::new(role, addr, kind, message)
+        let mut err = PeerError::new(role, addr, kind, message);
+        // redis-rs keeps the io::Error to itself; what it says of it is enough for the trust
+        // rule: refused, or an established connection dropped by the peer.
+        err.io = if e.is_connection_refusal() {
+            Some(std::io::ErrorKind::ConnectionRefused)
+        } else if e.is_io_error() && e.is_connection_dropped() {
+            Some(std::io::ErrorKind::ConnectionReset)
+        } else {
+            None
+        };
+        err
+    }
+
+    /// A connect failure with the OS error behind it: a timeout (the kernel's own, after the
+    /// SYN retries) is [`SentinelErrorKind::ConnectTimeout`], the rest
+    /// [`SentinelErrorKind::Connect`].
+    fn connect_io(role: &'static str, addr: &str, e: &std::io::Error) -> PeerError {
+        let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+            SentinelErrorKind::ConnectTimeout
+        } else {
+            SentinelErrorKind::Connect
+        };
+        let mut err = PeerError::new(role, addr, kind, e.to_string());
+        err.io = Some(e.kind());
+        err
     }
 }
 
@@ -276,8 +304,8 @@ impl Peer {
         };
         let tcp = match tokio::time::timeout(self.timeout, connecting).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(self.error(K::Connect, e.to_string())),
-            Err(_) => return Err(self.error(K::Connect, "connect timed out")),
+            Ok(Err(e)) => return Err(PeerError::connect_io(self.role, &self.addr(), &e)),
+            Err(_) => return Err(self.error(K::ConnectTimeout, "connect timed out")),
         };
         let _ = tcp.set_nodelay(true);
         let limits = crate::resp_limit::RespLimits::default();
@@ -402,7 +430,9 @@ impl Sentinel {
             let conn = match tokio::time::timeout(peer.timeout * 3, peer.connect()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(self.rename(e)),
-                Err(_) => return Err(self.error(SentinelErrorKind::Connect, "connect timed out")),
+                Err(_) => {
+                    return Err(self.error(SentinelErrorKind::ConnectTimeout, "connect timed out"))
+                }
             };
             self.conn = Some(conn);
         }
@@ -689,6 +719,22 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn connect_failures_keep_their_os_error() {
+        use std::io::ErrorKind::*;
+        // (OS error of the connect, kind)
+        let rows = [
+            (ConnectionRefused, SentinelErrorKind::Connect),
+            (HostUnreachable, SentinelErrorKind::Connect),
+            // The kernel gave up after its SYN retries: a timeout, not a refusal.
+            (TimedOut, SentinelErrorKind::ConnectTimeout),
+        ];
+        for (io, kind) in rows {
+            let e = PeerError::connect_io("node", "10.0.0.1:6379", &std::io::Error::from(io));
+            assert_eq!((e.kind, e.io), (kind, Some(io)), "{io:?}");
+        }
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //!   master, then the address; a disqualified winner (a failover in progress, quarantined) gives
 //!   way to the next acceptable address at the same config-epoch, never to an older one.
 
+use std::io;
+
 use super::arbiter::{rank, Candidate};
 use super::client::MasterReport;
+use crate::metrics::SentinelErrorKind;
 
 /// What one round saw.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +152,31 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
     Decision { stale, choice }
 }
 
+/// Whether a connection to the master that failed with `e` makes the master suspect (not
+/// trusted until a `ROLE` check answers master again). Only the master's own answers do: it
+/// refused or reset the connection, its host is unreachable, its TLS handshake failed. A
+/// timeout (a lost SYN, a listen queue overflowing under a reconnect storm, a partition) says
+/// nothing about the master itself. Sessions judge their connects by it.
+pub fn refused_by_master(e: io::ErrorKind) -> bool {
+    matches!(
+        e,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            // A TLS handshake the master failed (its certificate, its alert).
+            | io::ErrorKind::InvalidData
+    )
+}
+
+/// Whether a failed `ROLE` check of the master (the error's kind and the OS error behind it,
+/// if any) makes the master suspect: a connect failure the master itself caused
+/// ([`refused_by_master`]). Timeouts of any step, TLS, `AUTH` and protocol failures do not:
+/// they may be the network's or the proxy's own configuration, and the sentinels judge those.
+pub fn suspect_after_check(kind: SentinelErrorKind, io: Option<io::ErrorKind>) -> bool {
+    kind == SentinelErrorKind::Connect && io.is_some_and(refused_by_master)
+}
+
 /// Whether a master restarted between two `ROLE` checks: `before` is the epoch and
 /// replication offset seen at the previous check of the route's master, `now` the same now. A
 /// restart without persistence starts the offset again from 0; a live master's offset only
@@ -197,6 +225,49 @@ mod tests {
             failing_over: vec![],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn only_the_masters_own_failures_make_it_suspect() {
+        use io::ErrorKind::*;
+        use SentinelErrorKind as K;
+        let rows: &[(K, Option<io::ErrorKind>, bool)] = &[
+            // The master's own answers.
+            (K::Connect, Some(ConnectionRefused), true),
+            (K::Connect, Some(ConnectionReset), true),
+            (K::Connect, Some(HostUnreachable), true),
+            (K::Connect, Some(NetworkUnreachable), true),
+            // A lost SYN or a full listen queue: the OS gives up, or our own bound does.
+            (K::ConnectTimeout, Some(TimedOut), false),
+            (K::ConnectTimeout, None, false),
+            (K::Connect, Some(TimedOut), false),
+            (K::Connect, Some(Other), false),
+            // No OS error behind it (an address that does not parse, no connection).
+            (K::Connect, None, false),
+            // Connected, then no reply in time; the rest is not about reachability.
+            (K::Timeout, None, false),
+            (K::Tls, None, false),
+            (K::Auth, None, false),
+            (K::NoPerm, None, false),
+            (K::Protocol, None, false),
+            (K::Oversized, None, false),
+        ];
+        for (kind, io, want) in rows {
+            assert_eq!(suspect_after_check(*kind, *io), *want, "{kind:?} {io:?}");
+        }
+        // A session's connect.
+        let rows = [
+            (ConnectionRefused, true),
+            (ConnectionReset, true),
+            (HostUnreachable, true),
+            (InvalidData, true),
+            (TimedOut, false),
+            (WouldBlock, false),
+            (Other, false),
+        ];
+        for (kind, suspect) in rows {
+            assert_eq!(refused_by_master(kind), suspect, "{kind:?}");
         }
     }
 

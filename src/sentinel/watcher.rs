@@ -967,7 +967,7 @@ impl Watcher {
                 self.route.set_node_error(Some(e.to_string()));
                 // The master itself refused: not trusted until a check answers master again
                 // (readiness and master_verified say so). A timeout may be the network's.
-                if e.kind == SentinelErrorKind::Connect {
+                if decide::suspect_after_check(e.kind, e.io) {
                     if let Some(cur) = self.route.current().filter(|c| c.addr == addr) {
                         cur.connect_failed(Instant::now());
                     }
