@@ -4,7 +4,8 @@
 //!
 //! Rules (one table row each below):
 //! - a report at a lower config-epoch than the verified master's is stale: it neither fences
-//!   nor is installed;
+//!   (its `failover_in_progress` flag included) nor is installed, and its sentinel's events
+//!   neither fence nor quarantine ([`event_effect`]);
 //! - an address is acceptable if a majority of the configured sentinels name it, or if it is
 //!   named at a config-epoch above every other view and a majority of the configured sentinels
 //!   either name it or list it as a replica of this group (`SENTINEL REPLICAS`): one sentinel
@@ -70,15 +71,22 @@ pub struct Decision {
 /// is held back by earlier failover evidence (see `evidence::Quarantine`).
 pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
     let floor = view.current.map_or(0, |(_, e)| e);
-    let disqualified = |a: &str| view.failing_over.iter().any(|(_, f)| f == a) || quarantined(a);
     let stale: Vec<usize> = view
         .reports
         .iter()
         .filter(|(_, r)| r.config_epoch < floor)
         .map(|(i, _)| *i)
         .collect();
+    // A stale sentinel's claims count for nothing either: it fences nothing and disqualifies
+    // nobody (only a sentinel with a report at or above the floor is heard at all).
+    let failing_over: Vec<&(usize, String)> = view
+        .failing_over
+        .iter()
+        .filter(|(i, _)| !stale.contains(i) && view.reports.iter().any(|(j, _)| j == i))
+        .collect();
+    let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a) || quarantined(a);
     if let Some((cur, _)) = view.current {
-        if let Some((i, _)) = view.failing_over.iter().find(|(_, a)| a == cur) {
+        if let Some((i, _)) = failing_over.iter().find(|(_, a)| a == cur) {
             return Decision {
                 stale,
                 choice: Choice::FenceForFailover(*i),
@@ -150,6 +158,54 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
         _ => Choice::Move(tries),
     };
     Decision { stale, choice }
+}
+
+/// What a failover event (a `+switch-master` naming an address as the old master, or a
+/// sentinel starting to promote a replica of one) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEffect {
+    /// It names the installed master: fence it now and quarantine it (evidence of danger is
+    /// cheap to honour, even from one sentinel).
+    Fence,
+    /// No master is installed and nothing is quarantined: quarantine the address it names, so
+    /// no round installs it until the failover completes or is given up.
+    Quarantine,
+    /// Only a hint to ask the sentinels again: it names another address than the installed
+    /// master, a quarantine is already in force, or its sentinel is stale.
+    Hint,
+    /// Its sentinel's events do not count now (its own poll contradicted an event it sent, or
+    /// it claimed a failover for longer than the failover-timeout).
+    Distrusted,
+}
+
+/// What [`event_effect`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct EventContext {
+    /// The sentinel's events may act (not distrusted by the event gate).
+    pub trusted: bool,
+    /// The sentinel's last report was older than the verified master's config-epoch: it has
+    /// not heard of the current configuration, so its events may describe an old one.
+    pub stale: bool,
+    /// Whether the event names the installed master; `None` when none is installed.
+    pub names_current: Option<bool>,
+    /// A quarantine is in force already (only one address is held back at a time).
+    pub quarantined: bool,
+}
+
+/// The event rule: a trusted, fresh sentinel's event naming the installed master fences it;
+/// with no master installed it quarantines the address it names.
+pub fn event_effect(c: EventContext) -> EventEffect {
+    if !c.trusted {
+        return EventEffect::Distrusted;
+    }
+    if c.stale {
+        return EventEffect::Hint;
+    }
+    match c.names_current {
+        Some(true) => EventEffect::Fence,
+        None if !c.quarantined => EventEffect::Quarantine,
+        _ => EventEffect::Hint,
+    }
 }
 
 /// Whether a connection to the master that failed with `e` makes the master suspect (not
@@ -225,6 +281,38 @@ mod tests {
             failing_over: vec![],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn events() {
+        use EventEffect::*;
+        // (trusted, stale, names the installed master (None: none installed), quarantine in
+        // force, effect)
+        type Row = (bool, bool, Option<bool>, bool, EventEffect);
+        let rows: &[Row] = &[
+            (true, false, Some(true), false, Fence),
+            // Fencing does not wait for the quarantine of another address to end.
+            (true, false, Some(true), true, Fence),
+            (true, false, Some(false), false, Hint),
+            // With no master installed, the address it names is quarantined...
+            (true, false, None, false, Quarantine),
+            // ...unless one already is.
+            (true, false, None, true, Hint),
+            // A stale sentinel's events neither fence nor quarantine.
+            (true, true, Some(true), false, Hint),
+            (true, true, None, false, Hint),
+            (false, false, Some(true), false, Distrusted),
+            (false, false, None, false, Distrusted),
+        ];
+        for &(trusted, stale, names_current, quarantined, want) in rows {
+            let c = EventContext {
+                trusted,
+                stale,
+                names_current,
+                quarantined,
+            };
+            assert_eq!(event_effect(c), want, "{c:?}");
         }
     }
 
@@ -480,6 +568,49 @@ mod tests {
                     "never to an older epoch: wait",
                     3,
                     vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((b, 2)),
+                failing_over: vec![(2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "a stale sentinel's failover_in_progress on the current master: no fence",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 1))],
+                )
+            },
+            Row {
+                want: vec!["FenceForFailover(1)"],
+                current: Some((b, 2)),
+                failing_over: vec![(1, b.to_string()), (2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "beside a stale claim, a fresh one still fences",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 1))],
+                )
+            },
+            Row {
+                want: vec![b],
+                current: Some((a, 1)),
+                failing_over: vec![(2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "a stale sentinel's claim does not disqualify the majority's new master",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((b, 2)),
+                failing_over: vec![(2, b.to_string())],
+                ..row(
+                    "a claim by a sentinel without a report this round is not heard",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2))],
                 )
             },
             Row {

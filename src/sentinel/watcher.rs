@@ -164,6 +164,8 @@ impl Watcher {
             let mut hinted = false;
             let mut pending: Vec<Event> = Vec::new();
             let (route, gate) = (self.route.clone(), self.gate.clone());
+            // Only a round changes which sentinels are stale.
+            let stale = self.stale.clone();
             // A round is abandoned only for an event that fences: what it learned may predate
             // the switch. Any other event (naming another master, from a distrusted sentinel,
             // or after the fence) waits for the round to end, so no stream of events can keep
@@ -176,7 +178,7 @@ impl Watcher {
                         biased;
                         _ = shutdown.cancelled() => break Wake::Stop,
                         Some(ev) = rx.recv() => {
-                            if would_fence(&route, &gate, &ev) {
+                            if would_fence(&route, &gate, &stale, &ev) {
                                 break Wake::Event(ev);
                             }
                             if pending.len() < MAX_PENDING_EVENTS {
@@ -332,18 +334,22 @@ impl Watcher {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let from = match &ev {
-            Event::Switch { sentinel, .. } | Event::Promoting { sentinel, .. } => *sentinel,
-            Event::Hint => return,
+        let Some((from, named)) = event_names(&ev) else {
+            return;
         };
-        if !self.gate.trusts(from, Instant::now()) {
+        let effect = decide::event_effect(event_context(
+            &self.route,
+            &self.gate,
+            &self.stale,
+            self.quarantine.is_some(),
+            from,
+            named,
+        ));
+        if effect == decide::EventEffect::Distrusted {
             // Queued before the subscription learned to drop them.
             counter!(m::SENTINEL_EVENTS_IGNORED, "route" => self.route.name().to_string(), "sentinel" => self.sentinels[from].addr.clone(), "why" => "repeat").increment(1);
             return;
         }
-        // A failover event naming the current master (as the one being replaced, or the one
-        // a replica is being promoted away from) fences it; naming another address while no
-        // master is installed quarantines that address.
         let (sentinel, named, at, reason, new) = match ev {
             Event::Switch {
                 sentinel,
@@ -361,10 +367,7 @@ impl Watcher {
             } => (sentinel, master, at, FenceReason::FailoverStarted, None),
             Event::Hint => return,
         };
-        let fences = self
-            .route
-            .current()
-            .is_some_and(|cur| names(&named, &cur.announced, cur.addr));
+        let fences = effect == decide::EventEffect::Fence;
         // Events that change nothing are logged at most once a second.
         let shown = if fences {
             Some(0)
@@ -373,19 +376,20 @@ impl Watcher {
         };
         if let Some(suppressed) = shown {
             let (route, from) = (self.route.name(), &self.sentinels[sentinel].addr);
+            let stale = self.stale.get(sentinel).copied().unwrap_or(false);
             match &new {
                 Some(new) => {
-                    info!(route, sentinel = %from, old.addr = %named, new.addr = %new, suppressed, "+switch-master received")
+                    info!(route, sentinel = %from, old.addr = %named, new.addr = %new, stale, suppressed, "+switch-master received")
                 }
                 None => {
-                    info!(route, sentinel = %from, master.addr = %named, suppressed, "sentinel is promoting a replica")
+                    info!(route, sentinel = %from, master.addr = %named, stale, suppressed, "sentinel is promoting a replica")
                 }
             }
         }
-        if fences {
-            self.fence_for_failover(reason, at, Some(sentinel), true);
-        } else {
-            self.remember(&named, sentinel);
+        match effect {
+            decide::EventEffect::Fence => self.fence_for_failover(reason, at, Some(sentinel), true),
+            decide::EventEffect::Quarantine => self.remember(&named, sentinel),
+            decide::EventEffect::Hint | decide::EventEffect::Distrusted => {}
         }
     }
 
@@ -393,9 +397,6 @@ impl Watcher {
     /// quarantined as if it had been fenced, so no round installs it until the failover
     /// completes or is given up.
     fn remember(&mut self, announced: &str, sentinel: usize) {
-        if self.route.current().is_some() || self.quarantine.is_some() {
-            return;
-        }
         info!(route = self.route.name(), master.announced = %peer_text(announced), sentinel = %self.sentinels[sentinel].addr, "failover evidence while no master is installed; not routing to that address until the failover ends");
         self.quarantine = Some(Quarantine {
             announced: announced.to_string(),
@@ -1042,18 +1043,42 @@ impl Watcher {
     }
 }
 
-/// Whether `ev` would fence the current master now (a trusted sentinel naming it as the
-/// master being replaced or promoted away from).
-fn would_fence(route: &Route, gate: &EventGate, ev: &Event) -> bool {
-    let (sentinel, named) = match ev {
-        Event::Switch { sentinel, old, .. } => (*sentinel, old),
+/// The sentinel an event comes from and the address it names as the master being replaced
+/// (or promoted away from); `None` for a hint.
+fn event_names(ev: &Event) -> Option<(usize, &str)> {
+    match ev {
+        Event::Switch { sentinel, old, .. } => Some((*sentinel, old)),
         Event::Promoting {
             sentinel, master, ..
-        } => (*sentinel, master),
-        Event::Hint => return false,
-    };
-    gate.trusts(sentinel, Instant::now())
-        && route
+        } => Some((*sentinel, master)),
+        Event::Hint => None,
+    }
+}
+
+/// What [`decide::event_effect`] needs to judge an event of `sentinel` naming `named`, now.
+fn event_context(
+    route: &Route,
+    gate: &EventGate,
+    stale: &[bool],
+    quarantined: bool,
+    sentinel: usize,
+    named: &str,
+) -> decide::EventContext {
+    decide::EventContext {
+        trusted: gate.trusts(sentinel, Instant::now()),
+        stale: stale.get(sentinel).copied().unwrap_or(false),
+        names_current: route
             .current()
-            .is_some_and(|cur| names(named, &cur.announced, cur.addr))
+            .map(|cur| names(named, &cur.announced, cur.addr)),
+        quarantined,
+    }
+}
+
+/// Whether `ev` would fence the current master now (see [`decide::event_effect`]); `stale`:
+/// which sentinels the last round judged stale.
+fn would_fence(route: &Route, gate: &EventGate, stale: &[bool], ev: &Event) -> bool {
+    event_names(ev).is_some_and(|(sentinel, named)| {
+        decide::event_effect(event_context(route, gate, stale, false, sentinel, named))
+            == decide::EventEffect::Fence
+    })
 }
