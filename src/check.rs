@@ -50,7 +50,7 @@ pub fn offline_summary(config: &Config, source: &str) -> String {
             out,
             "  sentinels ({}, majority {}): {}{}",
             s.addresses.len(),
-            s.addresses.len() / 2 + 1,
+            decide::majority_of(s.addresses.len()),
             s.addresses.join(", "),
             if s.access.tls.is_some() { " (TLS)" } else { "" },
         );
@@ -127,7 +127,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
         sentinels.push(s);
     }
     let _ = writeln!(out, "  sentinels reachable: {}/{}", reports.len(), n);
-    if reports.len() <= n / 2 {
+    if !decide::is_majority(reports.len(), n) {
         let _ = writeln!(
             out,
             "  warning: no majority of the configured sentinels answered; their view may be stale"

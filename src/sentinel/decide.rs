@@ -67,6 +67,18 @@ pub struct Decision {
     pub choice: Choice,
 }
 
+/// The majority rule, the one place it is written: whether `n` sentinels are a majority of the
+/// `configured` ones (of those configured, not of those reachable: a partition that hides some
+/// sentinels must not shrink the majority).
+pub fn is_majority(n: usize, configured: usize) -> bool {
+    n * 2 > configured
+}
+
+/// The fewest sentinels that are a majority of `configured` (for messages).
+pub fn majority_of(configured: usize) -> usize {
+    configured / 2 + 1
+}
+
 /// Applies the rules to one round's `view`; `quarantined(announced)` says whether an address
 /// is held back by earlier failover evidence (see `evidence::Quarantine`).
 pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
@@ -101,7 +113,7 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
         .collect();
     let current = view.current.map(|(a, _)| a);
     let ranked = rank(&reports, current);
-    let majority = |n: usize| n * 2 > view.configured;
+    let majority = |n: usize| is_majority(n, view.configured);
 
     let mut acceptable: Vec<Candidate> = Vec::new();
     for c in ranked {
@@ -281,6 +293,31 @@ mod tests {
             failing_over: vec![],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn majority() {
+        // (of, configured, majority)
+        let rows = [
+            (0, 0, false),
+            (1, 1, true),
+            (0, 1, false),
+            (1, 2, false),
+            (2, 2, true),
+            (1, 3, false),
+            (2, 3, true),
+            (2, 4, false),
+            (3, 4, true),
+            (2, 5, false),
+            (3, 5, true),
+        ];
+        for (n, configured, want) in rows {
+            assert_eq!(is_majority(n, configured), want, "{n} of {configured}");
+        }
+        for configured in 1..20 {
+            let least = (0..=configured).find(|&n| is_majority(n, configured));
+            assert_eq!(Some(majority_of(configured)), least, "{configured}");
         }
     }
 

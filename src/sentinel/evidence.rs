@@ -162,7 +162,7 @@ pub fn minority(
     grace: Duration,
     now: Instant,
 ) -> Minority {
-    if reachable * 2 > configured {
+    if super::decide::is_majority(reachable, configured) {
         return Minority::Majority {
             recovered: since.take().is_some(),
         };

@@ -521,7 +521,7 @@ impl Watcher {
             .iter()
             .map(|r| r.is_none_or(|t| t <= now))
             .collect();
-        let majority = self.sentinels.len() / 2 + 1;
+        let configured = self.sentinels.len();
         let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> = Vec::new();
         {
             let mut queries: futures_util::stream::FuturesUnordered<_> = self
@@ -551,7 +551,7 @@ impl Watcher {
                         Some((i, res)) => {
                             answered += usize::from(res.is_ok());
                             results.push((i, res));
-                            if answered >= majority && !waiting_grace {
+                            if decide::is_majority(answered, configured) && !waiting_grace {
                                 waiting_grace = true;
                                 let took = started.elapsed();
                                 grace
@@ -867,6 +867,7 @@ impl Watcher {
             Instant::now(),
         );
         let majority = matches!(verdict, evidence::Minority::Majority { .. });
+        self.route.set_sentinel_majority(majority);
         gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
             1.0
         } else {
