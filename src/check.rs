@@ -2,10 +2,11 @@
 //! `ROLE`, and print the topology, like `haproxy -c` / `nginx -t` but for the live system.
 
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use crate::config::{Config, RouteConfig};
 use crate::sentinel::client::{peer_text, resolve, role, MasterReport, Role, Sentinel, Timeouts};
-use crate::sentinel::{arbiter, decide};
+use crate::sentinel::{arbiter, decide, evidence};
 
 /// What `check --offline` prints for a configuration that validated: where it came from
 /// (`source`), the admin address and, per route, its listen address, master name and
@@ -133,13 +134,27 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             "  warning: no majority of the configured sentinels answered; their view may be stale"
         );
     }
-    // The proxy's own rules decide (sentinel::decide), so `check` approves exactly what the
-    // proxy would route to.
-    let failing_over: Vec<(usize, String)> = reports
-        .iter()
-        .filter(|(_, r)| r.failover_in_progress())
-        .map(|(i, r)| (*i, r.announced()))
-        .collect();
+    // The proxy's own rules decide (sentinel::evidence::screen, then sentinel::decide), so
+    // `check` approves exactly what the proxy would route to. One look sees every failover
+    // claim as just begun (the proxy's first round does too): a claim the proxy has dismissed
+    // after the failover-timeout still disqualifies here, which errs on the side of refusing.
+    let screened = evidence::screen(
+        reports,
+        None,
+        &mut evidence::Claims::default(),
+        Instant::now(),
+    );
+    for (i, r) in &screened.set_aside {
+        let _ = writeln!(
+            out,
+            "  sentinel {}: report set aside: config-epoch {} leads every other view by more than {} (the proxy waits for another sentinel to agree)",
+            route.sentinel.addresses[*i],
+            r.config_epoch,
+            evidence::MAX_EPOCH_LEAD
+        );
+    }
+    let reports = screened.kept;
+    let failing_over = screened.failing_over;
     let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a);
     let mut members: Option<Vec<Vec<String>>> = None;
     let decision = loop {

@@ -576,51 +576,39 @@ impl Watcher {
                 });
             }
         }
-        let mut reports: Vec<MasterReport> = Vec::new();
-        let mut reporters: Vec<usize> = Vec::new();
+        let mut heard: Vec<(usize, MasterReport)> = Vec::new();
         for (i, result) in results {
             match result {
                 Ok(r) => {
                     self.record_ok(i, &r);
-                    reports.push(r);
-                    reporters.push(i);
+                    heard.push((i, r));
                 }
                 Err(e) => self.record_err(i, e),
             }
         }
         let route = self.route.name().to_string();
-        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(reports.len() as f64);
-        if self.minority(reports.len()) {
+        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(heard.len() as f64);
+        if self.minority(heard.len()) {
             // Self-fenced: no routing on a minority's word until a majority answers again.
             return self.poll_interval;
         }
-        self.failover_timeout = evidence::group_failover_timeout(
-            &reports
-                .iter()
-                .map(|r| r.failover_timeout)
-                .collect::<Vec<_>>(),
-        );
-        let (reports, reporters) = self.set_aside_leaders(reports, reporters);
-        // Failover claims: evidence while they last, dismissed once they outlive the group's
-        // failover-timeout (a real failover ends by then, completed or given up).
+        // Reports too far ahead set aside; failover claims are evidence while they last,
+        // dismissed once they outlive the group's failover-timeout (a real failover ends by
+        // then, completed or given up).
         let now = Instant::now();
-        let mut failing_over: Vec<(usize, String)> = Vec::new();
-        for (r, &i) in reports.iter().zip(&reporters) {
-            let claim = r.failover_in_progress().then(|| r.announced());
-            match self
-                .claims
-                .observe(i, claim.as_deref(), now, self.failover_timeout)
-            {
-                evidence::ClaimVerdict::Active => failing_over.push((i, r.announced())),
-                evidence::ClaimVerdict::DismissedNow => {
-                    warn!(route, sentinel = %self.sentinels[i].addr, master.announced = %r.announced(), failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
-                    self.gate.distrust(i, now + self.failover_timeout);
-                }
-                evidence::ClaimVerdict::Dismissed | evidence::ClaimVerdict::None => {}
-            }
+        let current_epoch = self.route.current().map(|c| c.config_epoch);
+        let screened = evidence::screen(heard, current_epoch, &mut self.claims, now);
+        self.failover_timeout = screened.failover_timeout;
+        self.note_set_aside(&screened);
+        for (i, announced) in &screened.dismissed_now {
+            warn!(route, sentinel = %self.sentinels[*i].addr, master.announced = %announced, failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
+            self.gate.distrust(*i, now + self.failover_timeout);
         }
+        let failing_over = screened.failing_over;
+        let view_reports = screened.kept;
+        let reporters: Vec<usize> = view_reports.iter().map(|(i, _)| *i).collect();
 
-        if reports.is_empty() {
+        if view_reports.is_empty() {
             if !self.blind {
                 self.blind = true;
                 error!(
@@ -640,19 +628,18 @@ impl Watcher {
             self.blind = false;
             info!(
                 route,
-                reachable = reports.len(),
+                reachable = reporters.len(),
                 "sentinels reachable again"
             );
         }
 
         let current = self.route.current();
-        let view_reports: Vec<(usize, MasterReport)> = reporters
-            .iter()
-            .copied()
-            .zip(reports.iter().cloned())
-            .collect();
         self.update_quarantine(&view_reports);
-        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
+        self.last_top_epoch = view_reports
+            .iter()
+            .map(|(_, r)| r.config_epoch)
+            .max()
+            .unwrap_or(0);
         let mut members: Option<Vec<Vec<String>>> = None;
         let decision = loop {
             let view = decide::View {
@@ -729,7 +716,7 @@ impl Watcher {
         // The first candidate that resolves and passes ROLE is installed; a disqualified one
         // gives way to the next in the same round.
         for top in candidates {
-            if self.try_install(&top, reports.len()).await {
+            if self.try_install(&top, reporters.len()).await {
                 return self.poll_interval;
             }
         }
@@ -802,53 +789,47 @@ impl Watcher {
 
     /// Logs, once per episode, each sentinel whose report is older than the verified master.
     fn note_stale(&mut self, stale: &[usize], reports: &[(usize, MasterReport)]) {
-        for (i, r) in reports {
-            let is_stale = stale.contains(i);
-            if is_stale && !self.stale[*i] {
+        let verdicts: Vec<(usize, bool)> = reports
+            .iter()
+            .map(|(i, _)| (*i, stale.contains(i)))
+            .collect();
+        let begun = evidence::episodes_begun(&mut self.stale, &verdicts);
+        for (i, r) in reports.iter().filter(|(i, _)| stale.contains(i)) {
+            if begun.contains(i) {
                 warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "stale sentinel: it reports an older config-epoch than the verified master's; ignoring its report until it catches up");
             }
-            if is_stale {
-                let note = format!(
-                    "stale: config-epoch {} is older than the verified master's; ignored",
-                    r.config_epoch
-                );
-                self.route
-                    .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
-            }
-            self.stale[*i] = is_stale;
+            let note = format!(
+                "stale: config-epoch {} is older than the verified master's; ignored",
+                r.config_epoch
+            );
+            self.route
+                .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
     }
 
-    /// Sets aside reports whose config-epoch leads every other view by more than
-    /// [`evidence::MAX_EPOCH_LEAD`], until another sentinel agrees (logged once per episode).
-    fn set_aside_leaders(
-        &mut self,
-        reports: Vec<MasterReport>,
-        reporters: Vec<usize>,
-    ) -> (Vec<MasterReport>, Vec<usize>) {
-        let current = self.route.current().map(|c| c.config_epoch);
-        let epochs: Vec<u64> = reports.iter().map(|r| r.config_epoch).collect();
-        let aside = evidence::epoch_set_aside(&epochs, current);
-        let mut kept = (Vec::new(), Vec::new());
-        for ((r, i), aside) in reports.into_iter().zip(reporters).zip(aside) {
-            if aside {
-                if !self.set_aside[i] {
-                    warn!(route = self.route.name(), sentinel = %self.sentinels[i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
-                }
-                let note = format!(
-                    "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
-                    r.config_epoch,
-                    evidence::MAX_EPOCH_LEAD
-                );
-                self.route
-                    .update_sentinel(i, |s| s.last_error = Some(note.clone()));
-            } else {
-                kept.0.push(r);
-                kept.1.push(i);
+    /// Logs, once per episode, each sentinel whose report was set aside for a config-epoch
+    /// too far ahead of every other view ([`evidence::epoch_set_aside`]), and shows it in
+    /// `/status`.
+    fn note_set_aside(&mut self, screened: &evidence::Screened) {
+        let verdicts: Vec<(usize, bool)> = screened
+            .kept
+            .iter()
+            .map(|(i, _)| (*i, false))
+            .chain(screened.set_aside.iter().map(|(i, _)| (*i, true)))
+            .collect();
+        let begun = evidence::episodes_begun(&mut self.set_aside, &verdicts);
+        for (i, r) in &screened.set_aside {
+            if begun.contains(i) {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
             }
-            self.set_aside[i] = aside;
+            let note = format!(
+                "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
+                r.config_epoch,
+                evidence::MAX_EPOCH_LEAD
+            );
+            self.route
+                .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
-        kept
     }
 
     /// Tracks whether a majority answered; with `on_minority = "fence"`, fences once a
