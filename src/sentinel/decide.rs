@@ -16,6 +16,7 @@
 //!   way to the next acceptable address at the same config-epoch, never to an older one.
 
 use std::io;
+use std::time::Duration;
 
 use super::arbiter::{rank, Candidate};
 use super::client::MasterReport;
@@ -77,6 +78,14 @@ pub fn is_majority(n: usize, configured: usize) -> bool {
 /// The fewest sentinels that are a majority of `configured` (for messages).
 pub fn majority_of(configured: usize) -> usize {
     configured / 2 + 1
+}
+
+/// How long after its start a gathering of sentinel answers (a round, the replica lists) ends
+/// once a majority has answered after `took`: the grace for the rest is as long again as the
+/// majority took, at least `min_grace`, so a sentinel a little farther away than the others
+/// is still heard, and one slow or dead sentinel delays nothing by more than that.
+pub fn straggler_deadline(took: Duration, min_grace: Duration) -> Duration {
+    took + took.max(min_grace)
 }
 
 /// Applies the rules to one round's `view`; `quarantined(announced)` says whether an address
@@ -293,6 +302,16 @@ mod tests {
             failing_over: vec![],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn stragglers() {
+        let ms = Duration::from_millis;
+        // (the majority answered after, deadline)
+        let rows = [(0, 100), (5, 105), (100, 200), (400, 800)];
+        for (took, want) in rows {
+            assert_eq!(straggler_deadline(ms(took), ms(100)), ms(want), "{took}");
         }
     }
 

@@ -461,10 +461,12 @@ impl Watcher {
     }
 
     /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
-    /// once; a sentinel that fails to answer lists nothing.
+    /// once; a sentinel that fails to answer, or answers after a majority did and the grace
+    /// that follows ([`gather`]), lists nothing.
     async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
         let name = self.route.config().master_name.clone();
-        let asks = self
+        let configured = self.sentinels.len();
+        let asks: futures_util::stream::FuturesUnordered<_> = self
             .sentinels
             .iter_mut()
             .enumerate()
@@ -474,11 +476,16 @@ impl Watcher {
                 async move {
                     s.replicas(&name)
                         .await
-                        .map(|r| r.into_iter().map(|(a, _)| a).collect())
-                        .unwrap_or_default()
+                        .map(|r| r.into_iter().map(|(a, _)| a).collect::<Vec<String>>())
+                        .ok()
                 }
-            });
-        futures_util::future::join_all(asks).await
+            })
+            .collect();
+        gather(asks, configured, Option::is_some)
+            .await
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect()
     }
 
     /// Ends the current epoch and reports, in the background, when its last session closed.
@@ -522,49 +529,21 @@ impl Watcher {
             .map(|r| r.is_none_or(|t| t <= now))
             .collect();
         let configured = self.sentinels.len();
-        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> = Vec::new();
-        {
-            let mut queries: futures_util::stream::FuturesUnordered<_> = self
-                .sentinels
-                .iter_mut()
-                .enumerate()
-                .zip(&due)
-                .filter(|(_, due)| **due)
-                .map(|((i, s), _)| {
-                    let name = name.clone();
-                    async move { (i, s.master(&name).await) }
-                })
-                .collect();
-            // Decide as soon as a majority has answered, after a short grace for the rest: one
-            // slow sentinel must not delay every round (its query is dropped, its connection
-            // kept; it is simply not heard this round).
-            // The grace is as long again as the majority took (at least STRAGGLER_GRACE), so
-            // a sentinel a little farther away than the others is still heard.
-            let started = tokio::time::Instant::now();
-            let grace = tokio::time::sleep(Duration::ZERO);
-            tokio::pin!(grace);
-            let mut answered = 0;
-            let mut waiting_grace = false;
-            loop {
-                tokio::select! {
-                    r = queries.next() => match r {
-                        Some((i, res)) => {
-                            answered += usize::from(res.is_ok());
-                            results.push((i, res));
-                            if decide::is_majority(answered, configured) && !waiting_grace {
-                                waiting_grace = true;
-                                let took = started.elapsed();
-                                grace
-                                    .as_mut()
-                                    .reset(started + took + took.max(STRAGGLER_GRACE));
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = &mut grace, if waiting_grace => break,
-                }
-            }
-        }
+        let queries: futures_util::stream::FuturesUnordered<_> = self
+            .sentinels
+            .iter_mut()
+            .enumerate()
+            .zip(&due)
+            .filter(|(_, due)| **due)
+            .map(|((i, s), _)| {
+                let name = name.clone();
+                async move { (i, s.master(&name).await) }
+            })
+            .collect();
+        // One slow sentinel must not delay every round: its query is dropped, its connection
+        // kept; it is simply not heard this round.
+        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> =
+            gather(queries, configured, |(_, r)| r.is_ok()).await;
         results.sort_by_key(|(i, _)| *i);
         for (i, due) in due.iter().enumerate() {
             if *due && !results.iter().any(|(j, _)| *j == i) {
@@ -1025,6 +1004,41 @@ impl Watcher {
     }
 }
 
+/// Runs `queries` (one per sentinel) until all have finished, or until answers that count
+/// (`counts`) come from a majority of the `configured` sentinels and the grace that follows
+/// ([`decide::straggler_deadline`]) has passed; the unfinished ones are dropped.
+async fn gather<F: std::future::Future>(
+    mut queries: futures_util::stream::FuturesUnordered<F>,
+    configured: usize,
+    counts: impl Fn(&F::Output) -> bool,
+) -> Vec<F::Output> {
+    let mut done = Vec::new();
+    let started = tokio::time::Instant::now();
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(grace);
+    let mut answered = 0;
+    let mut waiting_grace = false;
+    loop {
+        tokio::select! {
+            r = queries.next() => match r {
+                Some(out) => {
+                    answered += usize::from(counts(&out));
+                    done.push(out);
+                    if decide::is_majority(answered, configured) && !waiting_grace {
+                        waiting_grace = true;
+                        grace
+                            .as_mut()
+                            .reset(started + decide::straggler_deadline(started.elapsed(), STRAGGLER_GRACE));
+                    }
+                }
+                None => break,
+            },
+            _ = &mut grace, if waiting_grace => break,
+        }
+    }
+    done
+}
+
 /// The sentinel an event comes from and the address it names as the master being replaced
 /// (or promoted away from); `None` for a hint.
 fn event_names(ev: &Event) -> Option<(usize, &str)> {
@@ -1063,4 +1077,60 @@ fn would_fence(route: &Route, gate: &EventGate, stale: &[bool], ev: &Event) -> b
         decide::event_effect(event_context(route, gate, stale, false, sentinel, named))
             == decide::EventEffect::Fence
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sentinel that never answers delays a gathering by the straggler grace only, once a
+    /// majority has answered; without a majority, every answer is waited for.
+    #[tokio::test]
+    async fn gathering_waits_for_a_majority_then_a_grace() {
+        type Ask = std::pin::Pin<Box<dyn std::future::Future<Output = Option<u8>> + Send>>;
+        let answer = |v: Option<u8>| -> Ask { Box::pin(async move { v }) };
+        let never = || -> Ask { Box::pin(std::future::pending()) };
+        // (asks, configured, answers gathered)
+        let rows: Vec<(Vec<Ask>, usize, usize)> = vec![
+            (vec![answer(Some(1)), answer(Some(2)), never()], 3, 2),
+            (vec![answer(Some(1)), answer(None), answer(Some(3))], 3, 3),
+            (
+                vec![
+                    answer(Some(1)),
+                    answer(Some(2)),
+                    never(),
+                    never(),
+                    answer(Some(5)),
+                ],
+                5,
+                3,
+            ),
+        ];
+        for (asks, configured, want) in rows {
+            let started = Instant::now();
+            let got = gather(asks.into_iter().collect(), configured, Option::is_some).await;
+            assert_eq!(got.len(), want, "{configured}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // Only a minority answers: the others are waited for (here, until they answer late).
+        let late: Ask = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some(3)
+        });
+        let started = Instant::now();
+        let got = gather(
+            vec![answer(Some(1)), answer(None), late]
+                .into_iter()
+                .collect(),
+            3,
+            Option::is_some,
+        )
+        .await;
+        assert_eq!(got.len(), 3);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
 }
