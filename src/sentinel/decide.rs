@@ -14,6 +14,12 @@
 //! - among acceptable addresses the highest config-epoch wins, then votes, then the current
 //!   master, then the address; a disqualified winner (a failover in progress, quarantined) gives
 //!   way to the next acceptable address at the same config-epoch, never to an older one.
+//!
+//! The smaller rules the watcher applies around it live here too, each with its rows:
+//! [`is_majority`] (the one majority rule), [`event_effect`] (what a failover event does),
+//! [`suspect_after_check`] / [`refused_by_master`] (which failures make the master suspect),
+//! [`restarted`] (a restarted master), [`name_moved`] (a master announced by name) and
+//! [`straggler_deadline`] (how long a round waits past a majority).
 
 use std::io;
 use std::time::Duration;
@@ -229,6 +235,22 @@ pub fn event_effect(c: EventContext) -> EventEffect {
     }
 }
 
+/// Whether an announced host is a name (looked up again each round) rather than an IP literal.
+pub fn is_host_name(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_err()
+}
+
+/// Whether the master announced by name has moved: the name now resolves (`resolved`; `None`
+/// when it was not looked up or the lookup failed) only to addresses other than the verified
+/// one, `current`. While `current` is still among them, round-robin DNS does not move the
+/// route; a failed lookup is not evidence either.
+pub fn name_moved(
+    resolved: Option<&[std::net::SocketAddr]>,
+    current: std::net::SocketAddr,
+) -> bool {
+    resolved.is_some_and(|all| !all.is_empty() && !all.contains(&current))
+}
+
 /// Whether a connection to the master that failed with `e` makes the master suspect (not
 /// trusted until a `ROLE` check answers master again). Only the master's own answers do: it
 /// refused or reset the connection, its host is unreachable, its TLS handshake failed. A
@@ -302,6 +324,32 @@ mod tests {
             failing_over: vec![],
             want: vec![],
             stale: vec![],
+        }
+    }
+
+    #[test]
+    fn hostnames() {
+        let a: std::net::SocketAddr = "10.0.0.1:6379".parse().expect("addr");
+        let b: std::net::SocketAddr = "10.0.0.2:6379".parse().expect("addr");
+        let rows: &[(Option<&[std::net::SocketAddr]>, bool)] = &[
+            (Some(&[a]), false),
+            // Round-robin DNS: the current address is still one of them.
+            (Some(&[b, a]), false),
+            (Some(&[b]), true),
+            // Not looked up (an IP literal), or the lookup failed: not evidence.
+            (None, false),
+            (Some(&[]), false),
+        ];
+        for (resolved, want) in rows {
+            assert_eq!(name_moved(*resolved, a), *want, "{resolved:?}");
+        }
+        for (host, name) in [
+            ("redis-0.redis", true),
+            ("10.0.0.1", false),
+            ("::1", false),
+            ("localhost", true),
+        ] {
+            assert_eq!(is_host_name(host), name, "{host}");
         }
     }
 
@@ -612,6 +660,38 @@ mod tests {
                         (2, rep(b, 2)),
                         (3, rep(c, 2)),
                         (4, rep(c, 2)),
+                    ],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((c, 2)),
+                failing_over: vec![(0, b.to_string())],
+                ..row(
+                    "a winner flagged failover_in_progress loses to the unflagged one at its epoch",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(c, 2)),
+                        (4, rep(c, 2)),
+                    ],
+                )
+            },
+            Row {
+                want: vec![],
+                current: Some((a, 1)),
+                failing_over: vec![(0, b.to_string())],
+                ..row(
+                    "a flagged winner with no unflagged one at its epoch: wait, not the old master",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(a, 1)),
+                        (4, rep(a, 1)),
                     ],
                 )
             },

@@ -665,11 +665,14 @@ impl Watcher {
                 // new master.
                 let (host, port) = crate::config::parse_host_port(&cur.announced)
                     .unwrap_or_else(|_| (cur.addr.ip().to_string(), cur.addr.port()));
-                let moved = host.parse::<std::net::IpAddr>().is_err()
-                    && client::resolve_all(&host, port, self.timeouts.timeout)
+                let resolved = if decide::is_host_name(&host) {
+                    client::resolve_all(&host, port, self.timeouts.timeout)
                         .await
-                        .is_ok_and(|all| !all.contains(&cur.addr));
-                if !moved {
+                        .ok()
+                } else {
+                    None
+                };
+                if !decide::name_moved(resolved.as_deref(), cur.addr) {
                     return match self.check_current(&cur).await {
                         Some(Role::Master) | None => self.poll_interval,
                         Some(_) => self.fast_retry(),
