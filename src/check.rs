@@ -215,7 +215,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             }
             Ok(addr) => match role(addr, &top.host, &route.node, timeouts)
                 .await
-                .map(|(r, _)| r)
+                .map(|c| c.role)
             {
                 Ok(Role::Master) => {
                     let _ = writeln!(

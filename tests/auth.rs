@@ -184,6 +184,14 @@ fn least_privilege_acl_users_are_enough_to_route_and_fence() {
         proxy.metric("redis_failover_proxy_node_check_errors_total", &[]),
         0.0
     );
+    // Without `+info` the master's run_id cannot be read: said once (not at every check, not
+    // again for the new master), and restarts are told by the offset alone.
+    let unreadable = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot read the master's run_id"))
+        .count();
+    assert_eq!(unreadable, 1, "{}", proxy.log());
 }
 
 /// (c) The same node user without `+role`: Redis answers "NOPERM this user has no

@@ -276,13 +276,43 @@ pub fn suspect_after_check(kind: SentinelErrorKind, io: Option<io::ErrorKind>) -
     kind == SentinelErrorKind::Connect && io.is_some_and(refused_by_master)
 }
 
-/// Whether a master restarted between two `ROLE` checks: `before` is the epoch and
-/// replication offset seen at the previous check of the route's master, `now` the same now. A
-/// restart without persistence starts the offset again from 0; a live master's offset only
-/// grows. (Not caught: a restart whose new offset has already passed the old one, and a run_id
-/// or replication-ID change, which `ROLE` does not show.)
-pub fn restarted(before: Option<(u64, u64)>, now: (u64, u64)) -> bool {
-    before.is_some_and(|(epoch, offset)| epoch == now.0 && now.1 < offset)
+/// What a `ROLE` check of the route's master saw of the process behind its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The route's epoch the master was checked in.
+    pub epoch: u64,
+    /// Its replication offset, if `ROLE` gave one.
+    pub offset: Option<u64>,
+    /// Its `run_id` (`INFO server`), if it could be read.
+    pub run_id: Option<String>,
+}
+
+/// How a restart of the master showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Its `run_id` changed: another process answers at the address.
+    RunId,
+    /// Its replication offset went backwards (a restart without persistence starts again from
+    /// 0; a live master's offset only grows).
+    Offset,
+}
+
+/// Whether the master restarted between two `ROLE` checks in one epoch (`before`, `now`): its
+/// `run_id` changed (any restart, persistence or not), or its offset went backwards (a restart
+/// seen without a `run_id`, say a node ACL without `+info`; or the same process whose data was
+/// replaced by a full resync: what it held before is gone either way). A new epoch starts
+/// afresh, so a restart before an epoch's first check is not caught.
+pub fn restarted(before: Option<&Seen>, now: &Seen) -> Option<Restart> {
+    let before = before.filter(|b| b.epoch == now.epoch)?;
+    if let (Some(was), Some(is)) = (&before.run_id, &now.run_id) {
+        if was != is {
+            return Some(Restart::RunId);
+        }
+    }
+    match (before.offset, now.offset) {
+        (Some(was), Some(is)) if is < was => Some(Restart::Offset),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -465,19 +495,64 @@ mod tests {
 
     #[test]
     fn restarts() {
-        // (before, now, restarted)
-        type Row = (Option<(u64, u64)>, (u64, u64), bool);
-        let rows: &[Row] = &[
-            (None, (1, 0), false),
-            (Some((1, 100)), (1, 150), false),
-            (Some((1, 100)), (1, 100), false),
-            (Some((1, 100)), (1, 0), true),
-            (Some((1, 100)), (1, 99), true),
+        let seen = |epoch, offset: Option<u64>, run_id: Option<&str>| Seen {
+            epoch,
+            offset,
+            run_id: run_id.map(str::to_string),
+        };
+        let (x, y) = (Some("run-x"), Some("run-y"));
+        use Restart::*;
+        // (before, now, restart)
+        let rows: Vec<(Option<Seen>, Seen, Option<Restart>)> = vec![
+            (None, seen(1, Some(0), x), None),
+            (Some(seen(1, Some(100), x)), seen(1, Some(150), x), None),
+            (Some(seen(1, Some(100), x)), seen(1, Some(100), x), None),
+            // Another process at the address: caught whatever its offset.
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(150), y),
+                Some(RunId),
+            ),
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), y),
+                Some(RunId),
+            ),
+            (Some(seen(1, None, x)), seen(1, None, y), Some(RunId)),
+            // The same process with an older dataset (a full resync): what it held is gone.
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), x),
+                Some(Offset),
+            ),
+            // No run_id on one side (INFO not permitted): the offset decides.
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(0), None),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(99), y),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), None),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(150), None),
+                None,
+            ),
+            // No offset either: nothing to tell by.
+            (Some(seen(1, None, None)), seen(1, Some(0), None), None),
             // A new epoch (another master, or the same one verified again) starts afresh.
-            (Some((1, 100)), (2, 0), false),
+            (Some(seen(1, Some(100), x)), seen(2, Some(0), y), None),
         ];
         for (before, now, want) in rows {
-            assert_eq!(restarted(*before, *now), *want, "{before:?} {now:?}");
+            assert_eq!(restarted(before.as_ref(), &now), want, "{before:?} {now:?}");
         }
     }
 

@@ -66,7 +66,9 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
         stale: vec![false; n],
-        offset: None,
+        seen: None,
+        checked: None,
+        run_id_unreadable: false,
         last_top_epoch: 0,
         switch_log: Throttle::new(SWITCH_LOG_EVERY),
         cfg,
@@ -125,8 +127,14 @@ struct Watcher {
     set_aside: Vec<bool>,
     /// Per sentinel: its report was stale last round (older than the verified master's).
     stale: Vec<bool>,
-    /// The current master's epoch and replication offset at its last ROLE check.
-    offset: Option<(u64, u64)>,
+    /// The current master's process as its last ROLE check saw it (epoch, replication
+    /// offset, run_id).
+    seen: Option<decide::Seen>,
+    /// The latest master answer to a ROLE check (address, offset, run_id): the baseline of an
+    /// epoch installed on it.
+    checked: Option<(SocketAddr, Option<u64>, Option<String>)>,
+    /// The master's run_id could not be read at the last check (logged once per episode).
+    run_id_unreadable: bool,
     /// The highest config-epoch of the last round's reports.
     last_top_epoch: u64,
     /// Limits the "+switch-master received" lines of events that change nothing.
@@ -730,6 +738,16 @@ impl Watcher {
         }
         let previous = self.previous.replace(addr);
         let master = self.route.install(addr, announced, top.config_epoch);
+        // The process verified now is the one later checks must find again.
+        self.seen =
+            self.checked
+                .take()
+                .filter(|(a, _, _)| *a == addr)
+                .map(|(_, offset, run_id)| decide::Seen {
+                    epoch: master.epoch,
+                    offset,
+                    run_id,
+                });
         let no_master_ms = self
             .fenced_at
             .take()
@@ -749,23 +767,58 @@ impl Watcher {
         true
     }
 
-    /// Whether the current master at `addr` restarted since its last check: its replication
-    /// offset went backwards (a restart without persistence starts again from 0). Then it is
-    /// not the process that was verified: its epoch is fenced, and the next round verifies it
-    /// afresh as a new master.
-    fn restarted(&mut self, addr: SocketAddr, offset: u64) -> bool {
+    /// Whether the current master at `addr` restarted since its last check
+    /// ([`decide::restarted`]: its run_id changed, or its replication offset went backwards).
+    /// Then it is not the process that was verified: its epoch is fenced, and the next round
+    /// verifies it afresh as a new master.
+    fn restarted(&mut self, addr: SocketAddr, offset: Option<u64>, run_id: Option<String>) -> bool {
         let Some(cur) = self.route.current().filter(|c| c.addr == addr) else {
             return false;
         };
-        let last = self.offset.replace((cur.epoch, offset));
-        match last {
-            Some((_, before)) if decide::restarted(last, (cur.epoch, offset)) => {
-                warn!(route = self.route.name(), master.addr = %addr, offset_before = before, offset_now = offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master");
-                self.fence(FenceReason::MasterRestarted, Instant::now());
-                self.offset = None;
-                true
+        let now = decide::Seen {
+            epoch: cur.epoch,
+            offset,
+            run_id,
+        };
+        let before = self.seen.replace(now.clone());
+        let Some(how) = decide::restarted(before.as_ref(), &now) else {
+            return false;
+        };
+        let route = self.route.name();
+        let (offset_before, run_id_before) = before.map_or((None, None), |b| (b.offset, b.run_id));
+        match how {
+            decide::Restart::RunId => {
+                warn!(route, master.addr = %addr, run_id_before = ?run_id_before, run_id_now = ?now.run_id, "the master restarted (its run_id changed): what it held before may be gone; verifying it again as a new master")
             }
-            _ => false,
+            decide::Restart::Offset => {
+                warn!(route, master.addr = %addr, offset_before = ?offset_before, offset_now = ?now.offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master")
+            }
+        }
+        self.fence(FenceReason::MasterRestarted, Instant::now());
+        self.seen = None;
+        true
+    }
+
+    /// The run_id a master's check read, if any; logs, once per episode, that it could not be
+    /// read (a node ACL without `+info`): restarts are then told by the offset alone.
+    fn note_run_id(
+        &mut self,
+        addr: SocketAddr,
+        run_id: Option<Result<String, client::PeerError>>,
+    ) -> Option<String> {
+        match run_id? {
+            Ok(id) => {
+                if std::mem::take(&mut self.run_id_unreadable) {
+                    info!(route = self.route.name(), master.addr = %addr, "the master's run_id can be read again");
+                }
+                Some(id)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.run_id_unreadable, true) {
+                    warn!(route = self.route.name(), master.addr = %addr, kind = e.kind.as_str(), error = %e, "cannot read the master's run_id (INFO server; the node ACL needs +info): a restart is told only by its replication offset going backwards");
+                }
+                None
+            }
         }
     }
 
@@ -888,13 +941,15 @@ impl Watcher {
         let host = client::announced_host(announced);
         let result = role(addr, host, &self.route.config().node, self.timeouts).await;
         let result = match result {
-            Ok((Role::Master, Some(offset))) => {
-                if self.restarted(addr, offset) {
+            Ok(c) if c.role == Role::Master => {
+                let run_id = self.note_run_id(addr, c.run_id);
+                if self.restarted(addr, c.offset, run_id.clone()) {
                     return None;
                 }
+                self.checked = Some((addr, c.offset, run_id));
                 Ok(Role::Master)
             }
-            other => other.map(|(r, _)| r),
+            other => other.map(|c| c.role),
         };
         let (label, outcome) = match &result {
             Ok(Role::Master) => ("master", "master"),
