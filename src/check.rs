@@ -2,10 +2,11 @@
 //! `ROLE`, and print the topology, like `haproxy -c` / `nginx -t` but for the live system.
 
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use crate::config::{Config, RouteConfig};
 use crate::sentinel::client::{peer_text, resolve, role, MasterReport, Role, Sentinel, Timeouts};
-use crate::sentinel::{arbiter, decide};
+use crate::sentinel::{arbiter, decide, evidence};
 
 /// What `check --offline` prints for a configuration that validated: where it came from
 /// (`source`), the admin address and, per route, its listen address, master name and
@@ -50,7 +51,7 @@ pub fn offline_summary(config: &Config, source: &str) -> String {
             out,
             "  sentinels ({}, majority {}): {}{}",
             s.addresses.len(),
-            s.addresses.len() / 2 + 1,
+            decide::majority_of(s.addresses.len()),
             s.addresses.join(", "),
             if s.access.tls.is_some() { " (TLS)" } else { "" },
         );
@@ -127,19 +128,33 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
         sentinels.push(s);
     }
     let _ = writeln!(out, "  sentinels reachable: {}/{}", reports.len(), n);
-    if reports.len() <= n / 2 {
+    if !decide::is_majority(reports.len(), n) {
         let _ = writeln!(
             out,
             "  warning: no majority of the configured sentinels answered; their view may be stale"
         );
     }
-    // The proxy's own rules decide (sentinel::decide), so `check` approves exactly what the
-    // proxy would route to.
-    let failing_over: Vec<(usize, String)> = reports
-        .iter()
-        .filter(|(_, r)| r.failover_in_progress())
-        .map(|(i, r)| (*i, r.announced()))
-        .collect();
+    // The proxy's own rules decide (sentinel::evidence::screen, then sentinel::decide), so
+    // `check` approves exactly what the proxy would route to. One look sees every failover
+    // claim as just begun (the proxy's first round does too): a claim the proxy has dismissed
+    // after the failover-timeout still disqualifies here, which errs on the side of refusing.
+    let screened = evidence::screen(
+        reports,
+        None,
+        &mut evidence::Claims::default(),
+        Instant::now(),
+    );
+    for (i, r) in &screened.set_aside {
+        let _ = writeln!(
+            out,
+            "  sentinel {}: report set aside: config-epoch {} leads every other view by more than {} (the proxy waits for another sentinel to agree)",
+            route.sentinel.addresses[*i],
+            r.config_epoch,
+            evidence::MAX_EPOCH_LEAD
+        );
+    }
+    let reports = screened.kept;
+    let failing_over = screened.failing_over;
     let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a);
     let mut members: Option<Vec<Vec<String>>> = None;
     let decision = loop {
@@ -200,7 +215,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
             }
             Ok(addr) => match role(addr, &top.host, &route.node, timeouts)
                 .await
-                .map(|(r, _)| r)
+                .map(|c| c.role)
             {
                 Ok(Role::Master) => {
                     let _ = writeln!(

@@ -46,8 +46,8 @@ pub const SENTINELS_CONFIGURED: &str = "redis_failover_proxy_sentinels_configure
 pub const SENTINEL_ERRORS: &str = "redis_failover_proxy_sentinel_errors_total";
 /// `+switch-master` events received for the route's master. Labels: `route`.
 pub const SWITCH_EVENTS: &str = "redis_failover_proxy_switch_events_total";
-/// Failed `ROLE` checks of nodes, by kind (`connect`, `timeout`, `protocol`, `auth`, `noperm`,
-/// `tls`, `oversized`). Labels: `route`, `kind`.
+/// Failed `ROLE` checks of nodes, by kind (`connect`, `connect_timeout`, `timeout`, `protocol`,
+/// `auth`, `noperm`, `tls`, `oversized`). Labels: `route`, `kind`.
 pub const NODE_CHECK_ERRORS: &str = "redis_failover_proxy_node_check_errors_total";
 /// Sentinel events ignored as malformed or as repeats of evidence already acted on. Labels:
 /// `route`, `sentinel`, `why` (`malformed`, `repeat`).
@@ -224,8 +224,11 @@ impl FenceReason {
 /// What went wrong talking to a sentinel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SentinelErrorKind {
-    /// Could not connect (refused, unresolvable, timed out connecting).
+    /// Could not connect (refused, reset, unreachable, unresolvable).
     Connect,
+    /// No connection within the timeout (a lost SYN, a full listen queue, a partition): says
+    /// nothing about the peer itself.
+    ConnectTimeout,
     /// Connected, but no reply in time.
     Timeout,
     /// The reply was an error or not what a sentinel sends.
@@ -251,6 +254,7 @@ impl SentinelErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SentinelErrorKind::Connect => "connect",
+            SentinelErrorKind::ConnectTimeout => "connect_timeout",
             SentinelErrorKind::Timeout => "timeout",
             SentinelErrorKind::Protocol => "protocol",
             SentinelErrorKind::UnknownMaster => "unknown_master",
@@ -263,8 +267,9 @@ impl SentinelErrorKind {
     }
 
     /// Every kind, for registering each label value at 0.
-    pub const ALL: [SentinelErrorKind; 9] = [
+    pub const ALL: [SentinelErrorKind; 10] = [
         SentinelErrorKind::Connect,
+        SentinelErrorKind::ConnectTimeout,
         SentinelErrorKind::Timeout,
         SentinelErrorKind::Protocol,
         SentinelErrorKind::UnknownMaster,
@@ -276,8 +281,9 @@ impl SentinelErrorKind {
     ];
 
     /// The kinds a node check (`ROLE`) can fail with.
-    pub const NODE: [SentinelErrorKind; 7] = [
+    pub const NODE: [SentinelErrorKind; 8] = [
         SentinelErrorKind::Connect,
+        SentinelErrorKind::ConnectTimeout,
         SentinelErrorKind::Timeout,
         SentinelErrorKind::Protocol,
         SentinelErrorKind::Auth,

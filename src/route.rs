@@ -161,6 +161,9 @@ pub struct Route {
     last_fence: Mutex<Option<FenceRecord>>,
     history: Mutex<History>,
     node_error: Mutex<Option<String>>,
+    /// Whether a majority of the configured sentinels answered the watcher's latest round (its
+    /// verdict, which `/status` and `/readyz` report).
+    sentinel_majority: AtomicBool,
     /// Connects to the master in flight at once (see [`MAX_CONNECTING`]).
     pub connecting: tokio::sync::Semaphore,
 }
@@ -213,6 +216,7 @@ impl Route {
             last_fence: Mutex::new(None),
             history: Mutex::new(History::default()),
             node_error: Mutex::new(None),
+            sentinel_majority: AtomicBool::new(false),
             connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
         })
     }
@@ -429,6 +433,17 @@ impl Route {
     /// Client connections held waiting for a master.
     pub fn held_clients(&self) -> usize {
         self.held_clients.load(Ordering::Relaxed)
+    }
+
+    /// Records the watcher's verdict on the latest round: a majority answered or not
+    /// (watcher only).
+    pub fn set_sentinel_majority(&self, majority: bool) {
+        self.sentinel_majority.store(majority, Ordering::Relaxed);
+    }
+
+    /// Whether a majority of the configured sentinels answered the latest round.
+    pub fn sentinel_majority(&self) -> bool {
+        self.sentinel_majority.load(Ordering::Relaxed)
     }
 
     /// Snapshot of what each sentinel last said.

@@ -209,7 +209,8 @@ pub struct RouteView {
     pub last_node_error: Option<String>,
     /// Sentinels that answered the latest round.
     pub sentinels_reachable: usize,
-    /// Whether they are a majority of those configured.
+    /// Whether they are a majority of those configured (the watcher's verdict on its latest
+    /// round, `decide::is_majority`).
     pub sentinel_majority: bool,
     /// What each sentinel last said.
     pub sentinels: Vec<SentinelStatus>,
@@ -268,7 +269,8 @@ impl RouteView {
             last_fence: route.last_fence(),
             last_node_error: route.node_error(),
             sentinels_reachable: reachable,
-            sentinel_majority: reachable > sentinels.len() / 2,
+            // The watcher's own verdict, so /readyz says what the watcher acts on.
+            sentinel_majority: route.sentinel_majority(),
             sentinels,
             history: route.history(),
         }
@@ -347,7 +349,7 @@ mod tests {
             last_fence: None,
             last_node_error: None,
             sentinels_reachable: reachable,
-            sentinel_majority: reachable > configured / 2,
+            sentinel_majority: crate::sentinel::decide::is_majority(reachable, configured),
             sentinels: (0..configured)
                 .map(|i| SentinelStatus {
                     reachable: i < reachable,

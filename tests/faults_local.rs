@@ -112,8 +112,9 @@ impl Prober {
 }
 
 /// The master restarts (no persistence) faster than the sentinels' down-after: they never fail
-/// over. The proxy holds clients while it is down, sees its replication offset went backwards,
-/// and treats it as a new master: one fence (`master_restarted`), a new epoch, same address.
+/// over. The proxy holds clients while it is down, sees another process at the address (its
+/// run_id changed, its replication offset went backwards), and treats it as a new master: one
+/// fence (`master_restarted`), a new epoch, same address.
 #[test]
 fn master_rebooting_fast_is_verified_again_as_a_new_master() {
     let opts = ProxyOpts {

@@ -136,3 +136,45 @@ fn a_master_that_refuses_is_reported_as_not_ready() {
     let mut c = Client::connect(proxy.port);
     assert_eq!(c.node_port().expect("served"), master);
 }
+
+/// With the master and every sentinel dead, the proxy does not claim to route: within a few
+/// polls `/readyz` is 503 and `master_verified` 0 (it used to stay `200 ready (degraded ...)`
+/// with `master_verified` 1 while every client was held and reset).
+#[test]
+fn master_and_every_sentinel_dead_is_reported_as_not_ready() {
+    let Some((mut t, proxy)) = ready_lab(|| Topology::start(60_000), ProxyOpts::default()) else {
+        return;
+    };
+    assert_eq!(
+        proxy.metric("redis_failover_proxy_master_verified", &[]),
+        1.0
+    );
+    // The sentinels first, so none of them fails over.
+    for s in &mut t.sentinels {
+        s.kill();
+    }
+    t.nodes[0].kill();
+    let killed = std::time::Instant::now();
+    // Bound: the default poll_interval is 250 ms; a ROLE check runs every poll even with no
+    // sentinel reachable, and a refused one distrusts the master.
+    let bound = Duration::from_secs(5);
+    wait_until(bound, "/readyz says not ready", || {
+        proxy
+            .http("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("is not answering"))
+    });
+    let not_ready = killed.elapsed();
+    proxy.wait_metric(
+        bound.saturating_sub(killed.elapsed()),
+        "master_verified drops to 0",
+        "redis_failover_proxy_master_verified",
+        &[],
+        |v| v == 0.0,
+    );
+    let unverified = killed.elapsed();
+    eprintln!("master and sentinels dead: /readyz 503 after {not_ready:?}, master_verified 0 after {unverified:?}");
+    let route = &proxy.status()["routes"][0];
+    assert_eq!(route["state"], "untrusted");
+    assert_eq!(route["sentinels_reachable"], 0);
+    assert_eq!(route["sentinel_majority"], false);
+}

@@ -25,6 +25,7 @@ use super::Shutdown;
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason, Rejected};
 use crate::route::{Admission, ClientGuard, HeldGuard, Master, Route};
+use crate::sentinel::decide::refused_by_master;
 
 /// Size of the per-thread read buffer (see `SCRATCH`). Per-session buffers would cost 32 KiB
 /// per session (10,000 idle pooled clients: 320 MiB, which the allocator does not give back).
@@ -152,7 +153,7 @@ async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown
             // Fenced while connecting: never use a connection of an ended epoch.
             None => continue,
             Some(Ok(conn)) => break Ok((master, guard, conn)),
-            Some(Err(ConnectError::Master(e))) if refused_by_master(&e) => {
+            Some(Err(ConnectError::Master(e))) if refused_by_master(e.kind()) => {
                 counter!(m::MASTER_CONNECT_ERRORS, "route" => route.name().to_string())
                     .increment(1);
                 debug!(master.addr = %master.addr, error = %e, "connect to master refused; holding client");
@@ -407,20 +408,6 @@ async fn peek_unix(c: &UnixStream) -> io::Result<usize> {
 enum ConnectError {
     Master(io::Error),
     Local(io::Error),
-}
-
-/// Whether a failed connect was the master's own answer (its host refused or reset the
-/// connection), as opposed to a timeout the network or a full listen queue may cause.
-fn refused_by_master(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-            // A TLS handshake the master failed (its certificate, its alert).
-            | io::ErrorKind::InvalidData
-    )
 }
 
 /// Pause before retrying after a local error (e.g. EMFILE) or a connect timeout.
@@ -1012,27 +999,6 @@ mod tests {
                 deliver_masters_last_bytes(direction, failed),
                 drain,
                 "{direction:?} failed on {failed:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_the_masters_own_answers_make_it_suspect() {
-        use io::ErrorKind::*;
-        let rows = [
-            (ConnectionRefused, true),
-            (ConnectionReset, true),
-            (HostUnreachable, true),
-            (InvalidData, true),
-            (TimedOut, false),
-            (WouldBlock, false),
-            (Other, false),
-        ];
-        for (kind, suspect) in rows {
-            assert_eq!(
-                refused_by_master(&io::Error::from(kind)),
-                suspect,
-                "{kind:?}"
             );
         }
     }

@@ -30,6 +30,9 @@ pub struct PeerError {
     pub kind: SentinelErrorKind,
     /// Details.
     pub message: String,
+    /// The OS error behind a failed connection, when there is one (what
+    /// [`decide::suspect_after_check`](super::decide::suspect_after_check) judges).
+    pub io: Option<std::io::ErrorKind>,
 }
 
 /// A sentinel query failed.
@@ -47,12 +50,37 @@ impl PeerError {
             addr: addr.to_string(),
             kind,
             message: peer_text(message.as_ref()),
+            io: None,
         }
     }
 
     fn from_redis(role: &'static str, addr: &str, e: &redis::RedisError) -> PeerError {
         let (kind, message) = classify(e);
-        PeerError::new(role, addr, kind, message)
+        let mut err = PeerError::new(role, addr, kind, message);
+        // redis-rs keeps the io::Error to itself; what it says of it is enough for the trust
+        // rule: refused, or an established connection dropped by the peer.
+        err.io = if e.is_connection_refusal() {
+            Some(std::io::ErrorKind::ConnectionRefused)
+        } else if e.is_io_error() && e.is_connection_dropped() {
+            Some(std::io::ErrorKind::ConnectionReset)
+        } else {
+            None
+        };
+        err
+    }
+
+    /// A connect failure with the OS error behind it: a timeout (the kernel's own, after the
+    /// SYN retries) is [`SentinelErrorKind::ConnectTimeout`], the rest
+    /// [`SentinelErrorKind::Connect`].
+    fn connect_io(role: &'static str, addr: &str, e: &std::io::Error) -> PeerError {
+        let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+            SentinelErrorKind::ConnectTimeout
+        } else {
+            SentinelErrorKind::Connect
+        };
+        let mut err = PeerError::new(role, addr, kind, e.to_string());
+        err.io = Some(e.kind());
+        err
     }
 }
 
@@ -278,8 +306,8 @@ impl Peer {
         };
         let tcp = match tokio::time::timeout(self.timeout, connecting).await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(self.error(K::Connect, e.to_string())),
-            Err(_) => return Err(self.error(K::Connect, "connect timed out")),
+            Ok(Err(e)) => return Err(PeerError::connect_io(self.role, &self.addr(), &e)),
+            Err(_) => return Err(self.error(K::ConnectTimeout, "connect timed out")),
         };
         let _ = tcp.set_nodelay(true);
         let limits = RespLimits::default();
@@ -410,7 +438,9 @@ impl Sentinel {
             let conn = match tokio::time::timeout(peer.timeout * 3, peer.connect()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(self.rename(e)),
-                Err(_) => return Err(self.error(SentinelErrorKind::Connect, "connect timed out")),
+                Err(_) => {
+                    return Err(self.error(SentinelErrorKind::ConnectTimeout, "connect timed out"))
+                }
             };
             self.conn = Some(conn);
         }
@@ -623,14 +653,28 @@ pub fn pick(addrs: &[SocketAddr], current: Option<SocketAddr>) -> Option<SocketA
     }
 }
 
+/// What a `ROLE` check learned about a node.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Its role.
+    pub role: Role,
+    /// A master's replication offset (from the `ROLE` reply).
+    pub offset: Option<u64>,
+    /// A master's `run_id` (`INFO server`), which changes with every start of the process;
+    /// `None` for a replica. An error here (say, a node ACL without `+info`) does not fail the
+    /// check: the caller loses only this means of telling a restart.
+    pub run_id: Option<Result<String, PeerError>>,
+}
+
 /// Asks the node at `addr` (announced by the sentinels as `host`, the name TLS verifies) for
-/// its `ROLE` on a fresh connection; a master's answer carries its replication offset.
+/// its `ROLE` on a fresh connection, and a master for its `run_id` (`INFO server`) on the same
+/// connection.
 pub async fn role(
     addr: SocketAddr,
     host: &str,
     access: &PeerAccess,
     timeouts: Timeouts,
-) -> Result<(Role, Option<u64>), PeerError> {
+) -> Result<Checked, PeerError> {
     // Connects to the resolved address, but verifies TLS against the announced host.
     let peer = Peer {
         role: "node",
@@ -640,22 +684,61 @@ pub async fn role(
         timeout: timeouts.timeout,
     };
     let err = |kind, m: &str| PeerError::new("node", &addr.to_string(), kind, m);
+    let at = |mut e: PeerError| {
+        e.addr = addr.to_string();
+        e
+    };
     let work = async {
         let mut conn = peer.connect_at(addr).await?;
-        redis::cmd("ROLE")
+        let v = redis::cmd("ROLE")
             .query_async::<Value>(&mut conn.conn)
             .await
-            .map_err(|e| peer.redis_error(&e))
+            .map_err(|e| peer.redis_error(&e))?;
+        let role = parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))?;
+        let run_id = if role == Role::Master {
+            let info = redis::cmd("INFO")
+                .arg("server")
+                .query_async::<Value>(&mut conn.conn)
+                .await
+                .map_err(|e| at(peer.redis_error(&e)))
+                .and_then(|v| {
+                    info_text(&v).and_then(|t| parse_run_id(&t)).ok_or_else(|| {
+                        err(SentinelErrorKind::Protocol, "INFO server has no run_id")
+                    })
+                });
+            Some(info)
+        } else {
+            None
+        };
+        Ok(Checked {
+            role,
+            offset: master_offset(&v),
+            run_id,
+        })
     };
-    let v = tokio::time::timeout(timeouts.timeout * 3, work)
+    tokio::time::timeout(timeouts.timeout * 3, work)
         .await
         .map_err(|_| err(SentinelErrorKind::Timeout, "ROLE timed out"))?
-        .map_err(|mut e| {
-            e.addr = addr.to_string();
-            e
-        })?;
-    let role = parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))?;
-    Ok((role, master_offset(&v)))
+        .map_err(at)
+}
+
+/// The text of an `INFO` reply.
+fn info_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// The `run_id` field of `INFO server` text (escaped for printing).
+fn parse_run_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(peer_text)
 }
 
 /// A master's replication offset from its `ROLE` reply (`["master", offset, [...]]`).
@@ -697,6 +780,41 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn run_id_from_info_server() {
+        let rows = [
+            (
+                "# Server\r\nredis_version:7.0.15\r\nrun_id:9f8c2e1d0b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e\r\ntcp_port:6379\r\n",
+                Some("9f8c2e1d0b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e"),
+            ),
+            ("run_id:abc", Some("abc")),
+            ("# Server\r\nredis_version:7.0.15\r\n", None),
+            ("run_id:\r\n", None),
+            ("run_id:a\x1bb\r\n", Some("a\\u{1b}b")),
+        ];
+        for (text, want) in rows {
+            assert_eq!(parse_run_id(text).as_deref(), want, "{text:?}");
+        }
+        assert_eq!(info_text(&bulk("x")), Some("x".to_string()));
+        assert_eq!(info_text(&Value::Int(1)), None);
+    }
+
+    #[test]
+    fn connect_failures_keep_their_os_error() {
+        use std::io::ErrorKind::*;
+        // (OS error of the connect, kind)
+        let rows = [
+            (ConnectionRefused, SentinelErrorKind::Connect),
+            (HostUnreachable, SentinelErrorKind::Connect),
+            // The kernel gave up after its SYN retries: a timeout, not a refusal.
+            (TimedOut, SentinelErrorKind::ConnectTimeout),
+        ];
+        for (io, kind) in rows {
+            let e = PeerError::connect_io("node", "10.0.0.1:6379", &std::io::Error::from(io));
+            assert_eq!((e.kind, e.io), (kind, Some(io)), "{io:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Rules (one table row each below):
 //! - a report at a lower config-epoch than the verified master's is stale: it neither fences
-//!   nor is installed;
+//!   (its `failover_in_progress` flag included) nor is installed, and its sentinel's events
+//!   neither fence nor quarantine ([`event_effect`]);
 //! - an address is acceptable if a majority of the configured sentinels name it, or if it is
 //!   named at a config-epoch above every other view and a majority of the configured sentinels
 //!   either name it or list it as a replica of this group (`SENTINEL REPLICAS`): one sentinel
@@ -13,9 +14,19 @@
 //! - among acceptable addresses the highest config-epoch wins, then votes, then the current
 //!   master, then the address; a disqualified winner (a failover in progress, quarantined) gives
 //!   way to the next acceptable address at the same config-epoch, never to an older one.
+//!
+//! The smaller rules the watcher applies around it live here too, each with its rows:
+//! [`is_majority`] (the one majority rule), [`event_effect`] (what a failover event does),
+//! [`suspect_after_check`] / [`refused_by_master`] (which failures make the master suspect),
+//! [`restarted`] (a restarted master), [`name_moved`] (a master announced by name) and
+//! [`straggler_deadline`] (how long a round waits past a majority).
+
+use std::io;
+use std::time::Duration;
 
 use super::arbiter::{rank, Candidate};
 use super::client::MasterReport;
+use crate::metrics::SentinelErrorKind;
 
 /// What one round saw.
 #[derive(Debug, Clone, Copy)]
@@ -63,19 +74,46 @@ pub struct Decision {
     pub choice: Choice,
 }
 
+/// The majority rule, the one place it is written: whether `n` sentinels are a majority of the
+/// `configured` ones (of those configured, not of those reachable: a partition that hides some
+/// sentinels must not shrink the majority).
+pub fn is_majority(n: usize, configured: usize) -> bool {
+    n * 2 > configured
+}
+
+/// The fewest sentinels that are a majority of `configured` (for messages).
+pub fn majority_of(configured: usize) -> usize {
+    configured / 2 + 1
+}
+
+/// How long after its start a gathering of sentinel answers (a round, the replica lists) ends
+/// once a majority has answered after `took`: the grace for the rest is as long again as the
+/// majority took, at least `min_grace`, so a sentinel a little farther away than the others
+/// is still heard, and one slow or dead sentinel delays nothing by more than that.
+pub fn straggler_deadline(took: Duration, min_grace: Duration) -> Duration {
+    took + took.max(min_grace)
+}
+
 /// Applies the rules to one round's `view`; `quarantined(announced)` says whether an address
 /// is held back by earlier failover evidence (see `evidence::Quarantine`).
 pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
     let floor = view.current.map_or(0, |(_, e)| e);
-    let disqualified = |a: &str| view.failing_over.iter().any(|(_, f)| f == a) || quarantined(a);
     let stale: Vec<usize> = view
         .reports
         .iter()
         .filter(|(_, r)| r.config_epoch < floor)
         .map(|(i, _)| *i)
         .collect();
+    // A stale sentinel's claims count for nothing either: it fences nothing and disqualifies
+    // nobody (only a sentinel with a report at or above the floor is heard at all).
+    let failing_over: Vec<&(usize, String)> = view
+        .failing_over
+        .iter()
+        .filter(|(i, _)| !stale.contains(i) && view.reports.iter().any(|(j, _)| j == i))
+        .collect();
+    let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a) || quarantined(a);
     if let Some((cur, _)) = view.current {
-        if let Some((i, _)) = view.failing_over.iter().find(|(_, a)| a == cur) {
+        if let Some((i, _)) = failing_over.iter().find(|(_, a)| a == cur) {
             return Decision {
                 stale,
                 choice: Choice::FenceForFailover(*i),
@@ -90,7 +128,7 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
         .collect();
     let current = view.current.map(|(a, _)| a);
     let ranked = rank(&reports, current);
-    let majority = |n: usize| n * 2 > view.configured;
+    let majority = |n: usize| is_majority(n, view.configured);
 
     let mut acceptable: Vec<Candidate> = Vec::new();
     for c in ranked {
@@ -149,13 +187,132 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
     Decision { stale, choice }
 }
 
-/// Whether a master restarted between two `ROLE` checks: `before` is the epoch and
-/// replication offset seen at the previous check of the route's master, `now` the same now. A
-/// restart without persistence starts the offset again from 0; a live master's offset only
-/// grows. (Not caught: a restart whose new offset has already passed the old one, and a run_id
-/// or replication-ID change, which `ROLE` does not show.)
-pub fn restarted(before: Option<(u64, u64)>, now: (u64, u64)) -> bool {
-    before.is_some_and(|(epoch, offset)| epoch == now.0 && now.1 < offset)
+/// What a failover event (a `+switch-master` naming an address as the old master, or a
+/// sentinel starting to promote a replica of one) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEffect {
+    /// It names the installed master: fence it now and quarantine it (evidence of danger is
+    /// cheap to honour, even from one sentinel).
+    Fence,
+    /// No master is installed and nothing is quarantined: quarantine the address it names, so
+    /// no round installs it until the failover completes or is given up.
+    Quarantine,
+    /// Only a hint to ask the sentinels again: it names another address than the installed
+    /// master, a quarantine is already in force, or its sentinel is stale.
+    Hint,
+    /// Its sentinel's events do not count now (its own poll contradicted an event it sent, or
+    /// it claimed a failover for longer than the failover-timeout).
+    Distrusted,
+}
+
+/// What [`event_effect`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct EventContext {
+    /// The sentinel's events may act (not distrusted by the event gate).
+    pub trusted: bool,
+    /// The sentinel's last report was older than the verified master's config-epoch: it has
+    /// not heard of the current configuration, so its events may describe an old one.
+    pub stale: bool,
+    /// Whether the event names the installed master; `None` when none is installed.
+    pub names_current: Option<bool>,
+    /// A quarantine is in force already (only one address is held back at a time).
+    pub quarantined: bool,
+}
+
+/// The event rule: a trusted, fresh sentinel's event naming the installed master fences it;
+/// with no master installed it quarantines the address it names.
+pub fn event_effect(c: EventContext) -> EventEffect {
+    if !c.trusted {
+        return EventEffect::Distrusted;
+    }
+    if c.stale {
+        return EventEffect::Hint;
+    }
+    match c.names_current {
+        Some(true) => EventEffect::Fence,
+        None if !c.quarantined => EventEffect::Quarantine,
+        _ => EventEffect::Hint,
+    }
+}
+
+/// Whether an announced host is a name (looked up again each round) rather than an IP literal.
+pub fn is_host_name(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_err()
+}
+
+/// Whether the master announced by name has moved: the name now resolves (`resolved`; `None`
+/// when it was not looked up or the lookup failed) only to addresses other than the verified
+/// one, `current`. While `current` is still among them, round-robin DNS does not move the
+/// route; a failed lookup is not evidence either.
+pub fn name_moved(
+    resolved: Option<&[std::net::SocketAddr]>,
+    current: std::net::SocketAddr,
+) -> bool {
+    resolved.is_some_and(|all| !all.is_empty() && !all.contains(&current))
+}
+
+/// Whether a connection to the master that failed with `e` makes the master suspect (not
+/// trusted until a `ROLE` check answers master again). Only the master's own answers do: it
+/// refused or reset the connection, its host is unreachable, its TLS handshake failed. A
+/// timeout (a lost SYN, a listen queue overflowing under a reconnect storm, a partition) says
+/// nothing about the master itself. Sessions judge their connects by it.
+pub fn refused_by_master(e: io::ErrorKind) -> bool {
+    matches!(
+        e,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            // A TLS handshake the master failed (its certificate, its alert).
+            | io::ErrorKind::InvalidData
+    )
+}
+
+/// Whether a failed `ROLE` check of the master (the error's kind and the OS error behind it,
+/// if any) makes the master suspect: a connect failure the master itself caused
+/// ([`refused_by_master`]). Timeouts of any step, TLS, `AUTH` and protocol failures do not:
+/// they may be the network's or the proxy's own configuration, and the sentinels judge those.
+pub fn suspect_after_check(kind: SentinelErrorKind, io: Option<io::ErrorKind>) -> bool {
+    kind == SentinelErrorKind::Connect && io.is_some_and(refused_by_master)
+}
+
+/// What a `ROLE` check of the route's master saw of the process behind its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The route's epoch the master was checked in.
+    pub epoch: u64,
+    /// Its replication offset, if `ROLE` gave one.
+    pub offset: Option<u64>,
+    /// Its `run_id` (`INFO server`), if it could be read.
+    pub run_id: Option<String>,
+}
+
+/// How a restart of the master showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Its `run_id` changed: another process answers at the address.
+    RunId,
+    /// Its replication offset went backwards (a restart without persistence starts again from
+    /// 0; a live master's offset only grows).
+    Offset,
+}
+
+/// Whether the master restarted between two `ROLE` checks in one epoch (`before`, `now`): its
+/// `run_id` changed (any restart, persistence or not), or its offset went backwards (a restart
+/// seen without a `run_id`, say a node ACL without `+info`; or the same process whose data was
+/// replaced by a full resync: what it held before is gone either way). A new epoch starts
+/// afresh, so a restart before an epoch's first check is not caught.
+pub fn restarted(before: Option<&Seen>, now: &Seen) -> Option<Restart> {
+    let before = before.filter(|b| b.epoch == now.epoch)?;
+    if let (Some(was), Some(is)) = (&before.run_id, &now.run_id) {
+        if was != is {
+            return Some(Restart::RunId);
+        }
+    }
+    match (before.offset, now.offset) {
+        (Some(was), Some(is)) if is < was => Some(Restart::Offset),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -201,20 +358,201 @@ mod tests {
     }
 
     #[test]
-    fn restarts() {
-        // (before, now, restarted)
-        type Row = (Option<(u64, u64)>, (u64, u64), bool);
+    fn hostnames() {
+        let a: std::net::SocketAddr = "10.0.0.1:6379".parse().expect("addr");
+        let b: std::net::SocketAddr = "10.0.0.2:6379".parse().expect("addr");
+        let rows: &[(Option<&[std::net::SocketAddr]>, bool)] = &[
+            (Some(&[a]), false),
+            // Round-robin DNS: the current address is still one of them.
+            (Some(&[b, a]), false),
+            (Some(&[b]), true),
+            // Not looked up (an IP literal), or the lookup failed: not evidence.
+            (None, false),
+            (Some(&[]), false),
+        ];
+        for (resolved, want) in rows {
+            assert_eq!(name_moved(*resolved, a), *want, "{resolved:?}");
+        }
+        for (host, name) in [
+            ("redis-0.redis", true),
+            ("10.0.0.1", false),
+            ("::1", false),
+            ("localhost", true),
+        ] {
+            assert_eq!(is_host_name(host), name, "{host}");
+        }
+    }
+
+    #[test]
+    fn stragglers() {
+        let ms = Duration::from_millis;
+        // (the majority answered after, deadline)
+        let rows = [(0, 100), (5, 105), (100, 200), (400, 800)];
+        for (took, want) in rows {
+            assert_eq!(straggler_deadline(ms(took), ms(100)), ms(want), "{took}");
+        }
+    }
+
+    #[test]
+    fn majority() {
+        // (of, configured, majority)
+        let rows = [
+            (0, 0, false),
+            (1, 1, true),
+            (0, 1, false),
+            (1, 2, false),
+            (2, 2, true),
+            (1, 3, false),
+            (2, 3, true),
+            (2, 4, false),
+            (3, 4, true),
+            (2, 5, false),
+            (3, 5, true),
+        ];
+        for (n, configured, want) in rows {
+            assert_eq!(is_majority(n, configured), want, "{n} of {configured}");
+        }
+        for configured in 1..20 {
+            let least = (0..=configured).find(|&n| is_majority(n, configured));
+            assert_eq!(Some(majority_of(configured)), least, "{configured}");
+        }
+    }
+
+    #[test]
+    fn events() {
+        use EventEffect::*;
+        // (trusted, stale, names the installed master (None: none installed), quarantine in
+        // force, effect)
+        type Row = (bool, bool, Option<bool>, bool, EventEffect);
         let rows: &[Row] = &[
-            (None, (1, 0), false),
-            (Some((1, 100)), (1, 150), false),
-            (Some((1, 100)), (1, 100), false),
-            (Some((1, 100)), (1, 0), true),
-            (Some((1, 100)), (1, 99), true),
+            (true, false, Some(true), false, Fence),
+            // Fencing does not wait for the quarantine of another address to end.
+            (true, false, Some(true), true, Fence),
+            (true, false, Some(false), false, Hint),
+            // With no master installed, the address it names is quarantined...
+            (true, false, None, false, Quarantine),
+            // ...unless one already is.
+            (true, false, None, true, Hint),
+            // A stale sentinel's events neither fence nor quarantine.
+            (true, true, Some(true), false, Hint),
+            (true, true, None, false, Hint),
+            (false, false, Some(true), false, Distrusted),
+            (false, false, None, false, Distrusted),
+        ];
+        for &(trusted, stale, names_current, quarantined, want) in rows {
+            let c = EventContext {
+                trusted,
+                stale,
+                names_current,
+                quarantined,
+            };
+            assert_eq!(event_effect(c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_masters_own_failures_make_it_suspect() {
+        use io::ErrorKind::*;
+        use SentinelErrorKind as K;
+        let rows: &[(K, Option<io::ErrorKind>, bool)] = &[
+            // The master's own answers.
+            (K::Connect, Some(ConnectionRefused), true),
+            (K::Connect, Some(ConnectionReset), true),
+            (K::Connect, Some(HostUnreachable), true),
+            (K::Connect, Some(NetworkUnreachable), true),
+            // A lost SYN or a full listen queue: the OS gives up, or our own bound does.
+            (K::ConnectTimeout, Some(TimedOut), false),
+            (K::ConnectTimeout, None, false),
+            (K::Connect, Some(TimedOut), false),
+            (K::Connect, Some(Other), false),
+            // No OS error behind it (an address that does not parse, no connection).
+            (K::Connect, None, false),
+            // Connected, then no reply in time; the rest is not about reachability.
+            (K::Timeout, None, false),
+            (K::Tls, None, false),
+            (K::Auth, None, false),
+            (K::NoPerm, None, false),
+            (K::Protocol, None, false),
+            (K::Oversized, None, false),
+        ];
+        for (kind, io, want) in rows {
+            assert_eq!(suspect_after_check(*kind, *io), *want, "{kind:?} {io:?}");
+        }
+        // A session's connect.
+        let rows = [
+            (ConnectionRefused, true),
+            (ConnectionReset, true),
+            (HostUnreachable, true),
+            (InvalidData, true),
+            (TimedOut, false),
+            (WouldBlock, false),
+            (Other, false),
+        ];
+        for (kind, suspect) in rows {
+            assert_eq!(refused_by_master(kind), suspect, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn restarts() {
+        let seen = |epoch, offset: Option<u64>, run_id: Option<&str>| Seen {
+            epoch,
+            offset,
+            run_id: run_id.map(str::to_string),
+        };
+        let (x, y) = (Some("run-x"), Some("run-y"));
+        use Restart::*;
+        // (before, now, restart)
+        let rows: Vec<(Option<Seen>, Seen, Option<Restart>)> = vec![
+            (None, seen(1, Some(0), x), None),
+            (Some(seen(1, Some(100), x)), seen(1, Some(150), x), None),
+            (Some(seen(1, Some(100), x)), seen(1, Some(100), x), None),
+            // Another process at the address: caught whatever its offset.
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(150), y),
+                Some(RunId),
+            ),
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), y),
+                Some(RunId),
+            ),
+            (Some(seen(1, None, x)), seen(1, None, y), Some(RunId)),
+            // The same process with an older dataset (a full resync): what it held is gone.
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), x),
+                Some(Offset),
+            ),
+            // No run_id on one side (INFO not permitted): the offset decides.
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(0), None),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(99), y),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), x)),
+                seen(1, Some(0), None),
+                Some(Offset),
+            ),
+            (
+                Some(seen(1, Some(100), None)),
+                seen(1, Some(150), None),
+                None,
+            ),
+            // No offset either: nothing to tell by.
+            (Some(seen(1, None, None)), seen(1, Some(0), None), None),
             // A new epoch (another master, or the same one verified again) starts afresh.
-            (Some((1, 100)), (2, 0), false),
+            (Some(seen(1, Some(100), x)), seen(2, Some(0), y), None),
         ];
         for (before, now, want) in rows {
-            assert_eq!(restarted(*before, *now), *want, "{before:?} {now:?}");
+            assert_eq!(restarted(before.as_ref(), &now), want, "{before:?} {now:?}");
         }
     }
 
@@ -401,6 +739,38 @@ mod tests {
                 )
             },
             Row {
+                want: vec!["Current"],
+                current: Some((c, 2)),
+                failing_over: vec![(0, b.to_string())],
+                ..row(
+                    "a winner flagged failover_in_progress loses to the unflagged one at its epoch",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(c, 2)),
+                        (4, rep(c, 2)),
+                    ],
+                )
+            },
+            Row {
+                want: vec![],
+                current: Some((a, 1)),
+                failing_over: vec![(0, b.to_string())],
+                ..row(
+                    "a flagged winner with no unflagged one at its epoch: wait, not the old master",
+                    5,
+                    vec![
+                        (0, rep(b, 2)),
+                        (1, rep(b, 2)),
+                        (2, rep(b, 2)),
+                        (3, rep(a, 1)),
+                        (4, rep(a, 1)),
+                    ],
+                )
+            },
+            Row {
                 want: vec![],
                 current: Some((a, 0)),
                 disqualified: &["10.0.0.2:6379"],
@@ -409,6 +779,49 @@ mod tests {
                     "never to an older epoch: wait",
                     3,
                     vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((b, 2)),
+                failing_over: vec![(2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "a stale sentinel's failover_in_progress on the current master: no fence",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 1))],
+                )
+            },
+            Row {
+                want: vec!["FenceForFailover(1)"],
+                current: Some((b, 2)),
+                failing_over: vec![(1, b.to_string()), (2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "beside a stale claim, a fresh one still fences",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 1))],
+                )
+            },
+            Row {
+                want: vec![b],
+                current: Some((a, 1)),
+                failing_over: vec![(2, b.to_string())],
+                stale: vec![2],
+                ..row(
+                    "a stale sentinel's claim does not disqualify the majority's new master",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2)), (2, rep(b, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((b, 2)),
+                failing_over: vec![(2, b.to_string())],
+                ..row(
+                    "a claim by a sentinel without a report this round is not heard",
+                    3,
+                    vec![(0, rep(b, 2)), (1, rep(b, 2))],
                 )
             },
             Row {

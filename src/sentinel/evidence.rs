@@ -44,6 +44,85 @@ pub fn epoch_set_aside(epochs: &[u64], current: Option<u64>) -> Vec<bool> {
         .collect()
 }
 
+/// A round's reports once the rules that set some aside have run, ready for
+/// `decide::choose`. The watcher and `check` both take their reports through [`screen`], so
+/// `check` approves only what the proxy would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened {
+    /// The reports heard (sentinel index, report).
+    pub kept: Vec<(usize, MasterReport)>,
+    /// The reports set aside ([`epoch_set_aside`]): a config-epoch far ahead of every other view.
+    pub set_aside: Vec<(usize, MasterReport)>,
+    /// Failovers the kept reports claim in progress, dismissed claims excluded (what
+    /// `decide::View::failing_over` takes).
+    pub failing_over: Vec<(usize, String)>,
+    /// Claims (sentinel, address) dismissed at this round: they outlived the failover-timeout.
+    pub dismissed_now: Vec<(usize, String)>,
+    /// The group's failover-timeout according to this round's reports.
+    pub failover_timeout: Duration,
+}
+
+/// Applies the screening rules to a round's `reports` (sentinel index, report): the group's
+/// failover-timeout, reports too far ahead set aside (`current`: the verified master's
+/// config-epoch), and each kept report's failover claim observed in `claims` at `now`.
+pub fn screen(
+    reports: Vec<(usize, MasterReport)>,
+    current: Option<u64>,
+    claims: &mut Claims,
+    now: Instant,
+) -> Screened {
+    let failover_timeout = group_failover_timeout(
+        &reports
+            .iter()
+            .map(|(_, r)| r.failover_timeout)
+            .collect::<Vec<_>>(),
+    );
+    let epochs: Vec<u64> = reports.iter().map(|(_, r)| r.config_epoch).collect();
+    let aside = epoch_set_aside(&epochs, current);
+    let (mut kept, mut set_aside) = (Vec::new(), Vec::new());
+    for (report, aside) in reports.into_iter().zip(aside) {
+        if aside {
+            set_aside.push(report);
+        } else {
+            kept.push(report);
+        }
+    }
+    let (mut failing_over, mut dismissed_now) = (Vec::new(), Vec::new());
+    for (i, r) in &kept {
+        let claim = r.failover_in_progress().then(|| r.announced());
+        match claims.observe(*i, claim.as_deref(), now, failover_timeout) {
+            ClaimVerdict::Active => failing_over.push((*i, r.announced())),
+            ClaimVerdict::DismissedNow => dismissed_now.push((*i, r.announced())),
+            ClaimVerdict::Dismissed | ClaimVerdict::None => {}
+        }
+    }
+    Screened {
+        kept,
+        set_aside,
+        failing_over,
+        dismissed_now,
+        failover_timeout,
+    }
+}
+
+/// Per-sentinel episodes of a condition (a stale report, a report set aside), so each is
+/// logged once: records this round's `verdicts` (sentinel index, whether the condition holds)
+/// in `flags` and returns the sentinels whose episode begins now. A sentinel not in `verdicts`
+/// (it did not answer) keeps its flag.
+pub fn episodes_begun(flags: &mut Vec<bool>, verdicts: &[(usize, bool)]) -> Vec<usize> {
+    let mut begun = Vec::new();
+    for &(i, holds) in verdicts {
+        if flags.len() <= i {
+            flags.resize(i + 1, false);
+        }
+        if holds && !flags[i] {
+            begun.push(i);
+        }
+        flags[i] = holds;
+    }
+    begun
+}
+
 /// The group's failover-timeout: the upper median of what the reports say (one peer among
 /// three cannot move it; with two, the longer wins: shrinking it would let the proxy route
 /// back to a master mid-failover, stretching it only holds clients longer), clamped; the
@@ -162,7 +241,7 @@ pub fn minority(
     grace: Duration,
     now: Instant,
 ) -> Minority {
-    if reachable * 2 > configured {
+    if super::decide::is_majority(reachable, configured) {
         return Minority::Majority {
             recovered: since.take().is_some(),
         };
@@ -329,6 +408,123 @@ mod tests {
                 want.to_vec(),
                 "{epochs:?} {current:?}"
             );
+        }
+    }
+
+    #[test]
+    fn screening() {
+        let t0 = Instant::now();
+        let fip = "master,failover_in_progress";
+        let ft = Some(Duration::from_secs(6));
+        let with_ft = |mut r: MasterReport| {
+            r.failover_timeout = ft;
+            r
+        };
+        // (name, reports, verified master's config-epoch, seconds after the claims began,
+        // kept, set aside, failing over, dismissed now)
+        type Row = (
+            &'static str,
+            Vec<(usize, MasterReport)>,
+            Option<u64>,
+            u64,
+            Vec<usize>,
+            Vec<usize>,
+            Vec<usize>,
+            Vec<usize>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "all heard",
+                vec![(0, rep("a:1", 0, "master")), (1, rep("a:1", 0, "master"))],
+                Some(0),
+                0,
+                vec![0, 1],
+                vec![],
+                vec![],
+                vec![],
+            ),
+            (
+                "a report 5,000 ahead is set aside, its claim unheard",
+                vec![
+                    (0, rep("a:1", 0, "master")),
+                    (1, rep("a:1", 0, "master")),
+                    (2, rep("b:2", 5000, fip)),
+                ],
+                None,
+                0,
+                vec![0, 1],
+                vec![2],
+                vec![],
+                vec![],
+            ),
+            (
+                "a fresh claim is evidence",
+                vec![
+                    (0, with_ft(rep("a:1", 0, fip))),
+                    (1, rep("a:1", 0, "master")),
+                ],
+                Some(0),
+                0,
+                vec![0, 1],
+                vec![],
+                vec![0],
+                vec![],
+            ),
+            (
+                "a claim older than the failover-timeout is dismissed",
+                vec![
+                    (0, with_ft(rep("a:1", 0, fip))),
+                    (1, with_ft(rep("a:1", 0, "master"))),
+                ],
+                Some(0),
+                7,
+                vec![0, 1],
+                vec![],
+                vec![],
+                vec![0],
+            ),
+        ];
+        for (name, reports, current, secs, kept, aside, failing, dismissed) in rows {
+            let mut claims = Claims::default();
+            // The claims began at t0 (as a one-shot `check` sees every claim: just begun).
+            for (i, r) in &reports {
+                let claim = r.failover_in_progress().then(|| r.announced());
+                claims.observe(*i, claim.as_deref(), t0, Duration::from_secs(6));
+            }
+            let got = screen(
+                reports,
+                current,
+                &mut claims,
+                t0 + Duration::from_secs(secs),
+            );
+            fn ids<T>(v: &[(usize, T)]) -> Vec<usize> {
+                v.iter().map(|(i, _)| *i).collect()
+            }
+            assert_eq!(ids(&got.kept), kept, "{name}: kept");
+            assert_eq!(ids(&got.set_aside), aside, "{name}: set aside");
+            assert_eq!(ids(&got.failing_over), failing, "{name}: failing over");
+            assert_eq!(ids(&got.dismissed_now), dismissed, "{name}: dismissed");
+        }
+    }
+
+    #[test]
+    fn episodes_are_logged_once() {
+        let mut flags = Vec::new();
+        // (this round's verdicts, episodes beginning now)
+        type Row<'a> = (&'a [(usize, bool)], &'a [usize]);
+        let rows: &[Row] = &[
+            (&[(0, false), (2, true)], &[2]),
+            // Stale again: the same episode, not logged again.
+            (&[(0, false), (2, true)], &[]),
+            // Silent this round: its episode goes on.
+            (&[(0, true)], &[0]),
+            (&[(2, true)], &[]),
+            // Caught up, then stale again: a new episode.
+            (&[(2, false)], &[]),
+            (&[(0, true), (2, true)], &[2]),
+        ];
+        for (verdicts, want) in rows {
+            assert_eq!(episodes_begun(&mut flags, verdicts), *want, "{verdicts:?}");
         }
     }
 

@@ -169,7 +169,7 @@ pub(super) async fn subscribe(
             r = tokio::time::timeout(timeout * 4, connect) => match r {
                 Ok(Ok(ps)) => Ok(ps),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(PeerError { role: "sentinel", addr: addr.clone(), kind: SentinelErrorKind::Timeout, message: "subscribing timed out".to_string() }),
+                Err(_) => Err(PeerError { role: "sentinel", addr: addr.clone(), kind: SentinelErrorKind::Timeout, message: "subscribing timed out".to_string(), io: None }),
             }
         };
         let pubsub = match pubsub {

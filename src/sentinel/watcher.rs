@@ -66,7 +66,9 @@ pub async fn watch(route: Arc<Route>, shutdown: CancellationToken) {
         failover_timeout: evidence::DEFAULT_FAILOVER_TIMEOUT,
         set_aside: vec![false; n],
         stale: vec![false; n],
-        offset: None,
+        seen: None,
+        checked: None,
+        run_id_unreadable: false,
         last_top_epoch: 0,
         switch_log: Throttle::new(SWITCH_LOG_EVERY),
         cfg,
@@ -125,8 +127,14 @@ struct Watcher {
     set_aside: Vec<bool>,
     /// Per sentinel: its report was stale last round (older than the verified master's).
     stale: Vec<bool>,
-    /// The current master's epoch and replication offset at its last ROLE check.
-    offset: Option<(u64, u64)>,
+    /// The current master's process as its last ROLE check saw it (epoch, replication
+    /// offset, run_id).
+    seen: Option<decide::Seen>,
+    /// The latest master answer to a ROLE check (address, offset, run_id): the baseline of an
+    /// epoch installed on it.
+    checked: Option<(SocketAddr, Option<u64>, Option<String>)>,
+    /// The master's run_id could not be read at the last check (logged once per episode).
+    run_id_unreadable: bool,
     /// The highest config-epoch of the last round's reports.
     last_top_epoch: u64,
     /// Limits the "+switch-master received" lines of events that change nothing.
@@ -164,6 +172,8 @@ impl Watcher {
             let mut hinted = false;
             let mut pending: Vec<Event> = Vec::new();
             let (route, gate) = (self.route.clone(), self.gate.clone());
+            // Only a round changes which sentinels are stale.
+            let stale = self.stale.clone();
             // A round is abandoned only for an event that fences: what it learned may predate
             // the switch. Any other event (naming another master, from a distrusted sentinel,
             // or after the fence) waits for the round to end, so no stream of events can keep
@@ -176,7 +186,7 @@ impl Watcher {
                         biased;
                         _ = shutdown.cancelled() => break Wake::Stop,
                         Some(ev) = rx.recv() => {
-                            if would_fence(&route, &gate, &ev) {
+                            if would_fence(&route, &gate, &stale, &ev) {
                                 break Wake::Event(ev);
                             }
                             if pending.len() < MAX_PENDING_EVENTS {
@@ -332,18 +342,22 @@ impl Watcher {
     }
 
     fn on_event(&mut self, ev: Event) {
-        let from = match &ev {
-            Event::Switch { sentinel, .. } | Event::Promoting { sentinel, .. } => *sentinel,
-            Event::Hint => return,
+        let Some((from, named)) = event_names(&ev) else {
+            return;
         };
-        if !self.gate.trusts(from, Instant::now()) {
+        let effect = decide::event_effect(event_context(
+            &self.route,
+            &self.gate,
+            &self.stale,
+            self.quarantine.is_some(),
+            from,
+            named,
+        ));
+        if effect == decide::EventEffect::Distrusted {
             // Queued before the subscription learned to drop them.
             counter!(m::SENTINEL_EVENTS_IGNORED, "route" => self.route.name().to_string(), "sentinel" => self.sentinels[from].addr.clone(), "why" => "repeat").increment(1);
             return;
         }
-        // A failover event naming the current master (as the one being replaced, or the one
-        // a replica is being promoted away from) fences it; naming another address while no
-        // master is installed quarantines that address.
         let (sentinel, named, at, reason, new) = match ev {
             Event::Switch {
                 sentinel,
@@ -361,10 +375,7 @@ impl Watcher {
             } => (sentinel, master, at, FenceReason::FailoverStarted, None),
             Event::Hint => return,
         };
-        let fences = self
-            .route
-            .current()
-            .is_some_and(|cur| names(&named, &cur.announced, cur.addr));
+        let fences = effect == decide::EventEffect::Fence;
         // Events that change nothing are logged at most once a second.
         let shown = if fences {
             Some(0)
@@ -373,19 +384,20 @@ impl Watcher {
         };
         if let Some(suppressed) = shown {
             let (route, from) = (self.route.name(), &self.sentinels[sentinel].addr);
+            let stale = self.stale.get(sentinel).copied().unwrap_or(false);
             match &new {
                 Some(new) => {
-                    info!(route, sentinel = %from, old.addr = %named, new.addr = %new, suppressed, "+switch-master received")
+                    info!(route, sentinel = %from, old.addr = %named, new.addr = %new, stale, suppressed, "+switch-master received")
                 }
                 None => {
-                    info!(route, sentinel = %from, master.addr = %named, suppressed, "sentinel is promoting a replica")
+                    info!(route, sentinel = %from, master.addr = %named, stale, suppressed, "sentinel is promoting a replica")
                 }
             }
         }
-        if fences {
-            self.fence_for_failover(reason, at, Some(sentinel), true);
-        } else {
-            self.remember(&named, sentinel);
+        match effect {
+            decide::EventEffect::Fence => self.fence_for_failover(reason, at, Some(sentinel), true),
+            decide::EventEffect::Quarantine => self.remember(&named, sentinel),
+            decide::EventEffect::Hint | decide::EventEffect::Distrusted => {}
         }
     }
 
@@ -393,9 +405,6 @@ impl Watcher {
     /// quarantined as if it had been fenced, so no round installs it until the failover
     /// completes or is given up.
     fn remember(&mut self, announced: &str, sentinel: usize) {
-        if self.route.current().is_some() || self.quarantine.is_some() {
-            return;
-        }
         info!(route = self.route.name(), master.announced = %peer_text(announced), sentinel = %self.sentinels[sentinel].addr, "failover evidence while no master is installed; not routing to that address until the failover ends");
         self.quarantine = Some(Quarantine {
             announced: announced.to_string(),
@@ -460,10 +469,12 @@ impl Watcher {
     }
 
     /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
-    /// once; a sentinel that fails to answer lists nothing.
+    /// once; a sentinel that fails to answer, or answers after a majority did and the grace
+    /// that follows ([`gather`]), lists nothing.
     async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
         let name = self.route.config().master_name.clone();
-        let asks = self
+        let configured = self.sentinels.len();
+        let asks: futures_util::stream::FuturesUnordered<_> = self
             .sentinels
             .iter_mut()
             .enumerate()
@@ -473,11 +484,16 @@ impl Watcher {
                 async move {
                     s.replicas(&name)
                         .await
-                        .map(|r| r.into_iter().map(|(a, _)| a).collect())
-                        .unwrap_or_default()
+                        .map(|r| r.into_iter().map(|(a, _)| a).collect::<Vec<String>>())
+                        .ok()
                 }
-            });
-        futures_util::future::join_all(asks).await
+            })
+            .collect();
+        gather(asks, configured, Option::is_some)
+            .await
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect()
     }
 
     /// Ends the current epoch and reports, in the background, when its last session closed.
@@ -520,50 +536,22 @@ impl Watcher {
             .iter()
             .map(|r| r.is_none_or(|t| t <= now))
             .collect();
-        let majority = self.sentinels.len() / 2 + 1;
-        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> = Vec::new();
-        {
-            let mut queries: futures_util::stream::FuturesUnordered<_> = self
-                .sentinels
-                .iter_mut()
-                .enumerate()
-                .zip(&due)
-                .filter(|(_, due)| **due)
-                .map(|((i, s), _)| {
-                    let name = name.clone();
-                    async move { (i, s.master(&name).await) }
-                })
-                .collect();
-            // Decide as soon as a majority has answered, after a short grace for the rest: one
-            // slow sentinel must not delay every round (its query is dropped, its connection
-            // kept; it is simply not heard this round).
-            // The grace is as long again as the majority took (at least STRAGGLER_GRACE), so
-            // a sentinel a little farther away than the others is still heard.
-            let started = tokio::time::Instant::now();
-            let grace = tokio::time::sleep(Duration::ZERO);
-            tokio::pin!(grace);
-            let mut answered = 0;
-            let mut waiting_grace = false;
-            loop {
-                tokio::select! {
-                    r = queries.next() => match r {
-                        Some((i, res)) => {
-                            answered += usize::from(res.is_ok());
-                            results.push((i, res));
-                            if answered >= majority && !waiting_grace {
-                                waiting_grace = true;
-                                let took = started.elapsed();
-                                grace
-                                    .as_mut()
-                                    .reset(started + took + took.max(STRAGGLER_GRACE));
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = &mut grace, if waiting_grace => break,
-                }
-            }
-        }
+        let configured = self.sentinels.len();
+        let queries: futures_util::stream::FuturesUnordered<_> = self
+            .sentinels
+            .iter_mut()
+            .enumerate()
+            .zip(&due)
+            .filter(|(_, due)| **due)
+            .map(|((i, s), _)| {
+                let name = name.clone();
+                async move { (i, s.master(&name).await) }
+            })
+            .collect();
+        // One slow sentinel must not delay every round: its query is dropped, its connection
+        // kept; it is simply not heard this round.
+        let mut results: Vec<(usize, Result<MasterReport, SentinelError>)> =
+            gather(queries, configured, |(_, r)| r.is_ok()).await;
         results.sort_by_key(|(i, _)| *i);
         for (i, due) in due.iter().enumerate() {
             if *due && !results.iter().any(|(j, _)| *j == i) {
@@ -575,51 +563,39 @@ impl Watcher {
                 });
             }
         }
-        let mut reports: Vec<MasterReport> = Vec::new();
-        let mut reporters: Vec<usize> = Vec::new();
+        let mut heard: Vec<(usize, MasterReport)> = Vec::new();
         for (i, result) in results {
             match result {
                 Ok(r) => {
                     self.record_ok(i, &r);
-                    reports.push(r);
-                    reporters.push(i);
+                    heard.push((i, r));
                 }
                 Err(e) => self.record_err(i, e),
             }
         }
         let route = self.route.name().to_string();
-        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(reports.len() as f64);
-        if self.minority(reports.len()) {
+        gauge!(m::SENTINELS_REACHABLE, "route" => route.clone()).set(heard.len() as f64);
+        if self.minority(heard.len()) {
             // Self-fenced: no routing on a minority's word until a majority answers again.
             return self.poll_interval;
         }
-        self.failover_timeout = evidence::group_failover_timeout(
-            &reports
-                .iter()
-                .map(|r| r.failover_timeout)
-                .collect::<Vec<_>>(),
-        );
-        let (reports, reporters) = self.set_aside_leaders(reports, reporters);
-        // Failover claims: evidence while they last, dismissed once they outlive the group's
-        // failover-timeout (a real failover ends by then, completed or given up).
+        // Reports too far ahead set aside; failover claims are evidence while they last,
+        // dismissed once they outlive the group's failover-timeout (a real failover ends by
+        // then, completed or given up).
         let now = Instant::now();
-        let mut failing_over: Vec<(usize, String)> = Vec::new();
-        for (r, &i) in reports.iter().zip(&reporters) {
-            let claim = r.failover_in_progress().then(|| r.announced());
-            match self
-                .claims
-                .observe(i, claim.as_deref(), now, self.failover_timeout)
-            {
-                evidence::ClaimVerdict::Active => failing_over.push((i, r.announced())),
-                evidence::ClaimVerdict::DismissedNow => {
-                    warn!(route, sentinel = %self.sentinels[i].addr, master.announced = %r.announced(), failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
-                    self.gate.distrust(i, now + self.failover_timeout);
-                }
-                evidence::ClaimVerdict::Dismissed | evidence::ClaimVerdict::None => {}
-            }
+        let current_epoch = self.route.current().map(|c| c.config_epoch);
+        let screened = evidence::screen(heard, current_epoch, &mut self.claims, now);
+        self.failover_timeout = screened.failover_timeout;
+        self.note_set_aside(&screened);
+        for (i, announced) in &screened.dismissed_now {
+            warn!(route, sentinel = %self.sentinels[*i].addr, master.announced = %announced, failover_timeout = %humantime::format_duration(self.failover_timeout), "sentinel has claimed a failover in progress for longer than the failover-timeout; ignoring the claim until it withdraws it");
+            self.gate.distrust(*i, now + self.failover_timeout);
         }
+        let failing_over = screened.failing_over;
+        let view_reports = screened.kept;
+        let reporters: Vec<usize> = view_reports.iter().map(|(i, _)| *i).collect();
 
-        if reports.is_empty() {
+        if view_reports.is_empty() {
             if !self.blind {
                 self.blind = true;
                 error!(
@@ -639,19 +615,18 @@ impl Watcher {
             self.blind = false;
             info!(
                 route,
-                reachable = reports.len(),
+                reachable = reporters.len(),
                 "sentinels reachable again"
             );
         }
 
         let current = self.route.current();
-        let view_reports: Vec<(usize, MasterReport)> = reporters
-            .iter()
-            .copied()
-            .zip(reports.iter().cloned())
-            .collect();
         self.update_quarantine(&view_reports);
-        self.last_top_epoch = reports.iter().map(|r| r.config_epoch).max().unwrap_or(0);
+        self.last_top_epoch = view_reports
+            .iter()
+            .map(|(_, r)| r.config_epoch)
+            .max()
+            .unwrap_or(0);
         let mut members: Option<Vec<Vec<String>>> = None;
         let decision = loop {
             let view = decide::View {
@@ -698,11 +673,14 @@ impl Watcher {
                 // new master.
                 let (host, port) = crate::config::parse_host_port(&cur.announced)
                     .unwrap_or_else(|_| (cur.addr.ip().to_string(), cur.addr.port()));
-                let moved = host.parse::<std::net::IpAddr>().is_err()
-                    && client::resolve_all(&host, port, self.timeouts.timeout)
+                let resolved = if decide::is_host_name(&host) {
+                    client::resolve_all(&host, port, self.timeouts.timeout)
                         .await
-                        .is_ok_and(|all| !all.contains(&cur.addr));
-                if !moved {
+                        .ok()
+                } else {
+                    None
+                };
+                if !decide::name_moved(resolved.as_deref(), cur.addr) {
                     return match self.check_current(&cur).await {
                         Some(Role::Master) | None => self.poll_interval,
                         Some(_) => self.fast_retry(),
@@ -728,7 +706,7 @@ impl Watcher {
         // The first candidate that resolves and passes ROLE is installed; a disqualified one
         // gives way to the next in the same round.
         for top in candidates {
-            if self.try_install(&top, reports.len()).await {
+            if self.try_install(&top, reporters.len()).await {
                 return self.poll_interval;
             }
         }
@@ -760,6 +738,16 @@ impl Watcher {
         }
         let previous = self.previous.replace(addr);
         let master = self.route.install(addr, announced, top.config_epoch);
+        // The process verified now is the one later checks must find again.
+        self.seen =
+            self.checked
+                .take()
+                .filter(|(a, _, _)| *a == addr)
+                .map(|(_, offset, run_id)| decide::Seen {
+                    epoch: master.epoch,
+                    offset,
+                    run_id,
+                });
         let no_master_ms = self
             .fenced_at
             .take()
@@ -779,75 +767,104 @@ impl Watcher {
         true
     }
 
-    /// Whether the current master at `addr` restarted since its last check: its replication
-    /// offset went backwards (a restart without persistence starts again from 0). Then it is
-    /// not the process that was verified: its epoch is fenced, and the next round verifies it
-    /// afresh as a new master.
-    fn restarted(&mut self, addr: SocketAddr, offset: u64) -> bool {
+    /// Whether the current master at `addr` restarted since its last check
+    /// ([`decide::restarted`]: its run_id changed, or its replication offset went backwards).
+    /// Then it is not the process that was verified: its epoch is fenced, and the next round
+    /// verifies it afresh as a new master.
+    fn restarted(&mut self, addr: SocketAddr, offset: Option<u64>, run_id: Option<String>) -> bool {
         let Some(cur) = self.route.current().filter(|c| c.addr == addr) else {
             return false;
         };
-        let last = self.offset.replace((cur.epoch, offset));
-        match last {
-            Some((_, before)) if decide::restarted(last, (cur.epoch, offset)) => {
-                warn!(route = self.route.name(), master.addr = %addr, offset_before = before, offset_now = offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master");
-                self.fence(FenceReason::MasterRestarted, Instant::now());
-                self.offset = None;
-                true
+        let now = decide::Seen {
+            epoch: cur.epoch,
+            offset,
+            run_id,
+        };
+        let before = self.seen.replace(now.clone());
+        let Some(how) = decide::restarted(before.as_ref(), &now) else {
+            return false;
+        };
+        let route = self.route.name();
+        let (offset_before, run_id_before) = before.map_or((None, None), |b| (b.offset, b.run_id));
+        match how {
+            decide::Restart::RunId => {
+                warn!(route, master.addr = %addr, run_id_before = ?run_id_before, run_id_now = ?now.run_id, "the master restarted (its run_id changed): what it held before may be gone; verifying it again as a new master")
             }
-            _ => false,
+            decide::Restart::Offset => {
+                warn!(route, master.addr = %addr, offset_before = ?offset_before, offset_now = ?now.offset, "the master restarted (its replication offset went backwards): what it held before may be gone; verifying it again as a new master")
+            }
+        }
+        self.fence(FenceReason::MasterRestarted, Instant::now());
+        self.seen = None;
+        true
+    }
+
+    /// The run_id a master's check read, if any; logs, once per episode, that it could not be
+    /// read (a node ACL without `+info`): restarts are then told by the offset alone.
+    fn note_run_id(
+        &mut self,
+        addr: SocketAddr,
+        run_id: Option<Result<String, client::PeerError>>,
+    ) -> Option<String> {
+        match run_id? {
+            Ok(id) => {
+                if std::mem::take(&mut self.run_id_unreadable) {
+                    info!(route = self.route.name(), master.addr = %addr, "the master's run_id can be read again");
+                }
+                Some(id)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.run_id_unreadable, true) {
+                    warn!(route = self.route.name(), master.addr = %addr, kind = e.kind.as_str(), error = %e, "cannot read the master's run_id (INFO server; the node ACL needs +info): a restart is told only by its replication offset going backwards");
+                }
+                None
+            }
         }
     }
 
     /// Logs, once per episode, each sentinel whose report is older than the verified master.
     fn note_stale(&mut self, stale: &[usize], reports: &[(usize, MasterReport)]) {
-        for (i, r) in reports {
-            let is_stale = stale.contains(i);
-            if is_stale && !self.stale[*i] {
+        let verdicts: Vec<(usize, bool)> = reports
+            .iter()
+            .map(|(i, _)| (*i, stale.contains(i)))
+            .collect();
+        let begun = evidence::episodes_begun(&mut self.stale, &verdicts);
+        for (i, r) in reports.iter().filter(|(i, _)| stale.contains(i)) {
+            if begun.contains(i) {
                 warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "stale sentinel: it reports an older config-epoch than the verified master's; ignoring its report until it catches up");
             }
-            if is_stale {
-                let note = format!(
-                    "stale: config-epoch {} is older than the verified master's; ignored",
-                    r.config_epoch
-                );
-                self.route
-                    .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
-            }
-            self.stale[*i] = is_stale;
+            let note = format!(
+                "stale: config-epoch {} is older than the verified master's; ignored",
+                r.config_epoch
+            );
+            self.route
+                .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
     }
 
-    /// Sets aside reports whose config-epoch leads every other view by more than
-    /// [`evidence::MAX_EPOCH_LEAD`], until another sentinel agrees (logged once per episode).
-    fn set_aside_leaders(
-        &mut self,
-        reports: Vec<MasterReport>,
-        reporters: Vec<usize>,
-    ) -> (Vec<MasterReport>, Vec<usize>) {
-        let current = self.route.current().map(|c| c.config_epoch);
-        let epochs: Vec<u64> = reports.iter().map(|r| r.config_epoch).collect();
-        let aside = evidence::epoch_set_aside(&epochs, current);
-        let mut kept = (Vec::new(), Vec::new());
-        for ((r, i), aside) in reports.into_iter().zip(reporters).zip(aside) {
-            if aside {
-                if !self.set_aside[i] {
-                    warn!(route = self.route.name(), sentinel = %self.sentinels[i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
-                }
-                let note = format!(
-                    "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
-                    r.config_epoch,
-                    evidence::MAX_EPOCH_LEAD
-                );
-                self.route
-                    .update_sentinel(i, |s| s.last_error = Some(note.clone()));
-            } else {
-                kept.0.push(r);
-                kept.1.push(i);
+    /// Logs, once per episode, each sentinel whose report was set aside for a config-epoch
+    /// too far ahead of every other view ([`evidence::epoch_set_aside`]), and shows it in
+    /// `/status`.
+    fn note_set_aside(&mut self, screened: &evidence::Screened) {
+        let verdicts: Vec<(usize, bool)> = screened
+            .kept
+            .iter()
+            .map(|(i, _)| (*i, false))
+            .chain(screened.set_aside.iter().map(|(i, _)| (*i, true)))
+            .collect();
+        let begun = evidence::episodes_begun(&mut self.set_aside, &verdicts);
+        for (i, r) in &screened.set_aside {
+            if begun.contains(i) {
+                warn!(route = self.route.name(), sentinel = %self.sentinels[*i].addr, config_epoch = r.config_epoch, master.announced = %r.announced(), "sentinel's config-epoch is far ahead of every other view; setting its report aside until another sentinel agrees");
             }
-            self.set_aside[i] = aside;
+            let note = format!(
+                "config-epoch {} leads every other view by more than {}; set aside until another sentinel agrees",
+                r.config_epoch,
+                evidence::MAX_EPOCH_LEAD
+            );
+            self.route
+                .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
-        kept
     }
 
     /// Tracks whether a majority answered; with `on_minority = "fence"`, fences once a
@@ -866,6 +883,7 @@ impl Watcher {
             Instant::now(),
         );
         let majority = matches!(verdict, evidence::Minority::Majority { .. });
+        self.route.set_sentinel_majority(majority);
         gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
             1.0
         } else {
@@ -923,13 +941,15 @@ impl Watcher {
         let host = client::announced_host(announced);
         let result = role(addr, host, &self.route.config().node, self.timeouts).await;
         let result = match result {
-            Ok((Role::Master, Some(offset))) => {
-                if self.restarted(addr, offset) {
+            Ok(c) if c.role == Role::Master => {
+                let run_id = self.note_run_id(addr, c.run_id);
+                if self.restarted(addr, c.offset, run_id.clone()) {
                     return None;
                 }
+                self.checked = Some((addr, c.offset, run_id));
                 Ok(Role::Master)
             }
-            other => other.map(|(r, _)| r),
+            other => other.map(|c| c.role),
         };
         let (label, outcome) = match &result {
             Ok(Role::Master) => ("master", "master"),
@@ -967,7 +987,7 @@ impl Watcher {
                 self.route.set_node_error(Some(e.to_string()));
                 // The master itself refused: not trusted until a check answers master again
                 // (readiness and master_verified say so). A timeout may be the network's.
-                if e.kind == SentinelErrorKind::Connect {
+                if decide::suspect_after_check(e.kind, e.io) {
                     if let Some(cur) = self.route.current().filter(|c| c.addr == addr) {
                         cur.connect_failed(Instant::now());
                     }
@@ -1042,18 +1062,133 @@ impl Watcher {
     }
 }
 
-/// Whether `ev` would fence the current master now (a trusted sentinel naming it as the
-/// master being replaced or promoted away from).
-fn would_fence(route: &Route, gate: &EventGate, ev: &Event) -> bool {
-    let (sentinel, named) = match ev {
-        Event::Switch { sentinel, old, .. } => (*sentinel, old),
+/// Runs `queries` (one per sentinel) until all have finished, or until answers that count
+/// (`counts`) come from a majority of the `configured` sentinels and the grace that follows
+/// ([`decide::straggler_deadline`]) has passed; the unfinished ones are dropped.
+async fn gather<F: std::future::Future>(
+    mut queries: futures_util::stream::FuturesUnordered<F>,
+    configured: usize,
+    counts: impl Fn(&F::Output) -> bool,
+) -> Vec<F::Output> {
+    let mut done = Vec::new();
+    let started = tokio::time::Instant::now();
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(grace);
+    let mut answered = 0;
+    let mut waiting_grace = false;
+    loop {
+        tokio::select! {
+            r = queries.next() => match r {
+                Some(out) => {
+                    answered += usize::from(counts(&out));
+                    done.push(out);
+                    if decide::is_majority(answered, configured) && !waiting_grace {
+                        waiting_grace = true;
+                        grace
+                            .as_mut()
+                            .reset(started + decide::straggler_deadline(started.elapsed(), STRAGGLER_GRACE));
+                    }
+                }
+                None => break,
+            },
+            _ = &mut grace, if waiting_grace => break,
+        }
+    }
+    done
+}
+
+/// The sentinel an event comes from and the address it names as the master being replaced
+/// (or promoted away from); `None` for a hint.
+fn event_names(ev: &Event) -> Option<(usize, &str)> {
+    match ev {
+        Event::Switch { sentinel, old, .. } => Some((*sentinel, old)),
         Event::Promoting {
             sentinel, master, ..
-        } => (*sentinel, master),
-        Event::Hint => return false,
-    };
-    gate.trusts(sentinel, Instant::now())
-        && route
+        } => Some((*sentinel, master)),
+        Event::Hint => None,
+    }
+}
+
+/// What [`decide::event_effect`] needs to judge an event of `sentinel` naming `named`, now.
+fn event_context(
+    route: &Route,
+    gate: &EventGate,
+    stale: &[bool],
+    quarantined: bool,
+    sentinel: usize,
+    named: &str,
+) -> decide::EventContext {
+    decide::EventContext {
+        trusted: gate.trusts(sentinel, Instant::now()),
+        stale: stale.get(sentinel).copied().unwrap_or(false),
+        names_current: route
             .current()
-            .is_some_and(|cur| names(named, &cur.announced, cur.addr))
+            .map(|cur| names(named, &cur.announced, cur.addr)),
+        quarantined,
+    }
+}
+
+/// Whether `ev` would fence the current master now (see [`decide::event_effect`]); `stale`:
+/// which sentinels the last round judged stale.
+fn would_fence(route: &Route, gate: &EventGate, stale: &[bool], ev: &Event) -> bool {
+    event_names(ev).is_some_and(|(sentinel, named)| {
+        decide::event_effect(event_context(route, gate, stale, false, sentinel, named))
+            == decide::EventEffect::Fence
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sentinel that never answers delays a gathering by the straggler grace only, once a
+    /// majority has answered; without a majority, every answer is waited for.
+    #[tokio::test]
+    async fn gathering_waits_for_a_majority_then_a_grace() {
+        type Ask = std::pin::Pin<Box<dyn std::future::Future<Output = Option<u8>> + Send>>;
+        let answer = |v: Option<u8>| -> Ask { Box::pin(async move { v }) };
+        let never = || -> Ask { Box::pin(std::future::pending()) };
+        // (asks, configured, answers gathered)
+        let rows: Vec<(Vec<Ask>, usize, usize)> = vec![
+            (vec![answer(Some(1)), answer(Some(2)), never()], 3, 2),
+            (vec![answer(Some(1)), answer(None), answer(Some(3))], 3, 3),
+            (
+                vec![
+                    answer(Some(1)),
+                    answer(Some(2)),
+                    never(),
+                    never(),
+                    answer(Some(5)),
+                ],
+                5,
+                3,
+            ),
+        ];
+        for (asks, configured, want) in rows {
+            let started = Instant::now();
+            let got = gather(asks.into_iter().collect(), configured, Option::is_some).await;
+            assert_eq!(got.len(), want, "{configured}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // Only a minority answers: the others are waited for (here, until they answer late).
+        let late: Ask = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some(3)
+        });
+        let started = Instant::now();
+        let got = gather(
+            vec![answer(Some(1)), answer(None), late]
+                .into_iter()
+                .collect(),
+            3,
+            Option::is_some,
+        )
+        .await;
+        assert_eq!(got.len(), 3);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
 }

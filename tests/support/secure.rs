@@ -1102,7 +1102,11 @@ pub fn unique_secret(tag: &str) -> String {
 
 /// What the proxy's node user needs on the nodes: `ROLE`, nothing else. `AUTH` and `HELLO`
 /// need no permission.
-pub const NODE_ACL: &str = "resetchannels -@all +role";
+pub const NODE_ACL: &str = "resetchannels -@all +role +info";
+
+/// The smallest node ACL the proxy routes with: without `+info` it cannot read the master's
+/// `run_id`, says so once, and tells a restart by the replication offset alone.
+pub const NODE_ACL_ROLE_ONLY: &str = "resetchannels -@all +role";
 
 /// What the proxy's sentinel user needs on the sentinels: the `SENTINEL` subcommands it asks,
 /// `SUBSCRIBE` and `PING` (its subscriptions are pinged), and the channels it subscribes to.
