@@ -947,6 +947,21 @@ impl Proxy {
         }
     }
 
+    /// Waits until a fence has been recorded; returns how many were, and their mean duration
+    /// in ms (`fence_duration_seconds`: evidence to the last session of the epoch closed).
+    pub fn fences_recorded(&self, timeout: Duration) -> (f64, f64) {
+        self.wait_metric(
+            timeout,
+            "fence duration recorded",
+            "redis_failover_proxy_fence_duration_seconds_count",
+            &[],
+            |v| v >= 1.0,
+        );
+        let count = self.metric("redis_failover_proxy_fence_duration_seconds_count", &[]);
+        let sum = self.metric("redis_failover_proxy_fence_duration_seconds_sum", &[]);
+        (count, sum / count * 1000.0)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
