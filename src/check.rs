@@ -156,7 +156,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
     let reports = screened.kept;
     let failing_over = screened.failing_over;
     let disqualified = |a: &str| failing_over.iter().any(|(_, f)| f == a);
-    let mut members: Option<Vec<Vec<String>>> = None;
+    let mut members: Option<Vec<(usize, Vec<String>)>> = None;
     let decision = loop {
         let view = decide::View {
             configured: n,
@@ -174,7 +174,7 @@ async fn check_route(route: &RouteConfig, out: &mut String) -> bool {
                     .await
                     .map(|r| r.into_iter().map(|(a, _)| a).collect())
                     .unwrap_or_default();
-                lists.push(listed);
+                lists.push((*i, listed));
             }
             members = Some(lists);
             continue;

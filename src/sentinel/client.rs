@@ -688,6 +688,9 @@ pub async fn role(
         e.addr = addr.to_string();
         e
     };
+    // One deadline for the whole check; `INFO server` gets what is left of it and, if it runs
+    // out, only the run_id is missing: a `ROLE` that answered is never thrown away for it.
+    let deadline = tokio::time::Instant::now() + timeouts.timeout * 3;
     let work = async {
         let mut conn = peer.connect_at(addr).await?;
         let v = redis::cmd("ROLE")
@@ -695,28 +698,32 @@ pub async fn role(
             .await
             .map_err(|e| peer.redis_error(&e))?;
         let role = parse_role(&v).map_err(|m| err(SentinelErrorKind::Protocol, &m))?;
-        let run_id = if role == Role::Master {
-            let info = redis::cmd("INFO")
-                .arg("server")
-                .query_async::<Value>(&mut conn.conn)
-                .await
-                .map_err(|e| at(peer.redis_error(&e)))
-                .and_then(|v| {
-                    info_text(&v).and_then(|t| parse_run_id(&t)).ok_or_else(|| {
-                        err(SentinelErrorKind::Protocol, "INFO server has no run_id")
-                    })
-                });
-            Some(info)
-        } else {
-            None
+        let offset = master_offset(&v);
+        if role != Role::Master {
+            return Ok(Checked {
+                role,
+                offset,
+                run_id: None,
+            });
+        }
+        let mut info_cmd = redis::cmd("INFO");
+        let info = info_cmd.arg("server").query_async::<Value>(&mut conn.conn);
+        let run_id = match tokio::time::timeout_at(deadline, info).await {
+            Err(_) => Err(err(SentinelErrorKind::Timeout, "INFO server timed out")),
+            Ok(r) => r.map_err(|e| at(peer.redis_error(&e))).and_then(|v| {
+                info_text(&v)
+                    .and_then(|t| parse_run_id(&t))
+                    .ok_or_else(|| err(SentinelErrorKind::Protocol, "INFO server has no run_id"))
+            }),
         };
         Ok(Checked {
             role,
-            offset: master_offset(&v),
-            run_id,
+            offset,
+            run_id: Some(run_id),
         })
     };
-    tokio::time::timeout(timeouts.timeout * 3, work)
+    // The outer bound is a hair later than the deadline, so INFO's own timeout wins the race.
+    tokio::time::timeout_at(deadline + Duration::from_millis(50), work)
         .await
         .map_err(|_| err(SentinelErrorKind::Timeout, "ROLE timed out"))?
         .map_err(at)

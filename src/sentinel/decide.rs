@@ -37,9 +37,9 @@ pub struct View<'a> {
     pub reports: &'a [(usize, MasterReport)],
     /// The verified master: its announced address and the config-epoch it was verified at.
     pub current: Option<(&'a str, u64)>,
-    /// Per answering sentinel, the replicas it lists for the group, once asked for (see
-    /// [`Choice::NeedMembers`]).
-    pub members: Option<&'a [Vec<String>]>,
+    /// Per answering sentinel (its index), the replicas it lists for the group, once asked for
+    /// (see [`Choice::NeedMembers`]).
+    pub members: Option<&'a [(usize, Vec<String>)]>,
     /// Failovers in progress as the sentinels' flags show them (sentinel index, address),
     /// claims already dismissed excluded.
     pub failing_over: &'a [(usize, String)],
@@ -120,12 +120,12 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
             };
         }
     }
-    let reports: Vec<MasterReport> = view
+    let reports_at_floor: Vec<&(usize, MasterReport)> = view
         .reports
         .iter()
         .filter(|(_, r)| r.config_epoch >= floor)
-        .map(|(_, r)| r.clone())
         .collect();
+    let reports: Vec<MasterReport> = reports_at_floor.iter().map(|(_, r)| r.clone()).collect();
     let current = view.current.map(|(a, _)| a);
     let ranked = rank(&reports, current);
     let majority = |n: usize| is_majority(n, view.configured);
@@ -152,7 +152,17 @@ pub fn choose(view: &View, quarantined: &dyn Fn(&str) -> bool) -> Decision {
                     }
                 }
                 Some(members) => {
-                    let listing = members.iter().filter(|m| m.contains(&announced)).count();
+                    // Distinct sentinels: one that names the address and also lists it as a
+                    // replica is still one sentinel.
+                    let names_it = |i: usize| {
+                        reports_at_floor
+                            .iter()
+                            .any(|(j, r)| *j == i && r.announced() == announced)
+                    };
+                    let listing = members
+                        .iter()
+                        .filter(|(i, m)| !names_it(*i) && m.contains(&announced))
+                        .count();
                     majority(c.votes + listing)
                 }
             }
@@ -315,9 +325,68 @@ pub fn restarted(before: Option<&Seen>, now: &Seen) -> Option<Restart> {
     }
 }
 
+/// What to compare the next check with: `now`, keeping what `before` knew (same epoch) where
+/// `now` could not tell (an `INFO` that failed once, a `ROLE` without an offset), so one failed
+/// read does not blind the next comparison.
+pub fn remembered(before: Option<&Seen>, now: Seen) -> Seen {
+    match before.filter(|b| b.epoch == now.epoch) {
+        Some(b) => Seen {
+            epoch: now.epoch,
+            offset: now.offset.or(b.offset),
+            run_id: now.run_id.or_else(|| b.run_id.clone()),
+        },
+        None => now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_that_could_not_tell_keeps_the_baseline() {
+        let seen = |epoch, offset: Option<u64>, run_id: Option<&str>| Seen {
+            epoch,
+            offset,
+            run_id: run_id.map(str::to_string),
+        };
+        // (before, now, remembered)
+        let rows = [
+            (None, seen(1, Some(5), None), seen(1, Some(5), None)),
+            (
+                Some(seen(1, Some(5), Some("x"))),
+                seen(1, Some(9), None),
+                seen(1, Some(9), Some("x")),
+            ),
+            (
+                Some(seen(1, Some(5), Some("x"))),
+                seen(1, None, Some("y")),
+                seen(1, Some(5), Some("y")),
+            ),
+            // Another epoch: nothing carried over.
+            (
+                Some(seen(1, Some(5), Some("x"))),
+                seen(2, Some(0), None),
+                seen(2, Some(0), None),
+            ),
+        ];
+        for (before, now, want) in rows {
+            assert_eq!(
+                remembered(before.as_ref(), now.clone()),
+                want,
+                "{before:?} {now:?}"
+            );
+        }
+        // A restart behind one failed INFO is still caught at the next check.
+        let base = remembered(
+            Some(&seen(1, Some(100), Some("x"))),
+            seen(1, Some(120), None),
+        );
+        assert_eq!(
+            restarted(Some(&base), &seen(1, Some(130), Some("y"))),
+            Some(Restart::RunId)
+        );
+    }
 
     fn rep(addr: &str, epoch: u64) -> MasterReport {
         MasterReport::for_test(addr, epoch, "master")
@@ -651,6 +720,16 @@ mod tests {
             Row {
                 want: vec!["Current"],
                 current: Some((a, 0)),
+                members: Some(vec![replicas(&[b, c]), replicas(&[c]), replicas(&[c])]),
+                ..row(
+                    "one sentinel names an address and lists it too: still one sentinel",
+                    3,
+                    vec![(0, rep(b, 1)), (1, rep(a, 0)), (2, rep(a, 0))],
+                )
+            },
+            Row {
+                want: vec!["Current"],
+                current: Some((a, 0)),
                 members: Some(vec![
                     replicas(&[b, c]),
                     replicas(&[b, c]),
@@ -835,7 +914,11 @@ mod tests {
             },
         ];
         for r in rows {
-            let members = r.members.clone();
+            // The rows list replica lists in the order of the reports.
+            let members: Option<Vec<(usize, Vec<String>)>> = r
+                .members
+                .clone()
+                .map(|m| r.reports.iter().map(|(i, _)| *i).zip(m).collect());
             let view = View {
                 configured: r.configured,
                 reports: &r.reports,

@@ -471,7 +471,7 @@ impl Watcher {
     /// Every answering sentinel's replica list for the group (`SENTINEL REPLICAS`), asked at
     /// once; a sentinel that fails to answer, or answers after a majority did and the grace
     /// that follows ([`gather`]), lists nothing.
-    async fn members(&mut self, reporters: &[usize]) -> Vec<Vec<String>> {
+    async fn members(&mut self, reporters: &[usize]) -> Vec<(usize, Vec<String>)> {
         let name = self.route.config().master_name.clone();
         let configured = self.sentinels.len();
         let asks: futures_util::stream::FuturesUnordered<_> = self
@@ -479,20 +479,22 @@ impl Watcher {
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| reporters.contains(i))
-            .map(|(_, s)| {
+            .map(|(i, s)| {
                 let name = name.clone();
                 async move {
-                    s.replicas(&name)
+                    let listed = s
+                        .replicas(&name)
                         .await
                         .map(|r| r.into_iter().map(|(a, _)| a).collect::<Vec<String>>())
-                        .ok()
+                        .ok();
+                    (i, listed)
                 }
             })
             .collect();
-        gather(asks, configured, Option::is_some)
+        gather(asks, configured, |(_, listed)| listed.is_some())
             .await
             .into_iter()
-            .map(Option::unwrap_or_default)
+            .map(|(i, listed)| (i, listed.unwrap_or_default()))
             .collect()
     }
 
@@ -627,7 +629,7 @@ impl Watcher {
             .map(|(_, r)| r.config_epoch)
             .max()
             .unwrap_or(0);
-        let mut members: Option<Vec<Vec<String>>> = None;
+        let mut members: Option<Vec<(usize, Vec<String>)>> = None;
         let decision = loop {
             let view = decide::View {
                 configured: self.sentinels.len(),
@@ -780,8 +782,10 @@ impl Watcher {
             offset,
             run_id,
         };
-        let before = self.seen.replace(now.clone());
-        let Some(how) = decide::restarted(before.as_ref(), &now) else {
+        let before = self.seen.take();
+        let verdict = decide::restarted(before.as_ref(), &now);
+        self.seen = Some(decide::remembered(before.as_ref(), now.clone()));
+        let Some(how) = verdict else {
             return false;
         };
         let route = self.route.name();
