@@ -556,18 +556,10 @@ fn tls_sessions_to_the_old_master_are_fenced_promptly() {
         );
     }
     let all_closed = start.elapsed();
-    let (count, mean_ms) = proxy.fences_recorded(Duration::from_secs(5));
+    let mean_ms = proxy.assert_one_prompt_fence(200);
     eprintln!(
         "TLS fence of 200 sessions: {mean_ms:.2} ms from evidence to the last session closed; \
          the clients had seen all 200 closed {all_closed:?} after the sentinels named the new master"
-    );
-    assert_eq!(count, 1.0, "one failover, one fence");
-    assert!(mean_ms < 250.0, "fencing took {mean_ms} ms");
-    assert!(
-        proxy.metric(
-            "redis_failover_proxy_sessions_closed_total",
-            &[("reason", "master_switch")]
-        ) >= 200.0
     );
     proxy.wait_routes_to(&format!("127.0.0.1:{new}"));
     let mut c = client_via(&proxy, &[]);

@@ -962,6 +962,25 @@ impl Proxy {
         (count, sum / count * 1000.0)
     }
 
+    /// Asserts that exactly one fence was recorded, that it closed at least `sessions`
+    /// sessions (`master_switch`), and that it was prompt: under 250 ms from evidence to the
+    /// last session closed (a debug build under a parallel test run gets headroom; the release
+    /// targets are the benchmark's). Returns its duration in ms.
+    pub fn assert_one_prompt_fence(&self, sessions: usize) -> f64 {
+        let (count, mean_ms) = self.fences_recorded(Duration::from_secs(5));
+        assert_eq!(count, 1.0, "one failover, one fence");
+        assert!(mean_ms < 250.0, "fencing took {mean_ms} ms");
+        let closed = self.metric(
+            "redis_failover_proxy_sessions_closed_total",
+            &[("reason", "master_switch")],
+        );
+        assert!(
+            closed >= sessions as f64,
+            "{closed} sessions fenced, expected {sessions}"
+        );
+        mean_ms
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
