@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RouteConfig;
 use crate::metrics::{self as m, Closed, FenceReason};
-pub use crate::status::{FenceRecord, History, HistoryEntry, SentinelStatus};
+pub use crate::status::{FenceRecord, History, HistoryEntry, Observed, SentinelStatus};
 
 /// The verified master of one epoch.
 #[derive(Debug)]
@@ -155,15 +155,11 @@ pub struct Route {
     last_epoch: AtomicU64,
     changed: Notify,
     recheck: Notify,
-    sentinels: Mutex<Vec<SentinelStatus>>,
     open_clients: AtomicUsize,
     held_clients: AtomicUsize,
-    last_fence: Mutex<Option<FenceRecord>>,
-    history: Mutex<History>,
-    node_error: Mutex<Option<String>>,
-    /// Whether a majority of the configured sentinels answered the watcher's latest round (its
-    /// verdict, which `/status` and `/readyz` report).
-    sentinel_majority: AtomicBool,
+    /// What the route reports beside its master (sentinels, majority, node error, fences and
+    /// history), for `/status`, `/readyz` and the status page.
+    pub observed: Observed,
     /// Connects to the master in flight at once (see [`MAX_CONNECTING`]).
     pub connecting: tokio::sync::Semaphore,
 }
@@ -210,13 +206,9 @@ impl Route {
             last_epoch: AtomicU64::new(0),
             changed: Notify::new(),
             recheck: Notify::new(),
-            sentinels: Mutex::new(sentinels),
             open_clients: AtomicUsize::new(0),
             held_clients: AtomicUsize::new(0),
-            last_fence: Mutex::new(None),
-            history: Mutex::new(History::default()),
-            node_error: Mutex::new(None),
-            sentinel_majority: AtomicBool::new(false),
+            observed: Observed::new(sentinels),
             connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
         })
     }
@@ -257,8 +249,8 @@ impl Route {
     /// the old list's subscriptions have stopped).
     pub fn reset_sentinels(&self) {
         let config = self.config();
-        *self.sentinels.lock().unwrap_or_else(|e| e.into_inner()) =
-            sentinel_slots(&self.name, &config);
+        self.observed
+            .replace_sentinels(sentinel_slots(&self.name, &config));
     }
 
     /// Resolves when a reload replaced the configuration (watcher only).
@@ -356,8 +348,8 @@ impl Route {
             old.token.cancel();
             old.sessions.close();
         }
-        self.history_mut()
-            .switch(unix_now(), epoch, master.addr.to_string());
+        self.observed
+            .record_switch(unix_now(), epoch, master.addr.to_string());
         let route = self.name().to_string();
         gauge!(m::EPOCH, "route" => route.clone()).set(epoch as f64);
         gauge!(m::MASTER_VERIFIED, "route" => route.clone()).set(1.0);
@@ -374,55 +366,16 @@ impl Route {
         let open = old.sessions() as u64;
         old.token.cancel();
         old.sessions.close();
-        let now = unix_now();
-        self.history_mut()
-            .fence(now, old.epoch, old.addr.to_string(), reason.as_str(), open);
-        *self.last_fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(FenceRecord {
-            unix: now,
-            reason: reason.as_str(),
-            epoch: old.epoch,
-            master: old.addr.to_string(),
-        });
+        self.observed.record_fence(
+            unix_now(),
+            old.epoch,
+            old.addr.to_string(),
+            reason.as_str(),
+            open,
+        );
         gauge!(m::MASTER_VERIFIED, "route" => self.name().to_string()).set(0.0);
         self.changed.notify_waiters();
         Some(old)
-    }
-
-    fn history_mut(&self) -> std::sync::MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records that every session of fenced epoch `epoch` closed `took` after the evidence
-    /// (watcher only).
-    pub fn fence_drained(&self, epoch: u64, took: std::time::Duration) {
-        self.history_mut()
-            .fence_drained(epoch, took.as_secs_f64() * 1000.0);
-    }
-
-    /// The latest switches and fences, newest first.
-    pub fn history(&self) -> Vec<HistoryEntry> {
-        self.history_mut().newest_first()
-    }
-
-    /// The most recent fence, if any.
-    pub fn last_fence(&self) -> Option<FenceRecord> {
-        self.last_fence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The last `ROLE` check's error, until a check succeeds again (watcher only).
-    pub fn set_node_error(&self, error: Option<String>) {
-        *self.node_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
-    }
-
-    /// The last failed `ROLE` check's error, if the latest check failed (for /status).
-    pub fn node_error(&self) -> Option<String> {
-        self.node_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Client connections open (held or in a session).
@@ -433,33 +386,6 @@ impl Route {
     /// Client connections held waiting for a master.
     pub fn held_clients(&self) -> usize {
         self.held_clients.load(Ordering::Relaxed)
-    }
-
-    /// Records the watcher's verdict on the latest round: a majority answered or not
-    /// (watcher only).
-    pub fn set_sentinel_majority(&self, majority: bool) {
-        self.sentinel_majority.store(majority, Ordering::Relaxed);
-    }
-
-    /// Whether a majority of the configured sentinels answered the latest round.
-    pub fn sentinel_majority(&self) -> bool {
-        self.sentinel_majority.load(Ordering::Relaxed)
-    }
-
-    /// Snapshot of what each sentinel last said.
-    pub fn sentinel_status(&self) -> Vec<SentinelStatus> {
-        self.sentinels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Updates what one sentinel last said (watcher and subscription tasks).
-    pub fn update_sentinel(&self, index: usize, f: impl FnOnce(&mut SentinelStatus)) {
-        let mut all = self.sentinels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = all.get_mut(index) {
-            f(s);
-        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! sentinels still say.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
@@ -150,6 +151,114 @@ impl History {
     }
 }
 
+/// What a route reports beside its master: what each sentinel last said, the watcher's verdict
+/// on the sentinel majority, the last failed `ROLE` check, the latest fence and the history of
+/// switches and fences. Written by the watcher and the subscriptions, read by `/status`,
+/// `/readyz`, the status page and SIGUSR1.
+#[derive(Debug)]
+pub struct Observed {
+    sentinels: Mutex<Vec<SentinelStatus>>,
+    sentinel_majority: AtomicBool,
+    node_error: Mutex<Option<String>>,
+    last_fence: Mutex<Option<FenceRecord>>,
+    history: Mutex<History>,
+}
+
+/// The value behind a mutex, also after a panic elsewhere poisoned it (status is best effort).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Observed {
+    /// Nothing observed yet, one slot per configured sentinel.
+    pub fn new(sentinels: Vec<SentinelStatus>) -> Observed {
+        Observed {
+            sentinels: Mutex::new(sentinels),
+            sentinel_majority: AtomicBool::new(false),
+            node_error: Mutex::new(None),
+            last_fence: Mutex::new(None),
+            history: Mutex::new(History::default()),
+        }
+    }
+
+    /// Starts the per-sentinel status over (a reload changed the sentinel list).
+    pub fn replace_sentinels(&self, sentinels: Vec<SentinelStatus>) {
+        *locked(&self.sentinels) = sentinels;
+    }
+
+    /// Snapshot of what each sentinel last said.
+    pub fn sentinel_status(&self) -> Vec<SentinelStatus> {
+        locked(&self.sentinels).clone()
+    }
+
+    /// Updates what one sentinel last said (watcher and subscription tasks).
+    pub fn update_sentinel(&self, index: usize, f: impl FnOnce(&mut SentinelStatus)) {
+        if let Some(s) = locked(&self.sentinels).get_mut(index) {
+            f(s);
+        }
+    }
+
+    /// Records the watcher's verdict on the latest round: a majority answered or not
+    /// (watcher only).
+    pub fn set_sentinel_majority(&self, majority: bool) {
+        self.sentinel_majority.store(majority, Ordering::Relaxed);
+    }
+
+    /// Whether a majority of the configured sentinels answered the latest round.
+    pub fn sentinel_majority(&self) -> bool {
+        self.sentinel_majority.load(Ordering::Relaxed)
+    }
+
+    /// The last `ROLE` check's error, until a check succeeds again (watcher only).
+    pub fn set_node_error(&self, error: Option<String>) {
+        *locked(&self.node_error) = error;
+    }
+
+    /// The last failed `ROLE` check's error, if the latest check failed.
+    pub fn node_error(&self) -> Option<String> {
+        locked(&self.node_error).clone()
+    }
+
+    /// Records a switch to a newly verified master (epoch `epoch`).
+    pub fn record_switch(&self, unix: f64, epoch: u64, master: String) {
+        locked(&self.history).switch(unix, epoch, master);
+    }
+
+    /// Records a fence of epoch `epoch` with `sessions` open.
+    pub fn record_fence(
+        &self,
+        unix: f64,
+        epoch: u64,
+        master: String,
+        reason: &'static str,
+        sessions: u64,
+    ) {
+        locked(&self.history).fence(unix, epoch, master.clone(), reason, sessions);
+        *locked(&self.last_fence) = Some(FenceRecord {
+            unix,
+            reason,
+            epoch,
+            master,
+        });
+    }
+
+    /// Records that every session of fenced epoch `epoch` closed `took` after the evidence
+    /// (watcher only).
+    pub fn fence_drained(&self, epoch: u64, took: std::time::Duration) {
+        locked(&self.history).fence_drained(epoch, took.as_secs_f64() * 1000.0);
+    }
+
+    /// The latest switches and fences, newest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        locked(&self.history).newest_first()
+    }
+
+    /// The most recent fence, if any.
+    pub fn last_fence(&self) -> Option<FenceRecord> {
+        locked(&self.last_fence).clone()
+    }
+}
+
 /// The whole `/status` document.
 #[derive(Debug, Serialize)]
 pub struct StatusDoc {
@@ -256,7 +365,7 @@ impl RouteView {
                 .unwrap_or(0.0),
             sessions: m.sessions(),
         });
-        let sentinels = route.sentinel_status();
+        let sentinels = route.observed.sentinel_status();
         let reachable = sentinels.iter().filter(|s| s.reachable).count();
         RouteView {
             name: route.name().to_string(),
@@ -266,13 +375,13 @@ impl RouteView {
             master,
             clients_open: route.open_clients(),
             clients_held: route.held_clients(),
-            last_fence: route.last_fence(),
-            last_node_error: route.node_error(),
+            last_fence: route.observed.last_fence(),
+            last_node_error: route.observed.node_error(),
             sentinels_reachable: reachable,
             // The watcher's own verdict, so /readyz says what the watcher acts on.
-            sentinel_majority: route.sentinel_majority(),
+            sentinel_majority: route.observed.sentinel_majority(),
             sentinels,
-            history: route.history(),
+            history: route.observed.history(),
         }
     }
 }

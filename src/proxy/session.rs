@@ -211,7 +211,7 @@ async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown
             let why = hold_end_reason(
                 matches!(reason, Rejected::Shutdown),
                 seen,
-                route.last_fence().map(|f| f.reason),
+                route.observed.last_fence().map(|f| f.reason),
             );
             let msg = hold_error(route.name(), why, started.elapsed());
             Box::pin(goodbye(client, msg.as_bytes())).await;

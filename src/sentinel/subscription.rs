@@ -189,7 +189,9 @@ pub(super) async fn subscribe(
                 };
                 counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => kind.as_str()).increment(1);
                 let message = e.to_string();
-                route.update_sentinel(index, |s| s.subscription_error = Some(message));
+                route
+                    .observed
+                    .update_sentinel(index, |s| s.subscription_error = Some(message));
                 None
             }
         };
@@ -207,7 +209,7 @@ pub(super) async fn subscribe(
         }
         failed_before = false;
         let subscribed_at = Instant::now();
-        route.update_sentinel(index, |s| {
+        route.observed.update_sentinel(index, |s| {
             s.subscribed = true;
             s.subscription_error = None;
         });
@@ -274,7 +276,7 @@ pub(super) async fn subscribe(
                 warn!(route = name, sentinel = %addr, kind = SentinelErrorKind::Oversized.as_str(), error = %over, "+switch-master subscription dropped: message too large; resubscribing");
                 let message =
                     format!("sentinel {addr}: subscription dropped: message too large: {over}");
-                route.update_sentinel(index, |s| {
+                route.observed.update_sentinel(index, |s| {
                     s.subscribed = false;
                     s.subscription_error = Some(message);
                 });
@@ -283,7 +285,7 @@ pub(super) async fn subscribe(
                 counter!(m::SENTINEL_ERRORS, "route" => name.clone(), "sentinel" => addr.clone(), "kind" => SentinelErrorKind::Subscription.as_str()).increment(1);
                 warn!(route = name, sentinel = %addr, why, "+switch-master subscription lost; resubscribing");
                 let message = format!("sentinel {addr}: subscription lost: {why}");
-                route.update_sentinel(index, |s| {
+                route.observed.update_sentinel(index, |s| {
                     s.subscribed = false;
                     s.subscription_error = Some(message);
                 });

@@ -517,7 +517,7 @@ impl Watcher {
         let history = self.route.clone();
         tokio::spawn(async move {
             let took = route::drained(&old, since).await;
-            history.fence_drained(old.epoch, took);
+            history.observed.fence_drained(old.epoch, took);
             histogram!(m::FENCE_DURATION, "route" => route.clone()).record(took.as_secs_f64());
             info!(
                 route,
@@ -558,7 +558,7 @@ impl Watcher {
         for (i, due) in due.iter().enumerate() {
             if *due && !results.iter().any(|(j, _)| *j == i) {
                 // Not an error (no backoff, no counter): it was not waited for.
-                self.route.update_sentinel(i, |s| {
+                self.route.observed.update_sentinel(i, |s| {
                     s.reachable = false;
                     s.last_error =
                         Some("no answer before this round ended (a majority had answered)".into());
@@ -842,6 +842,7 @@ impl Watcher {
                 r.config_epoch
             );
             self.route
+                .observed
                 .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
     }
@@ -867,6 +868,7 @@ impl Watcher {
                 evidence::MAX_EPOCH_LEAD
             );
             self.route
+                .observed
                 .update_sentinel(*i, |s| s.last_error = Some(note.clone()));
         }
     }
@@ -887,7 +889,7 @@ impl Watcher {
             Instant::now(),
         );
         let majority = matches!(verdict, evidence::Minority::Majority { .. });
-        self.route.set_sentinel_majority(majority);
+        self.route.observed.set_sentinel_majority(majority);
         gauge!(m::SENTINEL_MAJORITY, "route" => route.clone()).set(if majority {
             1.0
         } else {
@@ -970,11 +972,11 @@ impl Watcher {
                 if previous.is_some_and(|p| p != "master") {
                     info!(route, master.addr = %addr, "ROLE says master again");
                 }
-                self.route.set_node_error(None);
+                self.route.observed.set_node_error(None);
                 Some(Role::Master)
             }
             Ok(other) => {
-                self.route.set_node_error(None);
+                self.route.observed.set_node_error(None);
                 if changed {
                     warn!(route, master.addr = %addr, master.announced = announced, role = ?other, "sentinels name an address that is not a master; not routing to it");
                 }
@@ -988,7 +990,7 @@ impl Watcher {
                 } else {
                     debug!(route, master.addr = %addr, kind = e.kind.as_str(), error = %e, "ROLE check failed again");
                 }
-                self.route.set_node_error(Some(e.to_string()));
+                self.route.observed.set_node_error(Some(e.to_string()));
                 // The master itself refused: not trusted until a check answers master again
                 // (readiness and master_verified say so). A timeout may be the network's.
                 if decide::suspect_after_check(e.kind, e.io) {
@@ -1018,7 +1020,7 @@ impl Watcher {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .ok();
-        self.route.update_sentinel(i, |s| {
+        self.route.observed.update_sentinel(i, |s| {
             if !s.reachable && s.last_error.is_some() {
                 info!(route = %self.route.name(), sentinel = %s.address, "sentinel answers again");
             }
@@ -1048,7 +1050,7 @@ impl Watcher {
         let first = self.failures[i] == 1 || self.last_kind[i] != Some(e.kind);
         self.last_kind[i] = Some(e.kind);
         let message = e.to_string();
-        self.route.update_sentinel(i, |s| {
+        self.route.observed.update_sentinel(i, |s| {
             s.reachable = false;
             s.last_error = Some(message);
         });
