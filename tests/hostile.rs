@@ -5,12 +5,11 @@
 mod support;
 
 use std::io::{BufReader, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::fake_sentinel::{read_command, FakeSentinel, Script};
+use support::fake_sentinel::{read_command, serve_on_loopback, FakeSentinel, Script};
 use support::*;
 
 fn proxy_for(fake: &FakeSentinel) -> Proxy {
@@ -466,38 +465,24 @@ struct HugeRoleNode {
 
 impl HugeRoleNode {
     fn start() -> HugeRoleNode {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake node");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
         let roles = Arc::new(AtomicUsize::new(0));
         let others = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, o, s) = (roles.clone(), others.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
+        let (r, o) = (roles.clone(), others.clone());
+        let port = serve_on_loopback(stop.clone(), move |conn| {
+            let Ok(mut w) = conn.try_clone() else { return };
+            let mut reader = BufReader::new(conn);
+            while let Some(args) = read_command(&mut reader) {
+                let reply: &[u8] = if args.first().is_some_and(|a| a.eq_ignore_ascii_case("ROLE")) {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    b"*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n$2147483648\r\n"
+                } else {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    b"+OK\r\n"
                 };
-                let (r, o) = (r.clone(), o.clone());
-                std::thread::spawn(move || {
-                    let _ = conn.set_nonblocking(false);
-                    let Ok(mut w) = conn.try_clone() else { return };
-                    let mut reader = BufReader::new(conn);
-                    while let Some(args) = read_command(&mut reader) {
-                        let reply: &[u8] =
-                            if args.first().is_some_and(|a| a.eq_ignore_ascii_case("ROLE")) {
-                                r.fetch_add(1, Ordering::Relaxed);
-                                b"*3\r\n$6\r\nmaster\r\n:0\r\n*1\r\n$2147483648\r\n"
-                            } else {
-                                o.fetch_add(1, Ordering::Relaxed);
-                                b"+OK\r\n"
-                            };
-                        if w.write_all(reply).is_err() {
-                            return;
-                        }
-                    }
-                });
+                if w.write_all(reply).is_err() {
+                    return;
+                }
             }
         });
         HugeRoleNode {

@@ -44,9 +44,6 @@ impl FakeSentinel {
     }
 
     pub fn scripted(script: Script) -> FakeSentinel {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake sentinel");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicUsize::new(0));
         let events_sent = Arc::new(AtomicUsize::new(0));
@@ -58,23 +55,16 @@ impl FakeSentinel {
             events_sent.clone(),
             reply.clone(),
         );
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let ctx = Conn {
-                            script: script.clone(),
-                            silent,
-                            reply: r.clone(),
-                            queries: q.clone(),
-                            events_sent: e.clone(),
-                            stop: s.clone(),
-                        };
-                        std::thread::spawn(move || ctx.serve(conn));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
+        let port = serve_on_loopback(stop.clone(), move |conn| {
+            Conn {
+                script: script.clone(),
+                silent,
+                reply: r.clone(),
+                queries: q.clone(),
+                events_sent: e.clone(),
+                stop: s.clone(),
             }
+            .serve(conn)
         });
         FakeSentinel {
             port,
@@ -154,7 +144,6 @@ fn message(channel: &str, payload: &str) -> Vec<u8> {
 
 impl Conn {
     fn serve(self, conn: TcpStream) {
-        let _ = conn.set_nonblocking(false);
         let mut reader = BufReader::new(match conn.try_clone() {
             Ok(c) => c,
             Err(_) => return,
@@ -241,6 +230,33 @@ impl Conn {
 }
 
 /// One RESP command (an array of bulk strings) from `r`; `None` at EOF or on anything else.
+/// A scripted peer on a free loopback port (returned): every accepted connection is handed to
+/// `serve` on a thread of its own, until `stop` is set.
+pub fn serve_on_loopback(
+    stop: Arc<AtomicBool>,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake peer");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let serve = serve.clone();
+                    std::thread::spawn(move || serve(conn));
+                }
+                // Nothing pending: poll again shortly (the listener is non-blocking so `stop`
+                // is seen).
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    port
+}
+
 pub fn read_command(r: &mut impl BufRead) -> Option<Vec<String>> {
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
