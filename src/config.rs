@@ -276,6 +276,32 @@ pub struct RuntimeConfig {
     /// How long a session thread keeps polling for network events (yielding the CPU between
     /// polls) before it sleeps; zero: off.
     pub busy_poll: Duration,
+    /// How plain TCP sessions move their bytes.
+    pub engine: Engine,
+}
+
+/// How plain TCP sessions move their bytes (`runtime.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Engine {
+    /// Readiness (`epoll`) and one `recv` and `send` system call per chunk: works everywhere.
+    #[default]
+    #[serde(rename = "epoll")]
+    Epoll,
+    /// One io_uring instance per session thread (Linux 6.1 or later): receives and sends of
+    /// all its sessions submitted and completed in batches. Where a ring cannot be set up the
+    /// threads say so once and use epoll.
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl Engine {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll",
+            Engine::IoUring => "io_uring",
+        }
+    }
 }
 
 /// Longest `runtime.busy_poll` accepted.
@@ -500,6 +526,7 @@ struct FileRuntime {
     yield_before_sleep: Option<bool>,
     #[serde(default, with = "humantime_serde::option")]
     busy_poll: Option<Duration>,
+    engine: Option<Engine>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1260,6 +1287,7 @@ fn build(
             pin_threads: file.runtime.pin_threads.unwrap_or(false),
             yield_before_sleep: file.runtime.yield_before_sleep.unwrap_or(true),
             busy_poll,
+            engine: file.runtime.engine.unwrap_or_default(),
         },
     })
 }

@@ -110,6 +110,13 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             humantime::format_duration(n.busy_poll)
         ));
     }
+    if o.engine != n.engine {
+        p.needs_restart.push(format!(
+            "runtime.engine ({} -> {})",
+            o.engine.as_str(),
+            n.engine.as_str()
+        ));
+    }
     p
 }
 

@@ -4,6 +4,8 @@
 pub mod busy_poll;
 pub mod listener;
 pub mod session;
+#[cfg(target_os = "linux")]
+mod uring;
 pub mod workers;
 pub mod zerocopy;
 

@@ -228,6 +228,13 @@ async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown
     debug!("session open");
     let reason = match (client, conn) {
         (ClientIo::Plain(c), MasterIo::Plain(m)) => {
+            #[cfg(target_os = "linux")]
+            if super::uring::available() {
+                return finish(
+                    &route,
+                    Box::pin(splice_ring(c, m, &master, &shutdown, &route)).await,
+                );
+            }
             let reason = splice(&c, &m, &master, &shutdown, &route).await;
             if reason == Closed::MasterSwitch {
                 abort_master(&m);
@@ -252,6 +259,11 @@ async fn serve(client: Accepted, route: Arc<Route>, _permit: Admission, shutdown
             Box::pin(splice_io(c, *m, &master, &shutdown, &route)).await
         }
     };
+    finish(&route, reason);
+}
+
+/// Counts and logs a session's end.
+fn finish(route: &Route, reason: Closed) {
     // A removed route ends its epoch the way a fence does; the metric tells them apart.
     let reason = if reason == Closed::MasterSwitch && route.is_retired() {
         Closed::RouteRemoved
@@ -541,7 +553,7 @@ fn socket_options(stream: &TcpStream, cfg: &RouteConfig) -> io::Result<()> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Side {
+pub(super) enum Side {
     Client,
     Master,
 }
@@ -582,6 +594,49 @@ async fn splice(
         let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
     })
     .await
+}
+
+/// [`splice`] on this thread's io_uring (`runtime.engine = "io_uring"`): the ring moves the
+/// bytes, this task keeps the rules ([`race`]: fence, shutdown, half-close, the master's last
+/// reply). The sockets are closed by the ring (the master's with a reset after a fence) before
+/// this returns, so a fence still counts the session closed only once it is.
+#[cfg(target_os = "linux")]
+async fn splice_ring(
+    client: TcpStream,
+    master_conn: TcpStream,
+    master: &Master,
+    shutdown: &Shutdown,
+    route: &Route,
+) -> Closed {
+    let conn = match super::uring::Conn::open(
+        client,
+        master_conn,
+        route.metrics.bytes_client_to_master.clone(),
+        route.metrics.bytes_master_to_client.clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "cannot hand the session to io_uring");
+            return Closed::ClientError;
+        }
+    };
+    let reason = race(
+        conn.ended(Side::Client),
+        conn.ended(Side::Master),
+        master,
+        shutdown,
+        |side| {
+            let to = if side == Side::Client {
+                Side::Master
+            } else {
+                Side::Client
+            };
+            conn.shutdown_write(to);
+        },
+    )
+    .await;
+    conn.close(reason == Closed::MasterSwitch).await;
+    reason
 }
 
 /// Longest the master's last bytes may take to reach the client after writing to the master

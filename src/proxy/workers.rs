@@ -16,7 +16,35 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 use super::busy_poll::{self, Poller};
-use crate::config::RuntimeConfig;
+use crate::config::{Engine, RuntimeConfig};
+
+/// Sets up session thread `thread`'s io_uring and spawns its driver on the thread's runtime;
+/// false (said once per process) where the kernel cannot.
+fn start_ring(rt: &tokio::runtime::Runtime, thread: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let _entered = rt.enter();
+        match super::uring::install() {
+            Ok(driver) => {
+                rt.spawn(driver);
+                true
+            }
+            Err(e) => {
+                SAID.call_once(|| {
+                    warn!(thread, error = %e, "runtime.engine = \"io_uring\": cannot set up an io_uring (Linux 6.1 or later, kernel.io_uring_disabled = 0, not gVisor); falling back to epoll");
+                });
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (rt, thread);
+        warn!("runtime.engine = \"io_uring\" needs Linux; falling back to epoll");
+        false
+    }
+}
 
 /// The running session threads. Dropping this stops them (after their sessions are
 /// dropped); [`Workers::stop`] also waits for that.
@@ -74,9 +102,11 @@ impl Workers {
         };
         let yield_before_sleep = cfg.yield_before_sleep;
         let busy_poll = cfg.busy_poll;
+        let engine = cfg.engine;
         // At least one, whatever a library caller passes.
         let threads = cfg.threads.max(1);
         let mut workers = Vec::with_capacity(threads);
+        let mut rings = 0;
         for i in 0..threads {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -123,7 +153,8 @@ impl Workers {
                         }
                         p.watch(epoll_fds);
                     }
-                    if ready_tx.send(Ok(rt.handle().clone())).is_err() {
+                    let on_ring = engine == Engine::IoUring && start_ring(&rt, i);
+                    if ready_tx.send(Ok((rt.handle().clone(), on_ring))).is_err() {
                         return;
                     }
                     // Runs the sessions spawned onto it until told to stop (or the
@@ -132,9 +163,10 @@ impl Workers {
                     rt.shutdown_timeout(Duration::from_secs(1));
                     let _ = exited_tx.send(());
                 })?;
-            let handle = ready_rx
+            let (handle, on_ring) = ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("session thread exited at start"))??;
+            rings += usize::from(on_ring);
             workers.push(Worker {
                 handle,
                 stop: Some(stop_tx),
@@ -146,6 +178,12 @@ impl Workers {
             pinned = !cores.is_empty(),
             yield_before_sleep,
             busy_poll_us = busy_poll.as_micros() as u64,
+            engine = if rings == threads {
+                Engine::IoUring
+            } else {
+                Engine::Epoll
+            }
+            .as_str(),
             "session threads started"
         );
         let turns = Arc::new(Turns {

@@ -763,6 +763,18 @@ impl Default for ProxyOpts {
     }
 }
 
+/// The `[runtime]` lines of a test's proxy: `extra`, plus `engine = "E"` when the environment
+/// variable `RFP_TEST_ENGINE` is set (scripts/test.sh runs some suites again with
+/// `RFP_TEST_ENGINE=io_uring`) and `extra` does not choose an engine itself.
+pub fn runtime_lines(extra: &str) -> String {
+    match std::env::var("RFP_TEST_ENGINE") {
+        Ok(e) if !e.is_empty() && !extra.contains("engine") => {
+            format!("{extra}\nengine = \"{e}\"")
+        }
+        _ => extra.to_string(),
+    }
+}
+
 impl Proxy {
     pub fn start(sentinel_ports: &[u16]) -> Proxy {
         Proxy::start_with(sentinel_ports, ProxyOpts::default())
@@ -809,7 +821,7 @@ impl Proxy {
                 o.hold_timeout,
                 o.max_connections,
                 o.route_extra,
-                o.runtime_extra,
+                runtime_lines(o.runtime_extra),
             ),
         )
         .expect("proxy.toml");

@@ -1,0 +1,659 @@
+//! The io_uring session engine (`runtime.engine = "io_uring"`): plain TCP sessions move their
+//! bytes through one io_uring instance per session thread instead of a `recv` and a `send`
+//! system call per chunk and an `epoll_wait` per wakeup. Everything else about a session (the
+//! hold, the connect, the fence, the half-close and last-reply rules, timers) stays in its
+//! tokio task; the ring only pumps bytes and reports when a direction ends.
+//!
+//! Per session thread: a ring set up with `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1 or later:
+//! completions are processed only when this thread asks, in batches), an eventfd the kernel
+//! signals when completions wait (registered with the thread's tokio reactor, so the thread
+//! still sleeps in one place), and a pool of receive buffers the kernel picks from when data
+//! arrives (provided buffers): an idle session holds no buffer, only one armed `recv` per
+//! direction. A direction is `recv` into a pool buffer, then `send` of those bytes to the
+//! other side (again for the rest after a short send), then the buffer goes back to the pool
+//! and the `recv` is armed again. The driver task submits what sessions queued and handles
+//! completions in one `io_uring_enter` per pass.
+//!
+//! Closing a session cancels its requests (by descriptor) and closes the sockets once none is
+//! left in the kernel; the master's side with linger 0 when the session was fenced, as the
+//! epoll engine does. Where the ring cannot be set up (gVisor, `kernel.io_uring_disabled`, a
+//! kernel before 6.1), the session threads log it once and use epoll.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use metrics::Counter;
+use socket2::SockRef;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::session::Side;
+
+/// Receive buffers per session thread, and their size. A direction holds one only from the
+/// moment its `recv` completes until everything received was sent on, so the pool bounds how
+/// many directions can be mid-transfer at once, not how many sessions there are; a `recv`
+/// that finds the pool empty waits until a buffer comes back. 256 × 16 KiB = 4 MiB of address
+/// space per thread, touched only as far as it is used.
+const BUFFERS: u16 = 256;
+const BUF_LEN: usize = 16 * 1024;
+/// The buffer group the pool is provided as.
+const GROUP: u16 = 0;
+/// Submission queue entries; the completion queue gets four times as many.
+const ENTRIES: u32 = 1024;
+/// Passes of the driver before it lets the thread's other tasks run.
+const PASSES: usize = 32;
+/// `IORING_ENTER_GETEVENTS` (linux/io_uring.h; the crate keeps its `sys` module private).
+const ENTER_GETEVENTS: u32 = 1;
+
+// What a completion is about: the low 3 bits of its user_data, the session's slot above.
+const RECV: u64 = 0; // + direction (0: client to master, 1: master to client)
+const SEND: u64 = 2; // + direction
+const CANCEL: u64 = 4;
+const PROVIDE: u64 = 5;
+
+/// Which way bytes flow: client to master (0) or master to client (1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dir {
+    C2m = 0,
+    M2c = 1,
+}
+
+impl Dir {
+    fn from_bits(bits: u64) -> Dir {
+        if bits & 1 == 0 {
+            Dir::C2m
+        } else {
+            Dir::M2c
+        }
+    }
+    /// The side this direction reads from.
+    fn reads(self) -> Side {
+        match self {
+            Dir::C2m => Side::Client,
+            Dir::M2c => Side::Master,
+        }
+    }
+    fn writes(self) -> Side {
+        match self {
+            Dir::C2m => Side::Master,
+            Dir::M2c => Side::Client,
+        }
+    }
+}
+
+enum Flow {
+    /// A `recv` is in the kernel.
+    Receiving,
+    /// The pool was empty when data came: waiting for a buffer to arm the `recv` again.
+    NeedsBuffer,
+    /// Sending bytes `[sent, len)` of pool buffer `bid`.
+    Sending { bid: u16, sent: usize, len: usize },
+    /// Ended: EOF (`Ok`) or the side that failed.
+    Ended(Result<(), Side>),
+}
+
+struct Direction {
+    flow: Flow,
+    bytes: Counter,
+    waker: Option<Waker>,
+}
+
+struct Slot {
+    client: Option<OwnedFd>,
+    master: Option<OwnedFd>,
+    dirs: [Direction; 2],
+    /// Requests of this session in the kernel (not counting cancels).
+    inflight: usize,
+    closing: bool,
+    closed: bool,
+    closer: Option<Waker>,
+    /// The session's handle is gone: free the slot once closed.
+    detached: bool,
+}
+
+impl Slot {
+    fn fd(&self, side: Side) -> RawFd {
+        let fd = match side {
+            Side::Client => &self.client,
+            Side::Master => &self.master,
+        };
+        fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+}
+
+/// One session thread's ring, its buffer pool and its sessions.
+pub(super) struct Ring {
+    // Dropped first: tearing the ring down cancels whatever is still in the kernel, before
+    // the buffers it may write into and the sockets go.
+    ring: IoUring,
+    pool: Box<[u8]>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Entries that did not fit into the submission queue yet.
+    backlog: VecDeque<squeue::Entry>,
+    /// Directions waiting for a pool buffer: (slot, direction).
+    starved: VecDeque<(usize, Dir)>,
+    /// Wakes the driver when a session queued work.
+    kick: Arc<Notify>,
+}
+
+thread_local! {
+    static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
+}
+
+/// Sets up this thread's ring and returns its driver, to be spawned on this thread's
+/// (current-thread) runtime. Call from inside that runtime (the eventfd registers with its
+/// reactor).
+pub(super) fn install() -> io::Result<impl Future<Output = ()> + Send + 'static> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(ENTRIES * 4)
+        .build(ENTRIES)?;
+    // SAFETY: plain syscall; the result is checked.
+    let evfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if evfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned by nobody else.
+    let evfd = unsafe { OwnedFd::from_raw_fd(evfd) };
+    ring.submitter().register_eventfd(evfd.as_raw_fd())?;
+    // SAFETY: the AsyncFd owns the eventfd, so it stays open for as long as it is registered.
+    let evfd = unsafe { AsyncFd::register_with_interest(evfd, tokio::io::Interest::READABLE) }?;
+    let kick = Arc::new(Notify::new());
+    let mut r = Ring {
+        ring,
+        pool: vec![0u8; BUFFERS as usize * BUF_LEN].into_boxed_slice(),
+        slots: Vec::new(),
+        free: Vec::new(),
+        backlog: VecDeque::new(),
+        starved: VecDeque::new(),
+        kick: kick.clone(),
+    };
+    let provide =
+        opcode::ProvideBuffers::new(r.pool.as_mut_ptr(), BUF_LEN as i32, BUFFERS, GROUP, 0)
+            .build()
+            .user_data(PROVIDE);
+    r.push(provide);
+    r.ring.submit_and_wait(1)?;
+    // The provide's completion says whether the kernel took the pool.
+    let provided = r.ring.completion().next().map(|c| c.result());
+    match provided {
+        Some(res) if res >= 0 => {}
+        Some(res) => return Err(io::Error::from_raw_os_error(-res)),
+        None => return Err(io::Error::other("no completion for the buffer pool")),
+    }
+    RING.with(|cell| *cell.borrow_mut() = Some(r));
+    Ok(drive(evfd, kick))
+}
+
+/// Runs the thread's ring until the runtime stops: submits what sessions queued, handles
+/// completions, and sleeps in the reactor until the kernel signals the eventfd or a session
+/// kicks.
+async fn drive(evfd: AsyncFd<OwnedFd>, kick: Arc<Notify>) {
+    loop {
+        let guard = tokio::select! {
+            biased;
+            g = evfd.readable() => g.ok(),
+            _ = kick.notified() => None,
+        };
+        if let Some(g) = &guard {
+            let mut count = 0u64;
+            // SAFETY: reads 8 bytes into a u64 from a non-blocking eventfd we own.
+            let _ = unsafe {
+                libc::read(
+                    g.get_inner().as_raw_fd(),
+                    (&mut count as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
+        let busy = RING.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(r) => r.turn(),
+            None => false,
+        });
+        if let Some(mut g) = guard {
+            // Cleared only if the kernel did not signal again meanwhile.
+            g.clear_ready();
+        }
+        if busy {
+            // Still work after PASSES passes: let the thread's other tasks run first.
+            kick.notify_one();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Ring {
+    fn push(&mut self, e: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(e);
+            return;
+        }
+        // SAFETY: every entry points into the pool or at nothing; the pool outlives the ring.
+        if unsafe { self.ring.submission().push(&e) }.is_err() {
+            self.backlog.push_back(e);
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(e) = self.backlog.pop_front() {
+            // SAFETY: as in `push`.
+            if unsafe { self.ring.submission().push(&e) }.is_err() {
+                self.backlog.push_front(e);
+                break;
+            }
+        }
+    }
+
+    /// Submits and handles completions until a pass finds nothing to do, at most [`PASSES`]
+    /// times; true if work was left.
+    fn turn(&mut self) -> bool {
+        for _ in 0..PASSES {
+            self.flush_backlog();
+            let to_submit = self.ring.submission().len();
+            // GETEVENTS with no minimum: runs the completions the kernel deferred to this
+            // thread (DEFER_TASKRUN) without waiting for more.
+            // SAFETY: no timeout argument.
+            let entered = unsafe {
+                self.ring.submitter().enter::<libc::sigset_t>(
+                    to_submit as u32,
+                    0,
+                    ENTER_GETEVENTS,
+                    None,
+                )
+            };
+            if let Err(e) = entered {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::warn!(error = %e, "io_uring_enter failed");
+                }
+            }
+            let mut handled = 0;
+            loop {
+                let cqes: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+                if cqes.is_empty() {
+                    break;
+                }
+                handled += cqes.len();
+                for c in cqes {
+                    self.complete(c.user_data(), c.result(), c.flags());
+                }
+            }
+            if handled == 0 && self.ring.submission().is_empty() && self.backlog.is_empty() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn arm_recv(&mut self, slot: usize, dir: Dir) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let fd = s.fd(dir.reads());
+        s.dirs[dir as usize].flow = Flow::Receiving;
+        s.inflight += 1;
+        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUF_LEN as u32)
+            .buf_group(GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(((slot as u64) << 3) | (RECV + dir as u64));
+        self.push(e);
+    }
+
+    fn send(&mut self, slot: usize, dir: Dir, bid: u16, sent: usize, len: usize) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let fd = s.fd(dir.writes());
+        s.dirs[dir as usize].flow = Flow::Sending { bid, sent, len };
+        s.inflight += 1;
+        let at = bid as usize * BUF_LEN + sent;
+        let e = opcode::Send::new(types::Fd(fd), self.pool[at..].as_ptr(), (len - sent) as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(((slot as u64) << 3) | (SEND + dir as u64));
+        self.push(e);
+    }
+
+    /// Gives pool buffer `bid` back to the kernel, and arms a direction that was waiting
+    /// for one.
+    fn give_back(&mut self, bid: u16) {
+        let at = bid as usize * BUF_LEN;
+        let e = opcode::ProvideBuffers::new(
+            self.pool[at..].as_mut_ptr(),
+            BUF_LEN as i32,
+            1,
+            GROUP,
+            bid,
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(PROVIDE);
+        self.push(e);
+        while let Some((slot, dir)) = self.starved.pop_front() {
+            let waiting = self.slots[slot].as_ref().is_some_and(|s| {
+                !s.closing && matches!(s.dirs[dir as usize].flow, Flow::NeedsBuffer)
+            });
+            if waiting {
+                self.arm_recv(slot, dir);
+                break;
+            }
+        }
+    }
+
+    fn end(&mut self, slot: usize, dir: Dir, how: Result<(), Side>) {
+        if let Some(s) = self.slots[slot].as_mut() {
+            let d = &mut s.dirs[dir as usize];
+            d.flow = Flow::Ended(how);
+            if let Some(w) = d.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        let kind = user_data & 7;
+        if kind == PROVIDE {
+            if res < 0 {
+                tracing::warn!(
+                    error = %io::Error::from_raw_os_error(-res),
+                    "io_uring: returning a receive buffer failed"
+                );
+            }
+            return;
+        }
+        let slot = (user_data >> 3) as usize;
+        let picked = cqueue::buffer_select(flags);
+        let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            // Cannot happen (a slot is freed only when nothing of it is in the kernel), but a
+            // buffer must never be lost.
+            if let Some(bid) = picked {
+                self.give_back(bid);
+            }
+            return;
+        };
+        s.inflight = s.inflight.saturating_sub(1);
+        if kind == CANCEL {
+            self.maybe_closed(slot);
+            return;
+        }
+        let dir = Dir::from_bits(kind);
+        let is_send = kind >= SEND;
+        // A send's buffer is the one its direction holds.
+        let sending = match s.dirs[dir as usize].flow {
+            Flow::Sending { bid, sent, len } if is_send => Some((bid, sent, len)),
+            _ => None,
+        };
+        if s.closing {
+            if let Some(bid) = picked {
+                self.give_back(bid);
+            }
+            if let Some((bid, _, _)) = sending {
+                self.give_back(bid);
+                self.end(slot, dir, Err(dir.writes()));
+            }
+            self.maybe_closed(slot);
+            return;
+        }
+        if !is_send {
+            match picked {
+                Some(bid) if res > 0 => {
+                    let n = res as usize;
+                    s.dirs[dir as usize].bytes.increment(n as u64);
+                    self.send(slot, dir, bid, 0, n);
+                }
+                _ if res == -libc::ENOBUFS => {
+                    s.dirs[dir as usize].flow = Flow::NeedsBuffer;
+                    self.starved.push_back((slot, dir));
+                }
+                _ => {
+                    if let Some(bid) = picked {
+                        self.give_back(bid);
+                    }
+                    let how = if res == 0 {
+                        Ok(())
+                    } else {
+                        Err(dir.reads())
+                    };
+                    self.end(slot, dir, how);
+                }
+            }
+            return;
+        }
+        let Some((bid, sent, len)) = sending else {
+            return;
+        };
+        if res > 0 && sent + (res as usize) < len {
+            self.send(slot, dir, bid, sent + res as usize, len);
+        } else if res > 0 {
+            self.give_back(bid);
+            self.arm_recv(slot, dir);
+        } else {
+            self.give_back(bid);
+            self.end(slot, dir, Err(dir.writes()));
+        }
+    }
+
+    /// Closes a closing session's sockets once none of its requests is left in the kernel.
+    fn maybe_closed(&mut self, slot: usize) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if !s.closing || s.inflight > 0 || s.closed {
+            return;
+        }
+        s.client = None;
+        s.master = None;
+        s.closed = true;
+        if let Some(w) = s.closer.take() {
+            w.wake();
+        }
+        if s.detached {
+            self.slots[slot] = None;
+            self.free.push(slot);
+        }
+    }
+
+    fn open(&mut self, client: OwnedFd, master: OwnedFd, c2m: Counter, m2c: Counter) -> usize {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let dir = |bytes| Direction {
+            flow: Flow::Receiving,
+            bytes,
+            waker: None,
+        };
+        self.slots[slot] = Some(Slot {
+            client: Some(client),
+            master: Some(master),
+            dirs: [dir(c2m), dir(m2c)],
+            inflight: 0,
+            closing: false,
+            closed: false,
+            closer: None,
+            detached: false,
+        });
+        self.arm_recv(slot, Dir::C2m);
+        self.arm_recv(slot, Dir::M2c);
+        self.kick.notify_one();
+        slot
+    }
+
+    /// Starts closing a session: cancels its requests; its sockets close when none is left.
+    fn close(&mut self, slot: usize, abort_master: bool) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if s.closing {
+            return;
+        }
+        s.closing = true;
+        if abort_master {
+            if let Some(m) = &s.master {
+                let _ = SockRef::from(m).set_linger(Some(Duration::ZERO));
+            }
+        }
+        // Directions waiting for a buffer hold nothing in the kernel.
+        for d in &mut s.dirs {
+            if matches!(d.flow, Flow::NeedsBuffer) {
+                d.flow = Flow::Ended(Ok(()));
+            }
+        }
+        if s.inflight > 0 {
+            let fds = [s.fd(Side::Client), s.fd(Side::Master)];
+            // Counted: the sockets stay open until the cancels have run, so a cancel can
+            // never name a descriptor number another session reuses.
+            s.inflight += fds.len();
+            for fd in fds {
+                let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                    .build()
+                    .user_data(((slot as u64) << 3) | CANCEL);
+                self.push(e);
+            }
+            self.kick.notify_one();
+        }
+        self.maybe_closed(slot);
+    }
+}
+
+/// A session's two sockets, lent to this thread's ring.
+pub(super) struct Conn {
+    slot: usize,
+}
+
+/// Whether this thread runs sessions on a ring.
+pub(super) fn available() -> bool {
+    RING.with(|cell| cell.borrow().is_some())
+}
+
+impl Conn {
+    /// Lends both sockets of an established plain TCP session to this thread's ring, which
+    /// starts pumping at once. Errors (no ring here, a socket tokio cannot give up) return
+    /// nothing usable: the caller should have checked [`available`].
+    pub(super) fn open(
+        client: TcpStream,
+        master: TcpStream,
+        c2m: Counter,
+        m2c: Counter,
+    ) -> io::Result<Conn> {
+        // Out of tokio's reactor; the ring polls them from now on.
+        let client: OwnedFd = client.into_std()?.into();
+        let master: OwnedFd = master.into_std()?.into();
+        RING.with(|cell| match cell.borrow_mut().as_mut() {
+            Some(r) => Ok(Conn {
+                slot: r.open(client, master, c2m, m2c),
+            }),
+            None => Err(io::Error::other("no io_uring on this thread")),
+        })
+    }
+
+    /// Resolves when the direction reading from `side` has ended: EOF, or the side that
+    /// failed.
+    pub(super) fn ended(&self, side: Side) -> Ended<'_> {
+        let dir = match side {
+            Side::Client => Dir::C2m,
+            Side::Master => Dir::M2c,
+        };
+        Ended { conn: self, dir }
+    }
+
+    /// Shuts down writing to `side` (passes a half-close on).
+    pub(super) fn shutdown_write(&self, side: Side) {
+        RING.with(|cell| {
+            if let Some(s) = cell
+                .borrow()
+                .as_ref()
+                .and_then(|r| r.slots[self.slot].as_ref())
+            {
+                let fd = s.fd(side);
+                if fd >= 0 {
+                    // SAFETY: a socket this session owns; shutdown has no memory arguments.
+                    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+                }
+            }
+        });
+    }
+
+    /// Closes the session (the master's side with a reset if `abort_master`) and resolves
+    /// once both sockets are closed.
+    pub(super) async fn close(self, abort_master: bool) {
+        RING.with(|cell| {
+            if let Some(r) = cell.borrow_mut().as_mut() {
+                r.close(self.slot, abort_master);
+            }
+        });
+        std::future::poll_fn(|cx| {
+            RING.with(|cell| match cell.borrow_mut().as_mut() {
+                Some(r) => match r.slots[self.slot].as_mut() {
+                    Some(s) if !s.closed => {
+                        s.closer = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
+                },
+                None => Poll::Ready(()),
+            })
+        })
+        .await;
+        // Drop frees the slot.
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let slot = self.slot;
+        let _ = RING.try_with(|cell| {
+            if let Ok(mut cell) = cell.try_borrow_mut() {
+                if let Some(r) = cell.as_mut() {
+                    r.close(slot, false);
+                    match r.slots[slot].as_mut() {
+                        Some(s) if s.closed => {
+                            r.slots[slot] = None;
+                            r.free.push(slot);
+                        }
+                        Some(s) => s.detached = true,
+                        None => {}
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// See [`Conn::ended`].
+pub(super) struct Ended<'a> {
+    conn: &'a Conn,
+    dir: Dir,
+}
+
+impl Future for Ended<'_> {
+    type Output = Result<(), Side>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        RING.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let Some(s) = cell.as_mut().and_then(|r| r.slots[self.conn.slot].as_mut()) else {
+                return Poll::Ready(Err(Side::Client));
+            };
+            let d = &mut s.dirs[self.dir as usize];
+            match d.flow {
+                Flow::Ended(how) => Poll::Ready(how),
+                _ => {
+                    d.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+}
