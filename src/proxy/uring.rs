@@ -45,7 +45,8 @@ use super::session::Side;
 /// space per thread, touched only as far as it is used.
 const BUFFERS: u16 = 256;
 const BUF_LEN: usize = 16 * 1024;
-/// The buffer group the pool is provided as.
+/// The buffer group the pool is registered as (a buffer ring: the kernel takes buffers from
+/// it and this thread gives them back by writing the ring, no system call).
 const GROUP: u16 = 0;
 /// Submission queue entries; the completion queue gets four times as many.
 const ENTRIES: u32 = 1024;
@@ -58,7 +59,6 @@ const ENTER_GETEVENTS: u32 = 1;
 const RECV: u64 = 0; // + direction (0: client to master, 1: master to client)
 const SEND: u64 = 2; // + direction
 const CANCEL: u64 = 4;
-const PROVIDE: u64 = 5;
 
 /// Which way bytes flow: client to master (0) or master to client (1).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -135,6 +135,7 @@ pub(super) struct Ring {
     // Dropped first: tearing the ring down cancels whatever is still in the kernel, before
     // the buffers it may write into and the sockets go.
     ring: IoUring,
+    bufs: BufRing,
     pool: Box<[u8]>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -170,28 +171,18 @@ pub(super) fn install() -> io::Result<impl Future<Output = ()> + Send + 'static>
     // SAFETY: the AsyncFd owns the eventfd, so it stays open for as long as it is registered.
     let evfd = unsafe { AsyncFd::register_with_interest(evfd, tokio::io::Interest::READABLE) }?;
     let kick = Arc::new(Notify::new());
-    let mut r = Ring {
+    let mut pool = vec![0u8; BUFFERS as usize * BUF_LEN].into_boxed_slice();
+    let bufs = BufRing::new(&ring, &mut pool)?;
+    let r = Ring {
         ring,
-        pool: vec![0u8; BUFFERS as usize * BUF_LEN].into_boxed_slice(),
+        bufs,
+        pool,
         slots: Vec::new(),
         free: Vec::new(),
         backlog: VecDeque::new(),
         starved: VecDeque::new(),
         kick: kick.clone(),
     };
-    let provide =
-        opcode::ProvideBuffers::new(r.pool.as_mut_ptr(), BUF_LEN as i32, BUFFERS, GROUP, 0)
-            .build()
-            .user_data(PROVIDE);
-    r.push(provide);
-    r.ring.submit_and_wait(1)?;
-    // The provide's completion says whether the kernel took the pool.
-    let provided = r.ring.completion().next().map(|c| c.result());
-    match provided {
-        Some(res) if res >= 0 => {}
-        Some(res) => return Err(io::Error::from_raw_os_error(-res)),
-        None => return Err(io::Error::other("no completion for the buffer pool")),
-    }
     RING.with(|cell| *cell.borrow_mut() = Some(r));
     Ok(drive(evfd, kick))
 }
@@ -328,18 +319,7 @@ impl Ring {
     /// Gives pool buffer `bid` back to the kernel, and arms a direction that was waiting
     /// for one.
     fn give_back(&mut self, bid: u16) {
-        let at = bid as usize * BUF_LEN;
-        let e = opcode::ProvideBuffers::new(
-            self.pool[at..].as_mut_ptr(),
-            BUF_LEN as i32,
-            1,
-            GROUP,
-            bid,
-        )
-        .build()
-        .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(PROVIDE);
-        self.push(e);
+        self.bufs.give(&mut self.pool, bid);
         while let Some((slot, dir)) = self.starved.pop_front() {
             let waiting = self.slots[slot].as_ref().is_some_and(|s| {
                 !s.closing && matches!(s.dirs[dir as usize].flow, Flow::NeedsBuffer)
@@ -363,15 +343,6 @@ impl Ring {
 
     fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
         let kind = user_data & 7;
-        if kind == PROVIDE {
-            if res < 0 {
-                tracing::warn!(
-                    error = %io::Error::from_raw_os_error(-res),
-                    "io_uring: returning a receive buffer failed"
-                );
-            }
-            return;
-        }
         let slot = (user_data >> 3) as usize;
         let picked = cqueue::buffer_select(flags);
         let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
@@ -420,11 +391,7 @@ impl Ring {
                     if let Some(bid) = picked {
                         self.give_back(bid);
                     }
-                    let how = if res == 0 {
-                        Ok(())
-                    } else {
-                        Err(dir.reads())
-                    };
+                    let how = if res == 0 { Ok(()) } else { Err(dir.reads()) };
                     self.end(slot, dir, how);
                 }
             }
@@ -524,6 +491,71 @@ impl Ring {
             self.kick.notify_one();
         }
         self.maybe_closed(slot);
+    }
+}
+
+/// The ring of free pool buffers shared with the kernel (`IORING_REGISTER_PBUF_RING`): one
+/// page of [`BUFFERS`] entries; the kernel consumes from the head, this thread appends at the
+/// tail (the tail is the `resv` field of the first entry).
+struct BufRing {
+    base: *mut types::BufRingEntry,
+    tail: u16,
+}
+
+impl BufRing {
+    const LAYOUT_SIZE: usize = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
+
+    fn layout() -> std::alloc::Layout {
+        // One page-aligned block, as the kernel requires.
+        std::alloc::Layout::from_size_align(Self::LAYOUT_SIZE.max(4096), 4096)
+            .expect("a valid layout")
+    }
+
+    /// Registers the ring with `ring` and offers every buffer of `pool`.
+    fn new(ring: &IoUring, pool: &mut [u8]) -> io::Result<BufRing> {
+        // SAFETY: a non-zero size; checked for null below.
+        let base =
+            unsafe { std::alloc::alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>();
+        if base.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut b = BufRing { base, tail: 0 };
+        // SAFETY: the block stays allocated until this BufRing is dropped, which `Ring` does
+        // only after the io_uring itself is gone.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(base as u64, BUFFERS, GROUP, 0)?;
+        }
+        for bid in 0..BUFFERS {
+            b.give(pool, bid);
+        }
+        Ok(b)
+    }
+
+    /// Appends buffer `bid` of `pool` and publishes the new tail.
+    fn give(&mut self, pool: &mut [u8], bid: u16) {
+        let mask = BUFFERS - 1;
+        // SAFETY: the index is masked into the ring; the entry is plain data the kernel reads
+        // only once the tail below includes it.
+        let entry = unsafe { &mut *self.base.add((self.tail & mask) as usize) };
+        entry.set_addr(pool[bid as usize * BUF_LEN..].as_mut_ptr() as u64);
+        entry.set_len(BUF_LEN as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field of the first entry, inside the block; the kernel reads it
+        // with acquire ordering.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.base).cast_mut();
+            std::sync::atomic::AtomicU16::from_ptr(tail)
+                .store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.base.cast(), Self::layout()) };
     }
 }
 
