@@ -41,10 +41,10 @@ use super::session::Side;
 /// Receive buffers per session thread, and their size. A direction holds one only from the
 /// moment its `recv` completes until everything received was sent on, so the pool bounds how
 /// many directions can be mid-transfer at once, not how many sessions there are; a `recv`
-/// that finds the pool empty waits until a buffer comes back. 256 × 16 KiB = 4 MiB of address
-/// space per thread, touched only as far as it is used.
-const BUFFERS: u16 = 256;
-const BUF_LEN: usize = 16 * 1024;
+/// that finds the pool empty waits until a buffer comes back. 128 × 32 KiB = 4 MiB per thread
+/// (a 16 KiB value and its header arrive in one buffer).
+const BUFFERS: u16 = 128;
+const BUF_LEN: usize = 32 * 1024;
 /// The buffer group the pool is registered as (a buffer ring: the kernel takes buffers from
 /// it and this thread gives them back by writing the ring, no system call).
 const GROUP: u16 = 0;
@@ -90,19 +90,42 @@ impl Dir {
     }
 }
 
-enum Flow {
-    /// A `recv` is in the kernel.
-    Receiving,
-    /// The pool was empty when data came: waiting for a buffer to arm the `recv` again.
-    NeedsBuffer,
-    /// Sending bytes `[sent, len)` of pool buffer `bid`.
-    Sending { bid: u16, sent: usize, len: usize },
-    /// Ended: EOF (`Ok`) or the side that failed.
-    Ended(Result<(), Side>),
+/// Most received chunks a direction queues before it stops receiving (its multishot `recv` is
+/// cancelled, and armed again once the queue has drained): a peer that does not read makes
+/// its sender wait in TCP, as with epoll, instead of taking the whole pool.
+const MAX_QUEUED: usize = 4;
+
+/// A received chunk not yet sent on: bytes `[sent, len)` of pool buffer `bid`.
+#[derive(Clone, Copy)]
+struct Chunk {
+    bid: u16,
+    sent: usize,
+    len: usize,
+}
+
+/// The multishot `recv` of a direction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// In the kernel, posting a completion per chunk received.
+    Armed,
+    /// In the kernel, a cancel on its way (the queue is full).
+    Pausing,
+    /// Not in the kernel: the queue is full, or the pool was empty (then the direction is in
+    /// `Ring::starved`).
+    Off,
+    /// Done: EOF or a failed read, reported once the queue is sent.
+    Done,
 }
 
 struct Direction {
-    flow: Flow,
+    recv: Recv,
+    queue: VecDeque<Chunk>,
+    /// A send of the queue's first chunk is in the kernel.
+    sending: bool,
+    /// How the receiving ended (EOF, or the side that failed), once it has.
+    finish: Option<Result<(), Side>>,
+    /// What the session is told: the direction has ended.
+    ended: Option<Result<(), Side>>,
     bytes: Counter,
     waker: Option<Waker>,
 }
@@ -111,7 +134,8 @@ struct Slot {
     client: Option<OwnedFd>,
     master: Option<OwnedFd>,
     dirs: [Direction; 2],
-    /// Requests of this session in the kernel (not counting cancels).
+    /// Requests of this session in the kernel: multishot `recv`s until their last completion,
+    /// sends, cancels.
     inflight: usize,
     closing: bool,
     closed: bool,
@@ -141,8 +165,10 @@ pub(super) struct Ring {
     free: Vec<usize>,
     /// Entries that did not fit into the submission queue yet.
     backlog: VecDeque<squeue::Entry>,
-    /// Directions waiting for a pool buffer: (slot, direction).
+    /// Directions waiting for a pool buffer to arm their `recv`: (slot, direction).
     starved: VecDeque<(usize, Dir)>,
+    /// Completions taken from the queue, reused between passes.
+    cqes: Vec<cqueue::Entry>,
     /// Wakes the driver when a session queued work.
     kick: Arc<Notify>,
 }
@@ -181,6 +207,7 @@ pub(super) fn install() -> io::Result<impl Future<Output = ()> + Send + 'static>
         free: Vec::new(),
         backlog: VecDeque::new(),
         starved: VecDeque::new(),
+        cqes: Vec::with_capacity(256),
         kick: kick.clone(),
     };
     RING.with(|cell| *cell.borrow_mut() = Some(r));
@@ -197,23 +224,15 @@ async fn drive(evfd: AsyncFd<OwnedFd>, kick: Arc<Notify>) {
             g = evfd.readable() => g.ok(),
             _ = kick.notified() => None,
         };
-        if let Some(g) = &guard {
-            let mut count = 0u64;
-            // SAFETY: reads 8 bytes into a u64 from a non-blocking eventfd we own.
-            let _ = unsafe {
-                libc::read(
-                    g.get_inner().as_raw_fd(),
-                    (&mut count as *mut u64).cast(),
-                    8,
-                )
-            };
-        }
         let busy = RING.with(|cell| match cell.borrow_mut().as_mut() {
             Some(r) => r.turn(),
             None => false,
         });
         if let Some(mut g) = guard {
-            // Cleared only if the kernel did not signal again meanwhile.
+            // Cleared only if the kernel did not signal again meanwhile. The eventfd is never
+            // read (one system call per wakeup saved): every signal wakes the reactor's
+            // edge-triggered epoll again whatever the counter holds, and a u64 counter that
+            // saturates after 2^64 signals still wakes.
             g.clear_ready();
         }
         if busy {
@@ -222,6 +241,10 @@ async fn drive(evfd: AsyncFd<OwnedFd>, kick: Arc<Notify>) {
             tokio::task::yield_now().await;
         }
     }
+}
+
+fn user_data(slot: usize, kind: u64) -> u64 {
+    ((slot as u64) << 3) | kind
 }
 
 impl Ring {
@@ -246,8 +269,10 @@ impl Ring {
         }
     }
 
-    /// Submits and handles completions until a pass finds nothing to do, at most [`PASSES`]
-    /// times; true if work was left.
+    /// Submits what is queued and handles the completions, until a pass leaves nothing to
+    /// submit, at most [`PASSES`] times; true if work was left. Completions that arrive later
+    /// signal the eventfd again (the kernel does when its list of deferred work goes from
+    /// empty to not empty), so stopping with an empty submission queue loses nothing.
     fn turn(&mut self) -> bool {
         for _ in 0..PASSES {
             self.flush_backlog();
@@ -268,51 +293,60 @@ impl Ring {
                     tracing::warn!(error = %e, "io_uring_enter failed");
                 }
             }
-            let mut handled = 0;
+            let mut cqes = std::mem::take(&mut self.cqes);
             loop {
-                let cqes: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+                cqes.clear();
+                cqes.extend(self.ring.completion().take(256));
                 if cqes.is_empty() {
                     break;
                 }
-                handled += cqes.len();
-                for c in cqes {
+                for c in &cqes {
                     self.complete(c.user_data(), c.result(), c.flags());
                 }
             }
-            if handled == 0 && self.ring.submission().is_empty() && self.backlog.is_empty() {
+            self.cqes = cqes;
+            if self.ring.submission().is_empty() && self.backlog.is_empty() {
                 return false;
             }
         }
         true
     }
 
-    fn arm_recv(&mut self, slot: usize, dir: Dir) {
+    /// Arms the multishot `recv` of a direction.
+    fn arm(&mut self, slot: usize, dir: Dir) {
         let Some(s) = self.slots[slot].as_mut() else {
             return;
         };
         let fd = s.fd(dir.reads());
-        s.dirs[dir as usize].flow = Flow::Receiving;
+        s.dirs[dir as usize].recv = Recv::Armed;
         s.inflight += 1;
-        let e = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUF_LEN as u32)
-            .buf_group(GROUP)
+        let e = opcode::RecvMulti::new(types::Fd(fd), GROUP)
             .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(((slot as u64) << 3) | (RECV + dir as u64));
+            .user_data(user_data(slot, RECV + dir as u64));
         self.push(e);
     }
 
-    fn send(&mut self, slot: usize, dir: Dir, bid: u16, sent: usize, len: usize) {
+    /// Sends the first queued chunk of a direction (what is left of it).
+    fn send_front(&mut self, slot: usize, dir: Dir) {
         let Some(s) = self.slots[slot].as_mut() else {
             return;
         };
         let fd = s.fd(dir.writes());
-        s.dirs[dir as usize].flow = Flow::Sending { bid, sent, len };
+        let d = &mut s.dirs[dir as usize];
+        let Some(c) = d.queue.front().copied() else {
+            return;
+        };
+        d.sending = true;
         s.inflight += 1;
-        let at = bid as usize * BUF_LEN + sent;
-        let e = opcode::Send::new(types::Fd(fd), self.pool[at..].as_ptr(), (len - sent) as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(((slot as u64) << 3) | (SEND + dir as u64));
+        let at = c.bid as usize * BUF_LEN + c.sent;
+        let e = opcode::Send::new(
+            types::Fd(fd),
+            self.pool[at..].as_ptr(),
+            (c.len - c.sent) as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data(slot, SEND + dir as u64));
         self.push(e);
     }
 
@@ -322,22 +356,37 @@ impl Ring {
         self.bufs.give(&mut self.pool, bid);
         while let Some((slot, dir)) = self.starved.pop_front() {
             let waiting = self.slots[slot].as_ref().is_some_and(|s| {
-                !s.closing && matches!(s.dirs[dir as usize].flow, Flow::NeedsBuffer)
+                let d = &s.dirs[dir as usize];
+                !s.closing && d.recv == Recv::Off && d.queue.len() < MAX_QUEUED
             });
             if waiting {
-                self.arm_recv(slot, dir);
+                self.arm(slot, dir);
                 break;
             }
         }
     }
 
-    fn end(&mut self, slot: usize, dir: Dir, how: Result<(), Side>) {
-        if let Some(s) = self.slots[slot].as_mut() {
-            let d = &mut s.dirs[dir as usize];
-            d.flow = Flow::Ended(how);
-            if let Some(w) = d.waker.take() {
-                w.wake();
+    /// Tells the session a direction ended, once: a failed send at once; EOF or a failed
+    /// read only after every chunk received before it was sent on.
+    fn settle(&mut self, slot: usize, dir: Dir, failed_send: bool) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let d = &mut s.dirs[dir as usize];
+        if d.ended.is_some() {
+            return;
+        }
+        let how = if failed_send {
+            Err(dir.writes())
+        } else {
+            match d.finish {
+                Some(how) if d.queue.is_empty() && !d.sending => how,
+                _ => return,
             }
+        };
+        d.ended = Some(how);
+        if let Some(w) = d.waker.take() {
+            w.wake();
         }
     }
 
@@ -353,62 +402,131 @@ impl Ring {
             }
             return;
         };
-        s.inflight = s.inflight.saturating_sub(1);
         if kind == CANCEL {
+            s.inflight = s.inflight.saturating_sub(1);
             self.maybe_closed(slot);
             return;
         }
         let dir = Dir::from_bits(kind);
-        let is_send = kind >= SEND;
-        // A send's buffer is the one its direction holds.
-        let sending = match s.dirs[dir as usize].flow {
-            Flow::Sending { bid, sent, len } if is_send => Some((bid, sent, len)),
-            _ => None,
+        if kind < SEND {
+            self.received(slot, dir, res, picked, cqueue::more(flags));
+        } else {
+            self.sent(slot, dir, res);
+        }
+    }
+
+    /// A completion of a direction's multishot `recv`.
+    fn received(&mut self, slot: usize, dir: Dir, res: i32, picked: Option<u16>, more: bool) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
         };
-        if s.closing {
-            if let Some(bid) = picked {
-                self.give_back(bid);
+        if !more {
+            // The kernel is done with this recv.
+            s.inflight = s.inflight.saturating_sub(1);
+        }
+        let closing = s.closing;
+        let d = &mut s.dirs[dir as usize];
+        if !more && d.recv != Recv::Done {
+            d.recv = Recv::Off;
+        }
+        match picked {
+            Some(bid) if res > 0 && !closing && d.finish.is_none() => {
+                d.bytes.increment(res as u64);
+                d.queue.push_back(Chunk {
+                    bid,
+                    sent: 0,
+                    len: res as usize,
+                });
+                let full = d.queue.len() >= MAX_QUEUED;
+                let idle = !d.sending;
+                if full && d.recv == Recv::Armed {
+                    d.recv = Recv::Pausing;
+                    s.inflight += 1;
+                    let e = opcode::AsyncCancel::new(user_data(slot, RECV + dir as u64))
+                        .build()
+                        .user_data(user_data(slot, CANCEL));
+                    self.push(e);
+                }
+                if idle {
+                    self.send_front(slot, dir);
+                }
             }
-            if let Some((bid, _, _)) = sending {
-                self.give_back(bid);
-                self.end(slot, dir, Err(dir.writes()));
+            Some(bid) => self.give_back(bid),
+            None if closing => {}
+            None if res == 0 => {
+                d.recv = Recv::Done;
+                d.finish = Some(Ok(()));
+                self.settle(slot, dir, false);
             }
+            None if res == -libc::ENOBUFS => self.starved.push_back((slot, dir)),
+            // Our pause; armed again when the queue has drained.
+            None if res == -libc::ECANCELED => {}
+            None if res < 0 => {
+                d.recv = Recv::Done;
+                d.finish = Some(Err(dir.reads()));
+                self.settle(slot, dir, false);
+            }
+            None => {}
+        }
+        if closing {
             self.maybe_closed(slot);
             return;
         }
-        if !is_send {
-            match picked {
-                Some(bid) if res > 0 => {
-                    let n = res as usize;
-                    s.dirs[dir as usize].bytes.increment(n as u64);
-                    self.send(slot, dir, bid, 0, n);
-                }
-                _ if res == -libc::ENOBUFS => {
-                    s.dirs[dir as usize].flow = Flow::NeedsBuffer;
-                    self.starved.push_back((slot, dir));
-                }
-                _ => {
-                    if let Some(bid) = picked {
-                        self.give_back(bid);
-                    }
-                    let how = if res == 0 { Ok(()) } else { Err(dir.reads()) };
-                    self.end(slot, dir, how);
-                }
+        self.rearm_if_room(slot, dir);
+    }
+
+    /// Arms a direction's `recv` again if it is off and its queue has room.
+    fn rearm_if_room(&mut self, slot: usize, dir: Dir) {
+        let Some(s) = self.slots[slot].as_ref() else {
+            return;
+        };
+        let d = &s.dirs[dir as usize];
+        let starved = self.starved.contains(&(slot, dir));
+        if !s.closing && d.recv == Recv::Off && d.queue.len() < MAX_QUEUED && !starved {
+            self.arm(slot, dir);
+        }
+    }
+
+    /// A completion of a direction's send.
+    fn sent(&mut self, slot: usize, dir: Dir, res: i32) {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return;
+        };
+        s.inflight = s.inflight.saturating_sub(1);
+        let closing = s.closing;
+        let d = &mut s.dirs[dir as usize];
+        d.sending = false;
+        let Some(front) = d.queue.front_mut() else {
+            return;
+        };
+        if res <= 0 || closing {
+            // Failed (or the session is closing): every queued buffer goes back.
+            let bids: Vec<u16> = d.queue.drain(..).map(|c| c.bid).collect();
+            for bid in bids {
+                self.give_back(bid);
+            }
+            if closing {
+                self.maybe_closed(slot);
+            } else {
+                self.settle(slot, dir, true);
             }
             return;
         }
-        let Some((bid, sent, len)) = sending else {
+        front.sent += res as usize;
+        if front.sent < front.len {
+            self.send_front(slot, dir);
             return;
-        };
-        if res > 0 && sent + (res as usize) < len {
-            self.send(slot, dir, bid, sent + res as usize, len);
-        } else if res > 0 {
-            self.give_back(bid);
-            self.arm_recv(slot, dir);
-        } else {
-            self.give_back(bid);
-            self.end(slot, dir, Err(dir.writes()));
         }
+        let bid = front.bid;
+        d.queue.pop_front();
+        let more = !d.queue.is_empty();
+        self.give_back(bid);
+        if more {
+            self.send_front(slot, dir);
+        } else {
+            self.settle(slot, dir, false);
+        }
+        self.rearm_if_room(slot, dir);
     }
 
     /// Closes a closing session's sockets once none of its requests is left in the kernel.
@@ -419,6 +537,11 @@ impl Ring {
         if !s.closing || s.inflight > 0 || s.closed {
             return;
         }
+        let bids: Vec<u16> = s
+            .dirs
+            .iter_mut()
+            .flat_map(|d| d.queue.drain(..).map(|c| c.bid))
+            .collect();
         s.client = None;
         s.master = None;
         s.closed = true;
@@ -429,6 +552,9 @@ impl Ring {
             self.slots[slot] = None;
             self.free.push(slot);
         }
+        for bid in bids {
+            self.give_back(bid);
+        }
     }
 
     fn open(&mut self, client: OwnedFd, master: OwnedFd, c2m: Counter, m2c: Counter) -> usize {
@@ -437,7 +563,11 @@ impl Ring {
             self.slots.len() - 1
         });
         let dir = |bytes| Direction {
-            flow: Flow::Receiving,
+            recv: Recv::Off,
+            queue: VecDeque::new(),
+            sending: false,
+            finish: None,
+            ended: None,
             bytes,
             waker: None,
         };
@@ -451,8 +581,8 @@ impl Ring {
             closer: None,
             detached: false,
         });
-        self.arm_recv(slot, Dir::C2m);
-        self.arm_recv(slot, Dir::M2c);
+        self.arm(slot, Dir::C2m);
+        self.arm(slot, Dir::M2c);
         self.kick.notify_one();
         slot
     }
@@ -471,12 +601,6 @@ impl Ring {
                 let _ = SockRef::from(m).set_linger(Some(Duration::ZERO));
             }
         }
-        // Directions waiting for a buffer hold nothing in the kernel.
-        for d in &mut s.dirs {
-            if matches!(d.flow, Flow::NeedsBuffer) {
-                d.flow = Flow::Ended(Ok(()));
-            }
-        }
         if s.inflight > 0 {
             let fds = [s.fd(Side::Client), s.fd(Side::Master)];
             // Counted: the sockets stay open until the cancels have run, so a cancel can
@@ -485,7 +609,7 @@ impl Ring {
             for fd in fds {
                 let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
                     .build()
-                    .user_data(((slot as u64) << 3) | CANCEL);
+                    .user_data(user_data(slot, CANCEL));
                 self.push(e);
             }
             self.kick.notify_one();
@@ -679,9 +803,9 @@ impl Future for Ended<'_> {
                 return Poll::Ready(Err(Side::Client));
             };
             let d = &mut s.dirs[self.dir as usize];
-            match d.flow {
-                Flow::Ended(how) => Poll::Ready(how),
-                _ => {
+            match d.ended {
+                Some(how) => Poll::Ready(how),
+                None => {
                     d.waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
