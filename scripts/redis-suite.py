@@ -19,7 +19,9 @@ settings behind (unit/type/list and unit/type/set leave proto-max-bulk-len at 10
 unit/protocol hangs).
 
 Usage: scripts/redis-suite.py [--proxy BIN] [--units unit/a,unit/b] [--work DIR] [--timeout S]
-Environment: RFP_SUITE_UNITS (comma-separated units, default: the list below).
+                              [--engines epoll,io_uring]
+Environment: RFP_SUITE_UNITS (comma-separated units, default: the list below), RFP_SUITE_ENGINES
+(as --engines).
 """
 
 import argparse
@@ -277,7 +279,11 @@ def main():
     ap.add_argument("--work", default=str(ROOT / "target" / "redis-suite"))
     ap.add_argument("--timeout", type=int, default=60,
                     help="per-test timeout of the suite, s (a test that hangs costs this long)")
+    ap.add_argument("--engines", default=os.environ.get("RFP_SUITE_ENGINES", "epoll,io_uring"),
+                    help="session engines to run the proxy with, comma-separated "
+                         "(runtime.engine; io_uring falls back to epoll where unavailable)")
     a = ap.parse_args()
+    engines = a.engines.split(",")
     units = a.units.split(",") if a.units else DEFAULT_UNITS
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -296,7 +302,7 @@ def main():
         sh(["cargo", "build", "--release", "--locked"], cwd=ROOT)
         proxy = str(ROOT / "target" / "release" / "redis-failover-proxy")
     allowed = allow_list()
-    direct, through, units_of = both_ways(tree, proxy, units, work, a.timeout)
+    direct, through, units_of = both_ways(tree, proxy, units, work, a.timeout, engines)
     if not direct:
         sys.exit("redis-suite: no test ran directly; is the suite broken here?")
     differ = differences(direct, through)
@@ -312,7 +318,7 @@ def main():
         # counts (a timing-sensitive test can fail once either way on a busy machine).
         again = sorted({units_of[n] for n in unexplained if n in units_of}) or units
         log(f"{len(unexplained)} unexplained difference(s); running {', '.join(again)} again")
-        direct2, through2, _ = both_ways(tree, proxy, again, work, a.timeout)
+        direct2, through2, _ = both_ways(tree, proxy, again, work, a.timeout, engines)
         confirmed = [n for n in unexplained if n in differences(direct2, through2)]
         for n in unexplained:
             verdict = "again" if n in confirmed else "not again (counted as noise)"
@@ -330,21 +336,26 @@ def differences(direct, through):
     return sorted(n for n, r in direct.items() if r == "ok" and through.get(n, "missing") != "ok")
 
 
-def both_ways(tree: Path, proxy: str, units, work: Path, timeout: int):
-    """The suite's `units` directly and through the proxy, each on a fresh master + sentinel:
-    (direct outcomes, proxy outcomes, {failed test: its unit})."""
+def both_ways(tree: Path, proxy: str, units, work: Path, timeout: int, engines):
+    """The suite's `units` directly and through the proxy (once per session engine in
+    `engines`), each on a fresh master + sentinel: (direct outcomes, proxy outcomes, {failed
+    test: its unit})."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     procs = Procs()
     outcome = {}
     units_of = {}
     try:
-        for way in ("direct", "proxy"):
+        for way in ("direct", *(f"proxy-{e}" for e in engines)):
             master, sport = start_group(run_dir / way, procs)
             port = master
-            if way == "proxy":
+            if way != "direct":
                 port = free_port()
-                procs.start([proxy, "--listen", f"127.0.0.1:{port}", "--master", MASTER,
-                             "--sentinel", f"127.0.0.1:{sport}", "--no-admin"],
+                # Only the session engine comes from the file; the route from the flags.
+                conf = run_dir / way / "proxy.toml"
+                conf.write_text(f'[runtime]\nengine = "{way.removeprefix("proxy-")}"\n')
+                procs.start([proxy, "--config", str(conf), "--listen", f"127.0.0.1:{port}",
+                             "--master", MASTER, "--sentinel", f"127.0.0.1:{sport}",
+                             "--no-admin"],
                             run_dir / way / "proxy.log")
                 if not wait_port(port):
                     sys.exit("redis-suite: the proxy did not start; see "
@@ -360,7 +371,14 @@ def both_ways(tree: Path, proxy: str, units, work: Path, timeout: int):
             procs.stop()
     finally:
         procs.stop()
-    return outcome["direct"], outcome["proxy"], units_of
+    # Through the proxy, a test passes only if it passed on every engine; otherwise its
+    # outcome names the engine(s) it failed on.
+    through = {}
+    for name in set().union(*(outcome[f"proxy-{e}"] for e in engines)):
+        bad = [f"{outcome[f'proxy-{e}'].get(name, 'missing')} on {e}" for e in engines
+               if outcome[f"proxy-{e}"].get(name, "missing") != "ok"]
+        through[name] = "; ".join(bad) if bad else "ok"
+    return outcome["direct"], through, units_of
 
 
 if __name__ == "__main__":

@@ -24,6 +24,17 @@ trap 'rm -f "$log" "$RFP_SKIP_LOG"' EXIT
 set +e
 cargo test --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The suites that carry bytes, once more on the io_uring session engine (runtime.engine; it
+# falls back to epoll, with a warning, where the kernel has no io_uring). Only in a whole run:
+# arguments choose tests themselves. RFP_TEST_ENGINES= (empty) leaves this out.
+if [[ $# -eq 0 ]]; then
+    for engine in ${RFP_TEST_ENGINES-io_uring}; do
+        echo "== the data-path suites again with runtime.engine = \"$engine\""
+        RFP_TEST_ENGINE=$engine cargo test --locked --test behaviour --test last_reply \
+            --test failover --test write_loss --test redis_py --test faults_local 2>&1 | tee -a "$log"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+    done
+fi
 set -e
 # One closing line for the whole run, summed over every test binary. A test that skipped itself
 # (a missing capability) reports "ok" to cargo; it is counted as skipped here, not passed, and

@@ -165,3 +165,57 @@ fn a_failover_fences_ring_sessions() {
     let mut c = Client::connect(proxy.port);
     assert_eq!(c.node_port().unwrap(), new);
 }
+
+/// A client that asks for a large value and does not read it cannot take the ring's buffer
+/// pool: its direction stops receiving after a few chunks (the master waits in TCP), other
+/// sessions on the same thread keep being served, and the value arrives intact once the
+/// client reads.
+#[test]
+fn a_client_that_does_not_read_cannot_starve_the_others() {
+    let Some((_t, proxy)) = ring_lab("threads = 1\nengine = \"io_uring\"") else {
+        return;
+    };
+    let big: String = (0..(16 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    assert_eq!(
+        Client::connect(proxy.port)
+            .cmd(&["SET", "big", &big])
+            .unwrap(),
+        "+OK"
+    );
+    let rss_before = rss_kib(proxy.pid());
+    // Four clients ask for 16 MiB each and do not read.
+    let mut stalled: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+            s.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Others on the same (only) session thread are still served, many times over.
+    let mut other = Client::connect(proxy.port);
+    for i in 0..200 {
+        let v = format!("v{i}");
+        assert_eq!(other.cmd(&["SET", "small", &v]).unwrap(), "+OK");
+        assert_eq!(other.cmd(&["GET", "small"]).unwrap(), v);
+    }
+    let rss_stalled = rss_kib(proxy.pid());
+    assert!(
+        rss_stalled < rss_before + 16 * 1024,
+        "4 stalled 16 MiB replies grew the proxy from {rss_before} to {rss_stalled} KiB"
+    );
+    // Now they read: every byte arrives.
+    let header = format!("${}\r\n", big.len());
+    for s in stalled.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let want = header.len() + big.len() + 2;
+        let mut got = vec![0u8; want];
+        s.read_exact(&mut got).unwrap();
+        assert!(got.starts_with(header.as_bytes()));
+        assert!(
+            got[header.len()..want - 2] == *big.as_bytes(),
+            "value corrupted"
+        );
+    }
+}

@@ -611,6 +611,7 @@ async fn splice_ring(
     let conn = match super::uring::Conn::open(
         client,
         master_conn,
+        master.fenced().clone(),
         route.metrics.bytes_client_to_master.clone(),
         route.metrics.bytes_master_to_client.clone(),
     ) {

@@ -35,6 +35,7 @@ use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::session::Side;
 
@@ -142,6 +143,10 @@ struct Slot {
     closer: Option<Waker>,
     /// The session's handle is gone: free the slot once closed.
     detached: bool,
+    /// The master's epoch: once it is fenced, nothing more is sent either way (the session's
+    /// task closes the session; until then the ring must not forward what a client wrote
+    /// after the fence, which the epoll engine guarantees by forwarding in that task).
+    fenced: CancellationToken,
 }
 
 impl Slot {
@@ -326,11 +331,16 @@ impl Ring {
         self.push(e);
     }
 
-    /// Sends the first queued chunk of a direction (what is left of it).
+    /// Sends the first queued chunk of a direction (what is left of it), unless the epoch is
+    /// fenced (checked here, on this thread, right before the send is queued: a chunk that
+    /// arrives after the fence stays in the pool until the session closes).
     fn send_front(&mut self, slot: usize, dir: Dir) {
         let Some(s) = self.slots[slot].as_mut() else {
             return;
         };
+        if s.fenced.is_cancelled() {
+            return;
+        }
         let fd = s.fd(dir.writes());
         let d = &mut s.dirs[dir as usize];
         let Some(c) = d.queue.front().copied() else {
@@ -557,7 +567,14 @@ impl Ring {
         }
     }
 
-    fn open(&mut self, client: OwnedFd, master: OwnedFd, c2m: Counter, m2c: Counter) -> usize {
+    fn open(
+        &mut self,
+        client: OwnedFd,
+        master: OwnedFd,
+        fenced: CancellationToken,
+        c2m: Counter,
+        m2c: Counter,
+    ) -> usize {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -580,6 +597,7 @@ impl Ring {
             closed: false,
             closer: None,
             detached: false,
+            fenced,
         });
         self.arm(slot, Dir::C2m);
         self.arm(slot, Dir::M2c);
@@ -700,6 +718,7 @@ impl Conn {
     pub(super) fn open(
         client: TcpStream,
         master: TcpStream,
+        fenced: CancellationToken,
         c2m: Counter,
         m2c: Counter,
     ) -> io::Result<Conn> {
@@ -708,7 +727,7 @@ impl Conn {
         let master: OwnedFd = master.into_std()?.into();
         RING.with(|cell| match cell.borrow_mut().as_mut() {
             Some(r) => Ok(Conn {
-                slot: r.open(client, master, c2m, m2c),
+                slot: r.open(client, master, fenced, c2m, m2c),
             }),
             None => Err(io::Error::other("no io_uring on this thread")),
         })
