@@ -55,6 +55,8 @@ BUSY_TARGET = "proxy_busy"
 BUSY_SCENARIOS = ("c1_lat", "c50_p1")
 BUSY_POLL = "200us"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How long a proxy that may refuse its config (proxy_ready) may take to become ready.
+PROXY_READY_S = 30
 
 
 def log(msg):
@@ -412,9 +414,10 @@ def start_sentinel(procs, work, name, master_name, master_port, down_after_ms, q
     return port, p
 
 
-def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
-                extra_toml=""):
-    """`route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`;
+def launch_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
+                 extra_toml=""):
+    """Starts the proxy without waiting for it. Returns (listen port, admin addr, Popen).
+    `route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`;
     `extra_toml`: more tables after the route, e.g. a `[runtime]` table."""
     listen = free_port()
     admin = free_port()
@@ -428,9 +431,75 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
         argv += ["--sentinel", f"{HOST}:{s}"]
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     p = procs.start(name, argv, env=env)
-    wait_until(f"{name} /readyz", lambda: http_ok(f"{HOST}:{admin}", "/readyz"), procs=procs)
-    wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
     return listen, f"{HOST}:{admin}", p
+
+
+def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
+                extra_toml=""):
+    """launch_proxy, then waits until /readyz answers and a PING through it is answered (a
+    proxy that exits meanwhile ends the run). Returns (listen port, admin addr, Popen)."""
+    listen, admin, p = launch_proxy(procs, work, binary, master_name, sentinel_ports, name,
+                                    route_extra, extra_toml)
+    wait_until(f"{name} /readyz", lambda: http_ok(admin, "/readyz"), procs=procs)
+    wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
+    return listen, admin, p
+
+
+def proxy_ready(procs, work, name, p, admin, listen, timeout=PROXY_READY_S):
+    """For a proxy that may not be able to run its config: waits until /readyz answers 200
+    and a PING through `listen` gets +PONG. Returns None then, else the reason, with the proxy
+    stopped: it exited (its status and the last line of its log; a binary that does not know
+    a config key exits 64 with ``unknown field ...``) or was not ready within `timeout` s."""
+    logf = os.path.join(work, f"{name}.log")
+    deadline = time.monotonic() + timeout
+    last = "no answer from its admin port"
+    reason = None
+    while reason is None:
+        if p.poll() is not None:
+            reason = f"exited with status {p.returncode}: {last_log_line(logf, work)}"
+            break
+        if time.monotonic() > deadline:
+            reason = (f"not ready within {timeout} s ({last}; last log line: "
+                      f"{last_log_line(logf, work)})")
+            break
+        try:
+            status, _ = http_get(admin, "/readyz")
+            if status == 200:
+                try:
+                    if pings(listen):
+                        return None
+                    last = "/readyz 200, but a PING through it got no +PONG"
+                except OSError as e:
+                    last = f"/readyz 200, but a PING through it failed: {e}"
+        except urllib.error.HTTPError as e:
+            last = f"/readyz {e.code}"
+        except OSError as e:
+            last = f"admin port: {e}"
+        time.sleep(0.1)
+    procs.stop(name)
+    return reason
+
+
+def last_log_line(path, work):
+    """The last non-empty line of a log, shortened for a report: ANSI colours removed, the
+    work dir's path left out, at most 300 characters."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+    except OSError:
+        return "(no log)"
+    if not lines:
+        return "(empty log)"
+    line = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).replace(work.rstrip("/") + "/", "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def drop_target(results, cpu, tg):
+    """Removes every row and CPU figure of target `tg`: one that failed during the rounds, so
+    that its rounds so far do not stand as a result."""
+    results[:] = [r for r in results if r["target"] != tg]
+    for k in [k for k in cpu if k[1] == tg]:
+        del cpu[k]
 
 
 def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra="",
@@ -704,12 +773,16 @@ def start_failover_topology(procs, work, prefix, master_name, down_after_ms):
     return nodes, sents
 
 
-def has_cap_sys_resource():
-    """Whether this process may raise its hard fd limit (CAP_SYS_RESOURCE, bit 24 of CapEff)."""
+CAP_SYS_RESOURCE = 24
+
+
+def has_capability(bit):
+    """Whether this process (and so every process it starts) has a capability (its bit in
+    CapEff of /proc/self/status), e.g. CAP_SYS_RESOURCE: it may raise its hard fd limit."""
     try:
         with open("/proc/self/status") as f:
             caps = next(l.split()[1] for l in f if l.startswith("CapEff:"))
-        return bool(int(caps, 16) >> 24 & 1)
+        return bool(int(caps, 16) >> bit & 1)
     except (OSError, StopIteration, ValueError):
         return False
 
@@ -719,7 +792,7 @@ def fd_cap_reason():
     CAP_SYS_RESOURCE)`."""
     if not fd_limit_is_hard():
         return f"fd limit {fd_limit():,}"
-    return f"hard fd limit {fd_limit():,}" + ("" if has_cap_sys_resource()
+    return f"hard fd limit {fd_limit():,}" + ("" if has_capability(CAP_SYS_RESOURCE)
                                               else " (no CAP_SYS_RESOURCE)")
 
 
@@ -1376,7 +1449,7 @@ TLS_MASTER = "benchtls"
 TLS_TARGETS = ("direct", "proxy", "haproxy")
 # How long the proxy may take to become ready (/readyz and a PING through it) before the
 # scenario reports it as not available and goes on with direct and HAProxy.
-TLS_PROXY_READY_S = 30
+TLS_PROXY_READY_S = PROXY_READY_S
 # The target at c=50 P=16 GET: the proxy at least this share of direct TLS, and ahead of HAProxy.
 TLS_TARGET_SID = "tls_c50_p16"
 TLS_TARGET_RATIO = 0.80
@@ -1535,20 +1608,6 @@ def tls_haproxy_server_extra(certs):
     return (f" ssl verify required ca-file {certs['ca']} crt {certs['client_pem']} check-ssl")
 
 
-def last_log_line(path, work):
-    """The last non-empty line of a log, shortened for a report: ANSI colours removed, the
-    work dir's path left out, at most 300 characters."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = [l.strip() for l in f if l.strip()]
-    except OSError:
-        return "(no log)"
-    if not lines:
-        return "(empty log)"
-    line = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).replace(work.rstrip("/") + "/", "")
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
 def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_READY_S):
     """The proxy with `[tls]` (TLS to the sentinel and to every master session, plain to
     clients). Returns (listen port, admin addr, Popen, None) once /readyz answers 200 and a PING
@@ -1566,33 +1625,9 @@ def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_REA
                 "max_connections = 50000\n")
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     p = procs.start("tls_proxy", [binary, "--config", conf], env=env)
-    logf = os.path.join(work, "tls_proxy.log")
-    deadline = time.monotonic() + timeout
-    last = "no answer from its admin port"
-    reason = None
-    while reason is None:
-        if p.poll() is not None:
-            reason = f"exited with status {p.returncode}: {last_log_line(logf, work)}"
-            break
-        if time.monotonic() > deadline:
-            reason = (f"not ready within {timeout} s ({last}; last log line: "
-                      f"{last_log_line(logf, work)})")
-            break
-        try:
-            status, _ = http_get(f"{HOST}:{admin}", "/readyz")
-            if status == 200:
-                try:
-                    if pings(listen):
-                        return listen, f"{HOST}:{admin}", p, None
-                    last = "/readyz 200, but a PING through it got no +PONG"
-                except OSError as e:
-                    last = f"/readyz 200, but a PING through it failed: {e}"
-        except urllib.error.HTTPError as e:
-            last = f"/readyz {e.code}"
-        except OSError as e:
-            last = f"admin port: {e}"
-        time.sleep(0.1)
-    procs.stop("tls_proxy")
+    reason = proxy_ready(procs, work, "tls_proxy", p, f"{HOST}:{admin}", listen, timeout)
+    if reason is None:
+        return listen, f"{HOST}:{admin}", p, None
     return None, None, None, reason
 
 
@@ -1629,9 +1664,7 @@ def tls_scenario(procs, work, binary, rounds, quick, noise=None):
         proxy_error = reason
         log(f"tls: proxy not available: {reason}")
         procs.stop("tls_proxy")
-        results[:] = [r for r in results if r["target"] != "proxy"]
-        for k in [k for k in cpu if k[1] == "proxy"]:
-            del cpu[k]
+        drop_target(results, cpu, "proxy")
 
     for rnd in range(1, rounds + 1):
         snap = noise.snap() if noise else None
