@@ -1946,6 +1946,39 @@ def busy_lines(results, cpu, vals):
         "for up to that long, yielding the CPU between polls. Run in the c=1 latency and the "
         "c=50 P=1 scenarios, after the others in every round. Medians over the rounds.",
         "",
+        *c1_median_lines(vals, tgs),
+        "",
+        *rps_cpu_lines(vals, cpu, (("c1_lat", "GET"), ("c50_p1", "SET"), ("c50_p1", "GET")),
+                       tgs, tgs[1:]),
+    ]
+    return lines
+
+
+def rps_cpu_lines(vals, cpu, keys, tgs, cpu_tgs, ratio=None, label=LABEL):
+    """Per (scenario, test) of `keys`: median requests/s of each of `tgs` and median CPU per
+    million requests of each of `cpu_tgs`; with `ratio` = (a, b), a / b of both medians."""
+    r = [f"{label[ratio[0]]} / {label[ratio[1]]}"] if ratio else []
+    lines = [
+        "| scenario | " + " | ".join([f"{label[tg]} req/s" for tg in tgs] + r
+                                     + [f"{label[tg]} CPU s/M" for tg in cpu_tgs] + r) + " |",
+        "|---|" + "---:|" * (len(tgs) + len(cpu_tgs) + 2 * len(r)),
+    ]
+    for sid, test in keys:
+        m = {tg: med(vals(sid, test, tg, "rps")) for tg in set(tgs) | set(ratio or ())}
+        c = {tg: med(cpu.get((sid, tg), [])) for tg in set(cpu_tgs) | set(ratio or ())}
+        rm = [fmt(m[ratio[0]] / m[ratio[1]] if m[ratio[1]] else NAN, 2)] if ratio else []
+        rc = [fmt(c[ratio[0]] / c[ratio[1]] if c[ratio[1]] else NAN, 2)] if ratio else []
+        lines.append(f"| {SHORT[sid]} {test} | " + " | ".join(
+            [fmt(m[tg]) for tg in tgs] + rm + [fmt(c[tg], 2) for tg in cpu_tgs] + rc) + " |")
+    lines += ["", "CPU s/M: seconds of utime+stime per million requests over the scenario's "
+                  "whole run (SET and GET together where it has both)."]
+    return lines
+
+
+def c1_median_lines(vals, tgs):
+    """c=1 GET: median p50 and p99 of each of `tgs` (direct first) and what each adds to
+    direct's."""
+    lines = [
         "| c=1 GET (ms) | " + " | ".join(LABEL[tg] for tg in tgs) + " | "
         + " | ".join(f"{LABEL[tg]} added" for tg in tgs[1:]) + " |",
         "|---|" + "---:|" * (2 * len(tgs) - 1),
@@ -1954,19 +1987,6 @@ def busy_lines(results, cpu, vals):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
         lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
                      + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
-    lines += [
-        "",
-        "| scenario | " + " | ".join(f"{LABEL[tg]} req/s" for tg in tgs) + " | "
-        + " | ".join(f"{LABEL[tg]} CPU s/M" for tg in tgs[1:]) + " |",
-        "|---|" + "---:|" * (2 * len(tgs) - 1),
-    ]
-    for sid, test in (("c1_lat", "GET"), ("c50_p1", "SET"), ("c50_p1", "GET")):
-        m = {tg: med(vals(sid, test, tg, "rps")) for tg in tgs}
-        c = {tg: med(cpu.get((sid, tg), [])) for tg in tgs[1:]}
-        lines.append(f"| {SHORT[sid]} {test} | " + " | ".join(fmt(m[tg]) for tg in tgs) + " | "
-                     + " | ".join(fmt(c[tg], 2) for tg in tgs[1:]) + " |")
-    lines += ["", "CPU s/M: seconds of utime+stime per million requests, for the whole scenario "
-                  "(c=50 P=1: SET and GET together)."]
     return lines
 
 
@@ -2201,17 +2221,20 @@ def target_rows(results, fences, quick):
         return per_round(results, sid, test, tg, key)
 
     no_rounds = "not measured", "no rounds (--rounds 0)"
-    # 1. Added latency at c=1: the proxy as configured by default, and with busy polling
-    # (reported only where it ran).
-    def c1_rows(tg, suffix, who, required):
+
+    # Each rule below takes the target it judges (`tg`), the suffix of its rows' ids and what
+    # to say when the target has no rounds: `missing` = (verdict, reason), or None to leave
+    # its rows out then.
+    # 1. Added latency at c=1.
+    def c1_rows(tg, suffix, who, missing):
         if not rnd(tg, "p50_ms"):
-            if required:
+            if missing:
                 add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who}", "–",
-                    f"≤ {ADDED_P50_MAX_MS} ms", *no_rounds)
+                    f"≤ {ADDED_P50_MAX_MS} ms", *missing)
                 for hap in HAPROXY_CONFIGS:
                     add(f"c1_added_p99{suffix}_vs_{hap}",
                         f"c=1 GET: added p99 of {who} − {LABEL[hap]}'s (per round)", "–", "≤ 0",
-                        *no_rounds, vs=hap)
+                        *missing, vs=hap)
             return
         st = stats_of(paired(rnd(tg, "p50_ms"), rnd("direct", "p50_ms"), lambda p, d: p - d))
         add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who} ({LABEL[tg]} − direct, "
@@ -2227,46 +2250,57 @@ def target_rows(results, fences, quick):
             st = stats_of(paired(rnd(tg, "p99_ms"), rnd(hap, "p99_ms"), lambda p, h: p - h))
             verdict, reason = at_most(st, 0.0)
             reason = {"interval straddles the target": "tie: interval includes 0",
-                      "interval above the target": "proxy's p99 higher"}.get(reason, reason)
+                      "interval above the target": f"{LABEL[tg]}'s p99 higher"}.get(reason,
+                                                                                   reason)
             add(f"c1_added_p99{suffix}_vs_{hap}", what,
                 fmt_stats(st, 3, signed=True, minmax=False) + " ms", "≤ 0", verdict, reason,
                 st=st, vs=hap)
 
-    c1_rows("proxy", "", "the proxy", True)
-    c1_rows(BUSY_TARGET, "_busy", f"the proxy with `busy_poll = \"{BUSY_POLL}\"` (not the "
-            "default)", False)
     # 3. Ahead of HAProxy in every throughput scenario.
-    for sid, test in THROUGHPUT_TARGETS:
-        p = stats_of(list(per_round(results, sid, test, "proxy", "rps").values()))
-        for hap in HAPROXY_CONFIGS:
-            h = stats_of(list(per_round(results, sid, test, hap, "rps").values()))
-            what = f"{SHORT[sid]} {test}: requests/s, proxy vs {LABEL[hap]}"
-            c = compare(p, h)
-            if c is None:
-                add(f"rps_{sid}_{test}_vs_{hap}", what, "–", "proxy's interval above",
-                    *no_rounds, vs=hap)
-                continue
-            add(f"rps_{sid}_{test}_vs_{hap}", what,
-                f"{fmt_stats(p, minmax=False)} vs {fmt_stats(h, minmax=False)}",
-                "proxy's interval wholly above",
-                "met" if c == "won" else "not met",
-                {"won": "", "lost": "lost: proxy's interval below",
-                 "tie": "tie: intervals overlap"}[c], st=p, vs=hap)
+    def rps_rows(tg, suffix, missing):
+        for sid, test in THROUGHPUT_TARGETS:
+            p = stats_of(list(per_round(results, sid, test, tg, "rps").values()))
+            for hap in HAPROXY_CONFIGS:
+                h = stats_of(list(per_round(results, sid, test, hap, "rps").values()))
+                tid = f"rps_{sid}_{test}{suffix}_vs_{hap}"
+                what = f"{SHORT[sid]} {test}: requests/s, {LABEL[tg]} vs {LABEL[hap]}"
+                goal = f"{LABEL[tg]}'s interval wholly above"
+                c = compare(p, h)
+                if c is None:
+                    if p["n"] or missing:
+                        add(tid, what, "–", goal, *(missing if not p["n"] else no_rounds),
+                            vs=hap)
+                    continue
+                add(tid, what,
+                    f"{fmt_stats(p, minmax=False)} vs {fmt_stats(h, minmax=False)}", goal,
+                    "met" if c == "won" else "not met",
+                    {"won": "", "lost": f"lost: {LABEL[tg]}'s interval below",
+                     "tie": "tie: intervals overlap"}[c], st=p, vs=hap)
+
     # 4. CPU per million requests at c=50 P=1.
     cpu_of = {}
     for r in results:
         if r["scenario"] == CPU_TARGET_SID:
             cpu_of.setdefault(r["target"], {})[r["round"]] = r["cpu_per_m"]
-    for hap in HAPROXY_CONFIGS:
-        what = f"c=50 P=1: CPU per million requests, proxy / {LABEL[hap]} (per round)"
-        if cpu_of.get("proxy") and cpu_of.get(hap):
-            st = stats_of(paired(cpu_of["proxy"], cpu_of[hap],
-                                 lambda p, h: p / h if h else NAN))
-            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, fmt_stats(st, 2, minmax=False),
-                f"≤ {CPU_RATIO_MAX:.2f}", *at_most(st, CPU_RATIO_MAX), st=st, vs=hap)
-        else:
-            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
-                *no_rounds, vs=hap)
+
+    def cpu_rows(tg, suffix, missing):
+        for hap in HAPROXY_CONFIGS:
+            tid = f"cpu_{CPU_TARGET_SID}{suffix}_vs_{hap}"
+            what = (f"c=50 P=1: CPU per million requests, {LABEL[tg]} / {LABEL[hap]} "
+                    "(per round)")
+            if cpu_of.get(tg) and cpu_of.get(hap):
+                st = stats_of(paired(cpu_of[tg], cpu_of[hap], lambda p, h: p / h if h else NAN))
+                add(tid, what, fmt_stats(st, 2, minmax=False), f"≤ {CPU_RATIO_MAX:.2f}",
+                    *at_most(st, CPU_RATIO_MAX), st=st, vs=hap)
+            elif cpu_of.get(tg) or missing:
+                add(tid, what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
+                    *(missing if not cpu_of.get(tg) else no_rounds), vs=hap)
+
+    c1_rows("proxy", "", "the proxy", no_rounds)
+    c1_rows(BUSY_TARGET, "_busy", f"the proxy with `busy_poll = \"{BUSY_POLL}\"` (not the "
+            "default)", None)
+    rps_rows("proxy", "", no_rounds)
+    cpu_rows("proxy", "", no_rounds)
     # 5. Fencing and the reconnect storm after it.
     rows += fence_target_rows(fences)
     if quick:
@@ -2279,7 +2313,7 @@ def target_rows(results, fences, quick):
 def spread_lines(results, quick):
     """Throughput per target: median, interval and range over the rounds, and the verdict
     against each HAProxy config (the issue's "ahead of HAProxy in every throughput scenario")."""
-    lines = [
+    return [
         "",
         "## Throughput: spread over the rounds and verdicts",
         "",
@@ -2288,19 +2322,33 @@ def spread_lines(results, quick):
         "config's, **lost** when wholly below, otherwise **tie** (the intervals overlap)."
         + (" Quick run: too few requests and rounds, verdicts meaningless." if quick else ""),
         "",
-        "| scenario | test | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
-        + " | ".join(f"proxy vs {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
-        "|---|---|" + "---:|" * len(TARGETS) + "---|" * len(HAPROXY_CONFIGS),
+    ] + verdict_table(results, "proxy", TARGETS, THROUGHPUT_TARGETS)
+
+
+def verdict_table(results, tg, cols, keys, ratio_to=None):
+    """Per (scenario, test) of `keys` where `tg` ran: requests/s of each target of `cols` as
+    median [interval] (min – max) over the rounds; with `ratio_to`, `tg` / that target per
+    round in the same form; then `tg`'s verdict against each HAProxy config (compare) in the
+    throughput scenarios that have a target (THROUGHPUT_TARGETS), – in the others."""
+    lines = [
+        "| scenario | test | " + " | ".join(LABEL[c] for c in cols) + " | "
+        + (f"{LABEL[tg]} / {LABEL[ratio_to]} (per round) | " if ratio_to else "")
+        + " | ".join(f"{LABEL[tg]} vs {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
+        "|---|---|" + "---:|" * (len(cols) + bool(ratio_to)) + "---|" * len(HAPROXY_CONFIGS),
     ]
-    for sid, test in THROUGHPUT_TARGETS:
-        st = {tg: stats_of(list(per_round(results, sid, test, tg, "rps").values()))
-              for tg in TARGETS}
-        if not st["proxy"]["n"]:
+    for sid, test in keys:
+        rps = {c: per_round(results, sid, test, c, "rps") for c in set(cols) | {tg, ratio_to}
+               if c}
+        st = {c: stats_of(list(v.values())) for c, v in rps.items()}
+        if not st[tg]["n"]:
             continue
+        ratio = ([fmt_stats(stats_of(paired(rps[tg], rps[ratio_to],
+                                            lambda a, b: a / b if b else NAN)), 2)]
+                 if ratio_to else [])
+        verdicts = [f"**{compare(st[tg], st[h]) or '–'}**"
+                    if (sid, test) in THROUGHPUT_TARGETS else "–" for h in HAPROXY_CONFIGS]
         lines.append(f"| {SHORT[sid]} | {test} | "
-                     + " | ".join(fmt_stats(st[tg]) for tg in TARGETS) + " | "
-                     + " | ".join(f"**{compare(st['proxy'], st[h]) or '–'}**"
-                                  for h in HAPROXY_CONFIGS) + " |")
+                     + " | ".join([fmt_stats(st[c]) for c in cols] + ratio + verdicts) + " |")
     return lines
 
 
@@ -2333,15 +2381,18 @@ def latency_spread_lines(results):
     return lines
 
 
-def cpu_ratio_lines(results):
-    """CPU per million requests, proxy over each HAProxy config, per round."""
+def cpu_ratio_lines(results, tg="proxy", vs=HAPROXY_CONFIGS):
+    """CPU per million requests, `tg` over each target of `vs` (the HAProxy configs), per
+    round, in every scenario `tg` ran in."""
     lines = [
         "",
-        "Proxy / HAProxy CPU per million requests, per round (same round's runs): median "
-        "[95 % bootstrap interval of the median] (min – max).",
+        f"CPU per million requests of {LABEL[tg]} over that of "
+        + " and of ".join(LABEL[v] for v in vs)
+        + ", per round (same round's runs): median [95 % bootstrap interval of the median] "
+        "(min – max).",
         "",
-        "| scenario | " + " | ".join(f"proxy / {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
-        "|---|" + "---:|" * len(HAPROXY_CONFIGS),
+        "| scenario | " + " | ".join(f"{LABEL[tg]} / {LABEL[v]}" for v in vs) + " |",
+        "|---|" + "---:|" * len(vs),
     ]
     for sid in ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn"):
         # One redis-benchmark run per scenario, target and round: its first test's row
@@ -2350,12 +2401,12 @@ def cpu_ratio_lines(results):
         for r in results:
             if r["scenario"] == sid:
                 cpu_of.setdefault(r["target"], {}).setdefault(r["round"], r["cpu_per_m"])
-        if not cpu_of.get("proxy"):
+        if not cpu_of.get(tg):
             continue
         lines.append(f"| {SHORT[sid]} | " + " | ".join(
-            fmt_stats(stats_of(paired(cpu_of["proxy"], cpu_of.get(h, {}),
+            fmt_stats(stats_of(paired(cpu_of[tg], cpu_of.get(v, {}),
                                       lambda p, x: p / x if x else NAN)), 2)
-            for h in HAPROXY_CONFIGS) + " |")
+            for v in vs) + " |")
     return lines
 
 
