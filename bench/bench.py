@@ -37,7 +37,8 @@ TARGETS = ("direct", "proxy", "haproxy", "haproxy_tuned")
 HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
 LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
          "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
-         "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)"}
+         "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)",
+         "proxy_uring": "proxy (io_uring)"}
 # HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
 # check brings it in, sessions of a server marked down are closed (so clients reconnect to
 # the new master instead of staying on the old one), and `balance first` sends every client
@@ -54,6 +55,17 @@ PINNED_SCENARIOS = ("c50_p1", "c50_p16")
 BUSY_TARGET = "proxy_busy"
 BUSY_SCENARIOS = ("c1_lat", "c50_p1")
 BUSY_POLL = "200us"
+# With --uring 1: the proxy with `[runtime] engine = "io_uring"` (its session engine on
+# io_uring instead of epoll), in these scenarios (all of them), after the others in every
+# round. The engine logs a WARN with both strings of URING_FALLBACK when it cannot set up a
+# ring and runs on epoll instead; its rows then read "not measured (io_uring unavailable: ...)".
+URING_TARGET = "proxy_uring"
+URING_SCENARIOS = ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn")
+URING_TOML = '[runtime]\nengine = "io_uring"\n'
+URING_FALLBACK = ("io_uring", "falling back to epoll")
+# A redis-benchmark run through it that takes longer (the longest full run takes ~8 s here)
+# counts as failed, so that a stalled engine costs minutes, not 10 per run.
+URING_RUN_TIMEOUT_S = 120
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # How long a proxy that may refuse its config (proxy_ready) may take to become ready.
 PROXY_READY_S = 30
@@ -490,7 +502,13 @@ def last_log_line(path, work):
         return "(no log)"
     if not lines:
         return "(empty log)"
-    line = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).replace(work.rstrip("/") + "/", "")
+    return clean_log_line(lines[-1], work)
+
+
+def clean_log_line(line, work):
+    """A log line for a report: ANSI colours removed, the work dir's path left out, at most
+    300 characters."""
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line.strip()).replace(work.rstrip("/") + "/", "")
     return line if len(line) <= 300 else line[:297] + "..."
 
 
@@ -773,6 +791,7 @@ def start_failover_topology(procs, work, prefix, master_name, down_after_ms):
     return nodes, sents
 
 
+CAP_SYS_ADMIN = 21
 CAP_SYS_RESOURCE = 24
 
 
@@ -794,6 +813,60 @@ def fd_cap_reason():
         return f"fd limit {fd_limit():,}"
     return f"hard fd limit {fd_limit():,}" + ("" if has_capability(CAP_SYS_RESOURCE)
                                               else " (no CAP_SYS_RESOURCE)")
+
+
+def io_uring_refused():
+    """Why the kernel would refuse io_uring to the proxies this process starts, or None.
+    kernel.io_uring_disabled (Linux 6.6 and later; without it io_uring is allowed): 0 allowed;
+    1 allowed only to processes with CAP_SYS_ADMIN or in the group kernel.io_uring_group (a
+    root process keeps its capabilities across exec); 2 refused to every process."""
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            disabled = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if disabled == 0:
+        return None
+    if disabled == 1:
+        try:
+            with open("/proc/sys/kernel/io_uring_group") as f:
+                group = int(f.read())
+        except (OSError, ValueError):
+            group = -1
+        if (os.geteuid() == 0 and has_capability(CAP_SYS_ADMIN)) or (
+                group >= 0 and group in (os.getegid(), *os.getgroups())):
+            return None
+        return ("kernel.io_uring_disabled = 1 (io_uring only for CAP_SYS_ADMIN or the group "
+                "kernel.io_uring_group), and the proxy would have neither")
+    return f"kernel.io_uring_disabled = {disabled} (io_uring refused to every process)"
+
+
+def uring_fallback(logf, work):
+    """The engine's warning that it could not set up a ring and runs on epoll (the first log
+    line with both strings of URING_FALLBACK, any case), cleaned for a report; else None."""
+    try:
+        with open(logf, errors="replace") as f:
+            for line in f:
+                if all(k in line.lower() for k in URING_FALLBACK):
+                    return clean_log_line(line, work)
+    except OSError:
+        pass
+    return None
+
+
+def io_uring_fds(pid):
+    """How many io_uring instances a process holds open (fds that are `anon_inode:[io_uring]`)."""
+    n = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    return n
 
 
 def sentinel_failover(port, master_name, timeout=30.0):
@@ -1975,12 +2048,60 @@ def rps_cpu_lines(vals, cpu, keys, tgs, cpu_tgs, ratio=None, label=LABEL):
     return lines
 
 
-def c1_median_lines(vals, tgs):
+def uring_lines(results, cpu, scen, vals, error, fds, quick):
+    """The proxy with the io_uring engine next to the proxy (epoll) and HAProxy in every
+    scenario: requests/s and CPU per million requests, their ratios to epoll, the c=1
+    latency, the spread over the rounds and the verdicts. `error`: why it was not measured."""
+    lines = [
+        "",
+        "## io_uring engine (same run): `[runtime] engine = \"io_uring\"`",
+        "",
+        "A third proxy with the same binary and config plus `[runtime] engine = \"io_uring\"` "
+        "(the default engine is `\"epoll\"`: the proxy everywhere else in this report). Run "
+        "in every scenario of the rounds (" + ", ".join(SHORT[sid] for sid in URING_SCENARIOS)
+        + "), after the others in every round.",
+        "",
+    ]
+    if error:
+        return lines + [f"**Not measured** ({error}). The other targets were measured as usual."]
+    keys = [(sid, t) for sid, _, _, _ in scen if sid in URING_SCENARIOS
+            for t in dict.fromkeys(r["test"] for r in results
+                                   if r["scenario"] == sid and r["target"] == URING_TARGET)]
+    if not keys:
+        return lines + ["No rounds ran."]
+    if fds is not None:
+        lines += [f"io_uring instances open in it after its start (`anon_inode:[io_uring]` in "
+                  f"/proc/PID/fd): {fds}.", ""]
+    label = dict(LABEL, proxy="proxy (epoll)")
+    lines += [
+        "Medians over the rounds; the two ratio columns are proxy (io_uring) over proxy "
+        "(epoll), requests/s and CPU.",
+        "",
+        *rps_cpu_lines(vals, cpu, keys, ("proxy", URING_TARGET, "haproxy"),
+                       ("proxy", URING_TARGET, "haproxy"), ratio=(URING_TARGET, "proxy"),
+                       label=label),
+        "",
+        *c1_median_lines(vals, ("direct", "proxy", URING_TARGET, "haproxy", "haproxy_tuned"),
+                         label),
+        "",
+        "Spread over the rounds: median [95 % bootstrap interval of the median] (min – max) of "
+        "requests/s and of proxy (io_uring) / proxy (epoll) per round (same round's runs), and "
+        "proxy (io_uring)'s verdict against each HAProxy config, decided as in \"Throughput: "
+        "spread over the rounds and verdicts\"."
+        + (" Quick run: verdicts meaningless." if quick else ""),
+        "",
+        *verdict_table(results, URING_TARGET, ("proxy", URING_TARGET, "haproxy", "haproxy_tuned"),
+                       keys, ratio_to="proxy", label=label),
+    ]
+    return lines + cpu_ratio_lines(results, URING_TARGET, ("proxy",) + HAPROXY_CONFIGS, label)
+
+
+def c1_median_lines(vals, tgs, label=LABEL):
     """c=1 GET: median p50 and p99 of each of `tgs` (direct first) and what each adds to
     direct's."""
     lines = [
-        "| c=1 GET (ms) | " + " | ".join(LABEL[tg] for tg in tgs) + " | "
-        + " | ".join(f"{LABEL[tg]} added" for tg in tgs[1:]) + " |",
+        "| c=1 GET (ms) | " + " | ".join(label[tg] for tg in tgs) + " | "
+        + " | ".join(f"{label[tg]} added" for tg in tgs[1:]) + " |",
         "|---|" + "---:|" * (2 * len(tgs) - 1),
     ]
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
@@ -2035,9 +2156,10 @@ def pinned_lines(results, cpu, scen, vals, note):
 
 
 def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, failed_runs=(),
-                     quick=False):
-    """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants'
-    after the throughput table); fills `headline` with the ratios."""
+                     quick=False, uring=None, uring_fds=None):
+    """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants',
+    busy polling's and, unless `uring` is None, the io_uring engine's after the throughput
+    table); fills `headline` with the ratios."""
     mids = [tg for tg in TARGETS if tg != "direct"]
     lines = [
         "",
@@ -2070,6 +2192,8 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, faile
         lines += pinned_lines(results, cpu, scen, vals, pinned_note)
     if any(r["target"] == BUSY_TARGET for r in results):
         lines += busy_lines(results, cpu, vals)
+    if uring is not None:
+        lines += uring_lines(results, cpu, scen, vals, uring, uring_fds, quick)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
@@ -2208,9 +2332,10 @@ def paired(a, b, op):
     return [op(a[r], b[r]) for r in sorted(a) if r in b]
 
 
-def target_rows(results, fences, quick):
+def target_rows(results, fences, quick, uring=None):
     """The summary: one dict per target of issue 11, with what was measured, the target and
-    the verdict (met / not met / not measured) and its reason."""
+    the verdict (met / not met / not measured) and its reason. `uring` (uring_state): None
+    leaves the io_uring proxy's rows out, else why it was not measured ("" when it was)."""
     rows = []
 
     def add(tid, what, measured, goal, verdict, reason="", st=None, vs=""):
@@ -2296,11 +2421,19 @@ def target_rows(results, fences, quick):
                 add(tid, what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
                     *(missing if not cpu_of.get(tg) else no_rounds), vs=hap)
 
+    # The io_uring proxy's rows, when it was to run: "not measured (the reason)" if it was not.
+    uring_missing = ("not measured", uring) if uring else no_rounds
     c1_rows("proxy", "", "the proxy", no_rounds)
     c1_rows(BUSY_TARGET, "_busy", f"the proxy with `busy_poll = \"{BUSY_POLL}\"` (not the "
             "default)", None)
+    if uring is not None:
+        c1_rows(URING_TARGET, "_uring", "the proxy with `engine = \"io_uring\"`", uring_missing)
     rps_rows("proxy", "", no_rounds)
+    if uring is not None:
+        rps_rows(URING_TARGET, "_uring", uring_missing)
     cpu_rows("proxy", "", no_rounds)
+    if uring is not None:
+        cpu_rows(URING_TARGET, "_uring", uring_missing)
     # 5. Fencing and the reconnect storm after it.
     rows += fence_target_rows(fences)
     if quick:
@@ -2325,15 +2458,15 @@ def spread_lines(results, quick):
     ] + verdict_table(results, "proxy", TARGETS, THROUGHPUT_TARGETS)
 
 
-def verdict_table(results, tg, cols, keys, ratio_to=None):
+def verdict_table(results, tg, cols, keys, ratio_to=None, label=LABEL):
     """Per (scenario, test) of `keys` where `tg` ran: requests/s of each target of `cols` as
     median [interval] (min – max) over the rounds; with `ratio_to`, `tg` / that target per
     round in the same form; then `tg`'s verdict against each HAProxy config (compare) in the
     throughput scenarios that have a target (THROUGHPUT_TARGETS), – in the others."""
     lines = [
-        "| scenario | test | " + " | ".join(LABEL[c] for c in cols) + " | "
-        + (f"{LABEL[tg]} / {LABEL[ratio_to]} (per round) | " if ratio_to else "")
-        + " | ".join(f"{LABEL[tg]} vs {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
+        "| scenario | test | " + " | ".join(label[c] for c in cols) + " | "
+        + (f"{label[tg]} / {label[ratio_to]} (per round) | " if ratio_to else "")
+        + " | ".join(f"{label[tg]} vs {label[h]}" for h in HAPROXY_CONFIGS) + " |",
         "|---|---|" + "---:|" * (len(cols) + bool(ratio_to)) + "---|" * len(HAPROXY_CONFIGS),
     ]
     for sid, test in keys:
@@ -2381,17 +2514,17 @@ def latency_spread_lines(results):
     return lines
 
 
-def cpu_ratio_lines(results, tg="proxy", vs=HAPROXY_CONFIGS):
+def cpu_ratio_lines(results, tg="proxy", vs=HAPROXY_CONFIGS, label=LABEL):
     """CPU per million requests, `tg` over each target of `vs` (the HAProxy configs), per
     round, in every scenario `tg` ran in."""
     lines = [
         "",
-        f"CPU per million requests of {LABEL[tg]} over that of "
-        + " and of ".join(LABEL[v] for v in vs)
-        + ", per round (same round's runs): median [95 % bootstrap interval of the median] "
-        "(min – max).",
+        f"CPU per million requests of {label[tg]} over that of "
+        + ", of ".join(label[v] for v in vs[:-1]) + (" and of " if len(vs) > 1 else "")
+        + label[vs[-1]] + ", per round (same round's runs): median [95 % bootstrap interval "
+        "of the median] (min – max).",
         "",
-        "| scenario | " + " | ".join(f"{LABEL[tg]} / {LABEL[v]}" for v in vs) + " |",
+        "| scenario | " + " | ".join(f"{label[tg]} / {label[v]}" for v in vs) + " |",
         "|---|" + "---:|" * len(vs),
     ]
     for sid in ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn"):
@@ -2647,6 +2780,14 @@ def write_tls_report(out_dir, info, tls, binary, repo):
         f.write("\n".join(head + tls_lines(tls)[1:] + [""]))
 
 
+def uring_state(args):
+    """None when the io_uring proxy was left out (--uring 0), else why it was not measured
+    ("" when it was, or when no rounds ran)."""
+    if not args.uring:
+        return None
+    return args.uring_error or ""
+
+
 def proxy_build(args, info):
     """Which binary was measured, for the report."""
     if os.path.abspath(args.bin) == os.path.join(args.repo, "target/release/redis-failover-proxy"):
@@ -2857,7 +2998,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
     """latest.md, latest.csv and summary.md: every section that ran (a run with --rounds 0
     has no throughput, latency or CPU tables), the targets' table first."""
     os.makedirs(out_dir, exist_ok=True)
-    targets = target_rows(results, fences, args.quick)
+    uring = uring_state(args)
+    targets = target_rows(results, fences, args.quick, uring)
     # Long format: one row per (scenario, test, target, round, metric).
     with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -2877,6 +3019,12 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
             for k in ("seconds", "busy_pct", "ours_pct", "other_pct", "steal_pct"):
                 w.writerow(["noise", p["phase"], "", "", k, f"{p[k]:.3f}"])
         w.writerows(target_csv_rows(targets))
+        if uring is not None:
+            w.writerow(["uring", "", URING_TARGET, "", "available", int(not uring)])
+            if uring:
+                w.writerow(["uring", "", URING_TARGET, "", "unavailable_reason", uring])
+            if args.uring_fds is not None:
+                w.writerow(["uring", "", URING_TARGET, "", "io_uring_fds", args.uring_fds])
         for sid, target, k, v in timeline_rows(timeline):
             w.writerow([sid, "", target, "", k, v])
         if tls:
@@ -2894,12 +3042,20 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
         f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy, "
         "HAProxy (tuned)"
         + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
-           if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
+           if any(r["target"] in PINNED_TARGETS for r in results) else "")
+        + ("; in every scenario also proxy (io_uring)"
+           if any(r["target"] == URING_TARGET for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
         f"{info['os']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
         f"- proxy: {proxy_build(args, info)}, default `[runtime]` (one session thread per CPU, not pinned, "
         "`yield_before_sleep` on)",
+        *([] if uring is None else [
+            "- proxy (io_uring): the same binary and config plus `[runtime] engine = "
+            "\"io_uring\"`: " + (f"not measured ({uring})" if uring else
+                                   "not started (no rounds)" if args.uring_fds is None else
+                                   f"{args.uring_fds} io_uring instance(s) open after its "
+                                   "start")]),
         "- HAProxy: the canonical config for Sentinel setups (`option tcp-check`, `PING`, "
         "`info replication` / `role:master`, `QUIT`; `check inter 1s`), default nbthread. "
         "HAProxy (tuned): the same with `check inter "
@@ -2921,7 +3077,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
     if results:
         lines += throughput_lines(results, cpu, scen, vals, headline,
                                   getattr(args, "pinned_note", None),
-                                  getattr(args, "failed_runs", ()), args.quick)
+                                  getattr(args, "failed_runs", ()), args.quick, uring,
+                                  args.uring_fds)
     if tls:
         lines += [""] + tls_lines(tls)
     if idle:
@@ -2988,6 +3145,9 @@ def main():
     ap.add_argument("--pinned", type=int, choices=(0, 1), default=1,
                     help="also run the proxy with pinned threads and HAProxy with cpu-map "
                          "in " + " and ".join(PINNED_SCENARIOS))
+    ap.add_argument("--uring", type=int, choices=(0, 1), default=1,
+                    help="also run the proxy with `[runtime] engine = \"io_uring\"` in every "
+                         "scenario of the rounds")
     ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
     ap.add_argument("--tls", type=int, choices=(0, 1), default=1,
                     help="the TLS scenario: mutual TLS to the master, direct vs proxy vs HAProxy")
@@ -2995,6 +3155,9 @@ def main():
                     help="rounds of the TLS scenario (default: --rounds; 0 = skip)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
+    # Set by single_master_steps: why the io_uring proxy was not measured (None: it was, or
+    # it did not run) and how many io_uring fds it held after its start.
+    args.uring_error, args.uring_fds = None, None
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 7)
     args.tls_rounds = args.tls_rounds if args.tls_rounds is not None else args.rounds
     args.fence = args.fence if args.fence is not None else ([100] if args.quick
@@ -3112,7 +3275,29 @@ def single_master_steps(procs, args, scen, noise):
         ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
         ports.update(ports_p)
         pid_of.update(pid_p)
+    uring_p = None
+    if args.uring and args.rounds > 0:
+        ports[URING_TARGET], uring_p, args.uring_error, args.uring_fds = start_uring(
+            procs, args, sent_port)
+        pid_of[URING_TARGET] = uring_p.pid if uring_p else None
     results, cpu = [], {}
+
+    def drop_uring(reason):
+        """The io_uring proxy failed or fell back to epoll: stop it, drop its rows so far, and
+        go on with the others."""
+        args.uring_error = reason
+        log(f"{URING_TARGET}: {reason}; its rows so far are dropped")
+        procs.stop(URING_TARGET)
+        drop_target(results, cpu, URING_TARGET)
+
+    def uring_exited(when):
+        """Drops the io_uring proxy if it has exited (before procs.check_alive ends the run
+        for it)."""
+        if uring_p and not args.uring_error and uring_p.poll() is not None:
+            drop_uring(f"proxy (io_uring) failed: exited with status {uring_p.returncode} "
+                       f"{when}: " + last_log_line(os.path.join(args.work, f"{URING_TARGET}.log"),
+                                                   args.work))
+
     # Runs of HAProxy (tuned) that failed: with `fall 1` and a 250 ms check timeout, one slow
     # check on a saturated machine takes the master out and `shutdown-sessions` closes the
     # benchmark's connections. That is a result, not a reason to lose the whole run.
@@ -3122,15 +3307,25 @@ def single_master_steps(procs, args, scen, noise):
         for sid, desc, bargs, n in scen:
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
             busy = (BUSY_TARGET,) if sid in BUSY_SCENARIOS else ()
-            for tg in TARGETS + pinned + busy:
+            uring = (URING_TARGET,) if uring_p and sid in URING_SCENARIOS else ()
+            for tg in TARGETS + pinned + busy + uring:
+                uring_exited(f"in round {rnd} ({sid})")
+                if tg == URING_TARGET and args.uring_error:
+                    continue
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
                 try:
-                    rows = run_benchmark(ports[tg], bargs, n)
+                    rows = run_benchmark(ports[tg], bargs, n,
+                                         **({"timeout": URING_RUN_TIMEOUT_S}
+                                            if tg == URING_TARGET else {}))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
+                    if tg == URING_TARGET:
+                        drop_uring("proxy (io_uring) failed: redis-benchmark through it failed "
+                                   f"in round {rnd} ({sid}): {reason}")
+                        continue
                     if tg != "haproxy_tuned":
                         raise
-                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
                     args.failed_runs.append((rnd, sid, tg, reason))
                     log(f"round {rnd}/{args.rounds} {sid:8} {tg:14} FAILED: {reason}")
                     continue
@@ -3149,6 +3344,15 @@ def single_master_steps(procs, args, scen, noise):
         p = noise.phases[-1]
         log(f"round {rnd}: other processes {p['other_pct']:.1f} % of the machine, "
             f"steal {p['steal_pct']:.1f} %")
+    uring_exited("after the rounds")
+    if uring_p and not args.uring_error:
+        # A session thread that could not set up its ring ran on epoll: its numbers would be
+        # epoll's under the io_uring label.
+        fell_back = uring_fallback(os.path.join(args.work, f"{URING_TARGET}.log"), args.work)
+        if fell_back:
+            drop_uring(f"io_uring unavailable: the proxy fell back to epoll (`{fell_back}`)")
+    # Not needed by the idle step.
+    procs.stop(URING_TARGET)
 
     idle = {}
     if args.idle > 0:
@@ -3170,6 +3374,35 @@ def single_master_steps(procs, args, scen, noise):
                  "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
+
+
+def start_uring(procs, args, sent_port):
+    """The proxy with `[runtime] engine = "io_uring"`: the same binary and config as proxy plus
+    URING_TOML, on ports of its own. Returns (port, Popen, None, io_uring fds) once it answers
+    and has not logged that it fell back to epoll, else (None, None, why it is not measured,
+    None) with it stopped (or never started, when the kernel refuses io_uring): a binary
+    without the engine refuses the `engine` key and exits."""
+    refused = io_uring_refused()
+    if refused:
+        reason = f"io_uring unavailable: {refused}"
+        log(f"{URING_TARGET}: not started: {reason}")
+        return None, None, reason, None
+    port, admin, p = launch_proxy(procs, args.work, args.bin, "bench", [sent_port],
+                                  name=URING_TARGET, extra_toml=URING_TOML)
+    not_ready = proxy_ready(procs, args.work, URING_TARGET, p, admin, port)
+    if not_ready:
+        reason = f"proxy (io_uring) not available: {not_ready}"
+        log(f"{URING_TARGET}: {reason}")
+        return None, None, reason, None
+    fell_back = uring_fallback(os.path.join(args.work, f"{URING_TARGET}.log"), args.work)
+    if fell_back:
+        procs.stop(URING_TARGET)
+        reason = f"io_uring unavailable: the proxy fell back to epoll (`{fell_back}`)"
+        log(f"{URING_TARGET}: {reason}")
+        return None, None, reason, None
+    fds = io_uring_fds(p.pid)
+    log(f"{URING_TARGET} :{port} (admin {admin}; engine = io_uring, {fds} io_uring fd(s))")
+    return port, p, None, fds
 
 
 def start_pinned(procs, args, master_port, sent_port):
