@@ -2056,7 +2056,7 @@ def uring_lines(results, cpu, scen, vals, error, fds, quick):
         "",
         "## io_uring engine (same run): `[runtime] engine = \"io_uring\"`",
         "",
-        "A third proxy with the same binary and config plus `[runtime] engine = \"io_uring\"` "
+        "One more proxy with the same binary and config plus `[runtime] engine = \"io_uring\"` "
         "(the default engine is `\"epoll\"`: the proxy everywhere else in this report). Run "
         "in every scenario of the rounds (" + ", ".join(SHORT[sid] for sid in URING_SCENARIOS)
         + "), after the others in every round.",
@@ -2104,9 +2104,9 @@ def c1_median_lines(vals, tgs, label=LABEL):
         + " | ".join(f"{label[tg]} added" for tg in tgs[1:]) + " |",
         "|---|" + "---:|" * (2 * len(tgs) - 1),
     ]
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
-        lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
+        lines.append(f"| {name} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
                      + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
     return lines
 
