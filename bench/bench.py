@@ -37,7 +37,8 @@ TARGETS = ("direct", "proxy", "haproxy", "haproxy_tuned")
 HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
 LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
          "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
-         "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)"}
+         "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)",
+         "proxy_uring": "proxy (io_uring)"}
 # HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
 # check brings it in, sessions of a server marked down are closed (so clients reconnect to
 # the new master instead of staying on the old one), and `balance first` sends every client
@@ -54,7 +55,20 @@ PINNED_SCENARIOS = ("c50_p1", "c50_p16")
 BUSY_TARGET = "proxy_busy"
 BUSY_SCENARIOS = ("c1_lat", "c50_p1")
 BUSY_POLL = "200us"
+# With --uring 1: the proxy with `[runtime] engine = "io_uring"` (its session engine on
+# io_uring instead of epoll), in these scenarios (all of them), after the others in every
+# round. The engine logs a WARN with both strings of URING_FALLBACK when it cannot set up a
+# ring and runs on epoll instead; its rows then read "not measured (io_uring unavailable: ...)".
+URING_TARGET = "proxy_uring"
+URING_SCENARIOS = ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn")
+URING_TOML = '[runtime]\nengine = "io_uring"\n'
+URING_FALLBACK = ("io_uring", "falling back to epoll")
+# A redis-benchmark run through it that takes longer (the longest full run takes ~8 s here)
+# counts as failed, so that a stalled engine costs minutes, not 10 per run.
+URING_RUN_TIMEOUT_S = 120
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How long a proxy that may refuse its config (proxy_ready) may take to become ready.
+PROXY_READY_S = 30
 
 
 def log(msg):
@@ -412,9 +426,10 @@ def start_sentinel(procs, work, name, master_name, master_port, down_after_ms, q
     return port, p
 
 
-def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
-                extra_toml=""):
-    """`route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`;
+def launch_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
+                 extra_toml=""):
+    """Starts the proxy without waiting for it. Returns (listen port, admin addr, Popen).
+    `route_extra`: more `[[route]]` keys (TOML lines), e.g. `hold_timeout = "0s"`;
     `extra_toml`: more tables after the route, e.g. a `[runtime]` table."""
     listen = free_port()
     admin = free_port()
@@ -428,9 +443,81 @@ def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", 
         argv += ["--sentinel", f"{HOST}:{s}"]
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     p = procs.start(name, argv, env=env)
-    wait_until(f"{name} /readyz", lambda: http_ok(f"{HOST}:{admin}", "/readyz"), procs=procs)
-    wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
     return listen, f"{HOST}:{admin}", p
+
+
+def start_proxy(procs, work, binary, master_name, sentinel_ports, name="proxy", route_extra="",
+                extra_toml=""):
+    """launch_proxy, then waits until /readyz answers and a PING through it is answered (a
+    proxy that exits meanwhile ends the run). Returns (listen port, admin addr, Popen)."""
+    listen, admin, p = launch_proxy(procs, work, binary, master_name, sentinel_ports, name,
+                                    route_extra, extra_toml)
+    wait_until(f"{name} /readyz", lambda: http_ok(admin, "/readyz"), procs=procs)
+    wait_until(f"{name} PING through :{listen}", lambda: pings(listen), procs=procs)
+    return listen, admin, p
+
+
+def proxy_ready(procs, work, name, p, admin, listen, timeout=PROXY_READY_S):
+    """For a proxy that may not be able to run its config: waits until /readyz answers 200
+    and a PING through `listen` gets +PONG. Returns None then, else the reason, with the proxy
+    stopped: it exited (its status and the last line of its log; a binary that does not know
+    a config key exits 64 with ``unknown field ...``) or was not ready within `timeout` s."""
+    logf = os.path.join(work, f"{name}.log")
+    deadline = time.monotonic() + timeout
+    last = "no answer from its admin port"
+    reason = None
+    while reason is None:
+        if p.poll() is not None:
+            reason = f"exited with status {p.returncode}: {last_log_line(logf, work)}"
+            break
+        if time.monotonic() > deadline:
+            reason = (f"not ready within {timeout} s ({last}; last log line: "
+                      f"{last_log_line(logf, work)})")
+            break
+        try:
+            status, _ = http_get(admin, "/readyz")
+            if status == 200:
+                try:
+                    if pings(listen):
+                        return None
+                    last = "/readyz 200, but a PING through it got no +PONG"
+                except OSError as e:
+                    last = f"/readyz 200, but a PING through it failed: {e}"
+        except urllib.error.HTTPError as e:
+            last = f"/readyz {e.code}"
+        except OSError as e:
+            last = f"admin port: {e}"
+        time.sleep(0.1)
+    procs.stop(name)
+    return reason
+
+
+def last_log_line(path, work):
+    """The last non-empty line of a log, shortened for a report: ANSI colours removed, the
+    work dir's path left out, at most 300 characters."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+    except OSError:
+        return "(no log)"
+    if not lines:
+        return "(empty log)"
+    return clean_log_line(lines[-1], work)
+
+
+def clean_log_line(line, work):
+    """A log line for a report: ANSI colours removed, the work dir's path left out, at most
+    300 characters."""
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line.strip()).replace(work.rstrip("/") + "/", "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def drop_target(results, cpu, tg):
+    """Removes every row and CPU figure of target `tg`: one that failed during the rounds, so
+    that its rounds so far do not stand as a result."""
+    results[:] = [r for r in results if r["target"] != tg]
+    for k in [k for k in cpu if k[1] == tg]:
+        del cpu[k]
 
 
 def start_haproxy(procs, work, node_ports, name="haproxy", global_extra="", server_extra="",
@@ -704,12 +791,17 @@ def start_failover_topology(procs, work, prefix, master_name, down_after_ms):
     return nodes, sents
 
 
-def has_cap_sys_resource():
-    """Whether this process may raise its hard fd limit (CAP_SYS_RESOURCE, bit 24 of CapEff)."""
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+
+
+def has_capability(bit):
+    """Whether this process (and so every process it starts) has a capability (its bit in
+    CapEff of /proc/self/status), e.g. CAP_SYS_RESOURCE: it may raise its hard fd limit."""
     try:
         with open("/proc/self/status") as f:
             caps = next(l.split()[1] for l in f if l.startswith("CapEff:"))
-        return bool(int(caps, 16) >> 24 & 1)
+        return bool(int(caps, 16) >> bit & 1)
     except (OSError, StopIteration, ValueError):
         return False
 
@@ -719,8 +811,62 @@ def fd_cap_reason():
     CAP_SYS_RESOURCE)`."""
     if not fd_limit_is_hard():
         return f"fd limit {fd_limit():,}"
-    return f"hard fd limit {fd_limit():,}" + ("" if has_cap_sys_resource()
+    return f"hard fd limit {fd_limit():,}" + ("" if has_capability(CAP_SYS_RESOURCE)
                                               else " (no CAP_SYS_RESOURCE)")
+
+
+def io_uring_refused():
+    """Why the kernel would refuse io_uring to the proxies this process starts, or None.
+    kernel.io_uring_disabled (Linux 6.6 and later; without it io_uring is allowed): 0 allowed;
+    1 allowed only to processes with CAP_SYS_ADMIN or in the group kernel.io_uring_group (a
+    root process keeps its capabilities across exec); 2 refused to every process."""
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            disabled = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if disabled == 0:
+        return None
+    if disabled == 1:
+        try:
+            with open("/proc/sys/kernel/io_uring_group") as f:
+                group = int(f.read())
+        except (OSError, ValueError):
+            group = -1
+        if (os.geteuid() == 0 and has_capability(CAP_SYS_ADMIN)) or (
+                group >= 0 and group in (os.getegid(), *os.getgroups())):
+            return None
+        return ("kernel.io_uring_disabled = 1 (io_uring only for CAP_SYS_ADMIN or the group "
+                "kernel.io_uring_group), and the proxy would have neither")
+    return f"kernel.io_uring_disabled = {disabled} (io_uring refused to every process)"
+
+
+def uring_fallback(logf, work):
+    """The engine's warning that it could not set up a ring and runs on epoll (the first log
+    line with both strings of URING_FALLBACK, any case), cleaned for a report; else None."""
+    try:
+        with open(logf, errors="replace") as f:
+            for line in f:
+                if all(k in line.lower() for k in URING_FALLBACK):
+                    return clean_log_line(line, work)
+    except OSError:
+        pass
+    return None
+
+
+def io_uring_fds(pid):
+    """How many io_uring instances a process holds open (fds that are `anon_inode:[io_uring]`)."""
+    n = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    return n
 
 
 def sentinel_failover(port, master_name, timeout=30.0):
@@ -1376,7 +1522,7 @@ TLS_MASTER = "benchtls"
 TLS_TARGETS = ("direct", "proxy", "haproxy")
 # How long the proxy may take to become ready (/readyz and a PING through it) before the
 # scenario reports it as not available and goes on with direct and HAProxy.
-TLS_PROXY_READY_S = 30
+TLS_PROXY_READY_S = PROXY_READY_S
 # The target at c=50 P=16 GET: the proxy at least this share of direct TLS, and ahead of HAProxy.
 TLS_TARGET_SID = "tls_c50_p16"
 TLS_TARGET_RATIO = 0.80
@@ -1535,20 +1681,6 @@ def tls_haproxy_server_extra(certs):
     return (f" ssl verify required ca-file {certs['ca']} crt {certs['client_pem']} check-ssl")
 
 
-def last_log_line(path, work):
-    """The last non-empty line of a log, shortened for a report: ANSI colours removed, the
-    work dir's path left out, at most 300 characters."""
-    try:
-        with open(path, errors="replace") as f:
-            lines = [l.strip() for l in f if l.strip()]
-    except OSError:
-        return "(no log)"
-    if not lines:
-        return "(empty log)"
-    line = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]).replace(work.rstrip("/") + "/", "")
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
 def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_READY_S):
     """The proxy with `[tls]` (TLS to the sentinel and to every master session, plain to
     clients). Returns (listen port, admin addr, Popen, None) once /readyz answers 200 and a PING
@@ -1566,33 +1698,9 @@ def start_tls_proxy(procs, work, binary, sent_port, certs, timeout=TLS_PROXY_REA
                 "max_connections = 50000\n")
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     p = procs.start("tls_proxy", [binary, "--config", conf], env=env)
-    logf = os.path.join(work, "tls_proxy.log")
-    deadline = time.monotonic() + timeout
-    last = "no answer from its admin port"
-    reason = None
-    while reason is None:
-        if p.poll() is not None:
-            reason = f"exited with status {p.returncode}: {last_log_line(logf, work)}"
-            break
-        if time.monotonic() > deadline:
-            reason = (f"not ready within {timeout} s ({last}; last log line: "
-                      f"{last_log_line(logf, work)})")
-            break
-        try:
-            status, _ = http_get(f"{HOST}:{admin}", "/readyz")
-            if status == 200:
-                try:
-                    if pings(listen):
-                        return listen, f"{HOST}:{admin}", p, None
-                    last = "/readyz 200, but a PING through it got no +PONG"
-                except OSError as e:
-                    last = f"/readyz 200, but a PING through it failed: {e}"
-        except urllib.error.HTTPError as e:
-            last = f"/readyz {e.code}"
-        except OSError as e:
-            last = f"admin port: {e}"
-        time.sleep(0.1)
-    procs.stop("tls_proxy")
+    reason = proxy_ready(procs, work, "tls_proxy", p, f"{HOST}:{admin}", listen, timeout)
+    if reason is None:
+        return listen, f"{HOST}:{admin}", p, None
     return None, None, None, reason
 
 
@@ -1629,9 +1737,7 @@ def tls_scenario(procs, work, binary, rounds, quick, noise=None):
         proxy_error = reason
         log(f"tls: proxy not available: {reason}")
         procs.stop("tls_proxy")
-        results[:] = [r for r in results if r["target"] != "proxy"]
-        for k in [k for k in cpu if k[1] == "proxy"]:
-            del cpu[k]
+        drop_target(results, cpu, "proxy")
 
     for rnd in range(1, rounds + 1):
         snap = noise.snap() if noise else None
@@ -1913,27 +2019,95 @@ def busy_lines(results, cpu, vals):
         "for up to that long, yielding the CPU between polls. Run in the c=1 latency and the "
         "c=50 P=1 scenarios, after the others in every round. Medians over the rounds.",
         "",
-        "| c=1 GET (ms) | " + " | ".join(LABEL[tg] for tg in tgs) + " | "
-        + " | ".join(f"{LABEL[tg]} added" for tg in tgs[1:]) + " |",
-        "|---|" + "---:|" * (2 * len(tgs) - 1),
-    ]
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
-        lines.append(f"| {label} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
-                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
-    lines += [
+        *c1_median_lines(vals, tgs),
         "",
-        "| scenario | " + " | ".join(f"{LABEL[tg]} req/s" for tg in tgs) + " | "
-        + " | ".join(f"{LABEL[tg]} CPU s/M" for tg in tgs[1:]) + " |",
+        *rps_cpu_lines(vals, cpu, (("c1_lat", "GET"), ("c50_p1", "SET"), ("c50_p1", "GET")),
+                       tgs, tgs[1:]),
+    ]
+    return lines
+
+
+def rps_cpu_lines(vals, cpu, keys, tgs, cpu_tgs, ratio=None, label=LABEL):
+    """Per (scenario, test) of `keys`: median requests/s of each of `tgs` and median CPU per
+    million requests of each of `cpu_tgs`; with `ratio` = (a, b), a / b of both medians."""
+    r = [f"{label[ratio[0]]} / {label[ratio[1]]}"] if ratio else []
+    lines = [
+        "| scenario | " + " | ".join([f"{label[tg]} req/s" for tg in tgs] + r
+                                     + [f"{label[tg]} CPU s/M" for tg in cpu_tgs] + r) + " |",
+        "|---|" + "---:|" * (len(tgs) + len(cpu_tgs) + 2 * len(r)),
+    ]
+    for sid, test in keys:
+        m = {tg: med(vals(sid, test, tg, "rps")) for tg in set(tgs) | set(ratio or ())}
+        c = {tg: med(cpu.get((sid, tg), [])) for tg in set(cpu_tgs) | set(ratio or ())}
+        rm = [fmt(m[ratio[0]] / m[ratio[1]] if m[ratio[1]] else NAN, 2)] if ratio else []
+        rc = [fmt(c[ratio[0]] / c[ratio[1]] if c[ratio[1]] else NAN, 2)] if ratio else []
+        lines.append(f"| {SHORT[sid]} {test} | " + " | ".join(
+            [fmt(m[tg]) for tg in tgs] + rm + [fmt(c[tg], 2) for tg in cpu_tgs] + rc) + " |")
+    lines += ["", "CPU s/M: seconds of utime+stime per million requests over the scenario's "
+                  "whole run (SET and GET together where it has both)."]
+    return lines
+
+
+def uring_lines(results, cpu, scen, vals, error, fds, quick):
+    """The proxy with the io_uring engine next to the proxy (epoll) and HAProxy in every
+    scenario: requests/s and CPU per million requests, their ratios to epoll, the c=1
+    latency, the spread over the rounds and the verdicts. `error`: why it was not measured."""
+    lines = [
+        "",
+        "## io_uring engine (same run): `[runtime] engine = \"io_uring\"`",
+        "",
+        "One more proxy with the same binary and config plus `[runtime] engine = \"io_uring\"` "
+        "(the default engine is `\"epoll\"`: the proxy everywhere else in this report). Run "
+        "in every scenario of the rounds (" + ", ".join(SHORT[sid] for sid in URING_SCENARIOS)
+        + "), after the others in every round.",
+        "",
+    ]
+    if error:
+        return lines + [f"**Not measured** ({error}). The other targets were measured as usual."]
+    keys = [(sid, t) for sid, _, _, _ in scen if sid in URING_SCENARIOS
+            for t in dict.fromkeys(r["test"] for r in results
+                                   if r["scenario"] == sid and r["target"] == URING_TARGET)]
+    if not keys:
+        return lines + ["No rounds ran."]
+    if fds is not None:
+        lines += [f"io_uring instances open in it after its start (`anon_inode:[io_uring]` in "
+                  f"/proc/PID/fd): {fds}.", ""]
+    label = dict(LABEL, proxy="proxy (epoll)")
+    lines += [
+        "Medians over the rounds; the two ratio columns are proxy (io_uring) over proxy "
+        "(epoll), requests/s and CPU.",
+        "",
+        *rps_cpu_lines(vals, cpu, keys, ("proxy", URING_TARGET, "haproxy"),
+                       ("proxy", URING_TARGET, "haproxy"), ratio=(URING_TARGET, "proxy"),
+                       label=label),
+        "",
+        *c1_median_lines(vals, ("direct", "proxy", URING_TARGET, "haproxy", "haproxy_tuned"),
+                         label),
+        "",
+        "Spread over the rounds: median [95 % bootstrap interval of the median] (min – max) of "
+        "requests/s and of proxy (io_uring) / proxy (epoll) per round (same round's runs), and "
+        "proxy (io_uring)'s verdict against each HAProxy config, decided as in \"Throughput: "
+        "spread over the rounds and verdicts\"."
+        + (" Quick run: verdicts meaningless." if quick else ""),
+        "",
+        *verdict_table(results, URING_TARGET, ("proxy", URING_TARGET, "haproxy", "haproxy_tuned"),
+                       keys, ratio_to="proxy", label=label),
+    ]
+    return lines + cpu_ratio_lines(results, URING_TARGET, ("proxy",) + HAPROXY_CONFIGS, label)
+
+
+def c1_median_lines(vals, tgs, label=LABEL):
+    """c=1 GET: median p50 and p99 of each of `tgs` (direct first) and what each adds to
+    direct's."""
+    lines = [
+        "| c=1 GET (ms) | " + " | ".join(label[tg] for tg in tgs) + " | "
+        + " | ".join(f"{label[tg]} added" for tg in tgs[1:]) + " |",
         "|---|" + "---:|" * (2 * len(tgs) - 1),
     ]
-    for sid, test in (("c1_lat", "GET"), ("c50_p1", "SET"), ("c50_p1", "GET")):
-        m = {tg: med(vals(sid, test, tg, "rps")) for tg in tgs}
-        c = {tg: med(cpu.get((sid, tg), [])) for tg in tgs[1:]}
-        lines.append(f"| {SHORT[sid]} {test} | " + " | ".join(fmt(m[tg]) for tg in tgs) + " | "
-                     + " | ".join(fmt(c[tg], 2) for tg in tgs[1:]) + " |")
-    lines += ["", "CPU s/M: seconds of utime+stime per million requests, for the whole scenario "
-                  "(c=50 P=1: SET and GET together)."]
+    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
+        lines.append(f"| {name} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
+                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
     return lines
 
 
@@ -1982,9 +2156,10 @@ def pinned_lines(results, cpu, scen, vals, note):
 
 
 def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, failed_runs=(),
-                     quick=False):
-    """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants'
-    after the throughput table); fills `headline` with the ratios."""
+                     quick=False, uring=None, uring_fds=None):
+    """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants',
+    busy polling's and, unless `uring` is None, the io_uring engine's after the throughput
+    table); fills `headline` with the ratios."""
     mids = [tg for tg in TARGETS if tg != "direct"]
     lines = [
         "",
@@ -2017,6 +2192,8 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, faile
         lines += pinned_lines(results, cpu, scen, vals, pinned_note)
     if any(r["target"] == BUSY_TARGET for r in results):
         lines += busy_lines(results, cpu, vals)
+    if uring is not None:
+        lines += uring_lines(results, cpu, scen, vals, uring, uring_fds, quick)
     lines += [
         "",
         "## Latency at c=1 (ms, redis-benchmark percentiles)",
@@ -2155,9 +2332,10 @@ def paired(a, b, op):
     return [op(a[r], b[r]) for r in sorted(a) if r in b]
 
 
-def target_rows(results, fences, quick):
+def target_rows(results, fences, quick, uring=None):
     """The summary: one dict per target of issue 11, with what was measured, the target and
-    the verdict (met / not met / not measured) and its reason."""
+    the verdict (met / not met / not measured) and its reason. `uring` (uring_state): None
+    leaves the io_uring proxy's rows out, else why it was not measured ("" when it was)."""
     rows = []
 
     def add(tid, what, measured, goal, verdict, reason="", st=None, vs=""):
@@ -2168,17 +2346,20 @@ def target_rows(results, fences, quick):
         return per_round(results, sid, test, tg, key)
 
     no_rounds = "not measured", "no rounds (--rounds 0)"
-    # 1. Added latency at c=1: the proxy as configured by default, and with busy polling
-    # (reported only where it ran).
-    def c1_rows(tg, suffix, who, required):
+
+    # Each rule below takes the target it judges (`tg`), the suffix of its rows' ids and what
+    # to say when the target has no rounds: `missing` = (verdict, reason), or None to leave
+    # its rows out then.
+    # 1. Added latency at c=1.
+    def c1_rows(tg, suffix, who, missing):
         if not rnd(tg, "p50_ms"):
-            if required:
+            if missing:
                 add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who}", "–",
-                    f"≤ {ADDED_P50_MAX_MS} ms", *no_rounds)
+                    f"≤ {ADDED_P50_MAX_MS} ms", *missing)
                 for hap in HAPROXY_CONFIGS:
                     add(f"c1_added_p99{suffix}_vs_{hap}",
                         f"c=1 GET: added p99 of {who} − {LABEL[hap]}'s (per round)", "–", "≤ 0",
-                        *no_rounds, vs=hap)
+                        *missing, vs=hap)
             return
         st = stats_of(paired(rnd(tg, "p50_ms"), rnd("direct", "p50_ms"), lambda p, d: p - d))
         add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who} ({LABEL[tg]} − direct, "
@@ -2194,46 +2375,65 @@ def target_rows(results, fences, quick):
             st = stats_of(paired(rnd(tg, "p99_ms"), rnd(hap, "p99_ms"), lambda p, h: p - h))
             verdict, reason = at_most(st, 0.0)
             reason = {"interval straddles the target": "tie: interval includes 0",
-                      "interval above the target": "proxy's p99 higher"}.get(reason, reason)
+                      "interval above the target": f"{LABEL[tg]}'s p99 higher"}.get(reason,
+                                                                                   reason)
             add(f"c1_added_p99{suffix}_vs_{hap}", what,
                 fmt_stats(st, 3, signed=True, minmax=False) + " ms", "≤ 0", verdict, reason,
                 st=st, vs=hap)
 
-    c1_rows("proxy", "", "the proxy", True)
-    c1_rows(BUSY_TARGET, "_busy", f"the proxy with `busy_poll = \"{BUSY_POLL}\"` (not the "
-            "default)", False)
     # 3. Ahead of HAProxy in every throughput scenario.
-    for sid, test in THROUGHPUT_TARGETS:
-        p = stats_of(list(per_round(results, sid, test, "proxy", "rps").values()))
-        for hap in HAPROXY_CONFIGS:
-            h = stats_of(list(per_round(results, sid, test, hap, "rps").values()))
-            what = f"{SHORT[sid]} {test}: requests/s, proxy vs {LABEL[hap]}"
-            c = compare(p, h)
-            if c is None:
-                add(f"rps_{sid}_{test}_vs_{hap}", what, "–", "proxy's interval above",
-                    *no_rounds, vs=hap)
-                continue
-            add(f"rps_{sid}_{test}_vs_{hap}", what,
-                f"{fmt_stats(p, minmax=False)} vs {fmt_stats(h, minmax=False)}",
-                "proxy's interval wholly above",
-                "met" if c == "won" else "not met",
-                {"won": "", "lost": "lost: proxy's interval below",
-                 "tie": "tie: intervals overlap"}[c], st=p, vs=hap)
+    def rps_rows(tg, suffix, missing):
+        for sid, test in THROUGHPUT_TARGETS:
+            p = stats_of(list(per_round(results, sid, test, tg, "rps").values()))
+            for hap in HAPROXY_CONFIGS:
+                h = stats_of(list(per_round(results, sid, test, hap, "rps").values()))
+                tid = f"rps_{sid}_{test}{suffix}_vs_{hap}"
+                what = f"{SHORT[sid]} {test}: requests/s, {LABEL[tg]} vs {LABEL[hap]}"
+                goal = f"{LABEL[tg]}'s interval wholly above"
+                c = compare(p, h)
+                if c is None:
+                    if p["n"] or missing:
+                        add(tid, what, "–", goal, *(missing if not p["n"] else no_rounds),
+                            vs=hap)
+                    continue
+                add(tid, what,
+                    f"{fmt_stats(p, minmax=False)} vs {fmt_stats(h, minmax=False)}", goal,
+                    "met" if c == "won" else "not met",
+                    {"won": "", "lost": f"lost: {LABEL[tg]}'s interval below",
+                     "tie": "tie: intervals overlap"}[c], st=p, vs=hap)
+
     # 4. CPU per million requests at c=50 P=1.
     cpu_of = {}
     for r in results:
         if r["scenario"] == CPU_TARGET_SID:
             cpu_of.setdefault(r["target"], {})[r["round"]] = r["cpu_per_m"]
-    for hap in HAPROXY_CONFIGS:
-        what = f"c=50 P=1: CPU per million requests, proxy / {LABEL[hap]} (per round)"
-        if cpu_of.get("proxy") and cpu_of.get(hap):
-            st = stats_of(paired(cpu_of["proxy"], cpu_of[hap],
-                                 lambda p, h: p / h if h else NAN))
-            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, fmt_stats(st, 2, minmax=False),
-                f"≤ {CPU_RATIO_MAX:.2f}", *at_most(st, CPU_RATIO_MAX), st=st, vs=hap)
-        else:
-            add(f"cpu_{CPU_TARGET_SID}_vs_{hap}", what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
-                *no_rounds, vs=hap)
+
+    def cpu_rows(tg, suffix, missing):
+        for hap in HAPROXY_CONFIGS:
+            tid = f"cpu_{CPU_TARGET_SID}{suffix}_vs_{hap}"
+            what = (f"c=50 P=1: CPU per million requests, {LABEL[tg]} / {LABEL[hap]} "
+                    "(per round)")
+            if cpu_of.get(tg) and cpu_of.get(hap):
+                st = stats_of(paired(cpu_of[tg], cpu_of[hap], lambda p, h: p / h if h else NAN))
+                add(tid, what, fmt_stats(st, 2, minmax=False), f"≤ {CPU_RATIO_MAX:.2f}",
+                    *at_most(st, CPU_RATIO_MAX), st=st, vs=hap)
+            elif cpu_of.get(tg) or missing:
+                add(tid, what, "–", f"≤ {CPU_RATIO_MAX:.2f}",
+                    *(missing if not cpu_of.get(tg) else no_rounds), vs=hap)
+
+    # The io_uring proxy's rows, when it was to run: "not measured (the reason)" if it was not.
+    uring_missing = ("not measured", uring) if uring else no_rounds
+    c1_rows("proxy", "", "the proxy", no_rounds)
+    c1_rows(BUSY_TARGET, "_busy", f"the proxy with `busy_poll = \"{BUSY_POLL}\"` (not the "
+            "default)", None)
+    if uring is not None:
+        c1_rows(URING_TARGET, "_uring", "the proxy with `engine = \"io_uring\"`", uring_missing)
+    rps_rows("proxy", "", no_rounds)
+    if uring is not None:
+        rps_rows(URING_TARGET, "_uring", uring_missing)
+    cpu_rows("proxy", "", no_rounds)
+    if uring is not None:
+        cpu_rows(URING_TARGET, "_uring", uring_missing)
     # 5. Fencing and the reconnect storm after it.
     rows += fence_target_rows(fences)
     if quick:
@@ -2246,7 +2446,7 @@ def target_rows(results, fences, quick):
 def spread_lines(results, quick):
     """Throughput per target: median, interval and range over the rounds, and the verdict
     against each HAProxy config (the issue's "ahead of HAProxy in every throughput scenario")."""
-    lines = [
+    return [
         "",
         "## Throughput: spread over the rounds and verdicts",
         "",
@@ -2255,19 +2455,33 @@ def spread_lines(results, quick):
         "config's, **lost** when wholly below, otherwise **tie** (the intervals overlap)."
         + (" Quick run: too few requests and rounds, verdicts meaningless." if quick else ""),
         "",
-        "| scenario | test | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
-        + " | ".join(f"proxy vs {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
-        "|---|---|" + "---:|" * len(TARGETS) + "---|" * len(HAPROXY_CONFIGS),
+    ] + verdict_table(results, "proxy", TARGETS, THROUGHPUT_TARGETS)
+
+
+def verdict_table(results, tg, cols, keys, ratio_to=None, label=LABEL):
+    """Per (scenario, test) of `keys` where `tg` ran: requests/s of each target of `cols` as
+    median [interval] (min – max) over the rounds; with `ratio_to`, `tg` / that target per
+    round in the same form; then `tg`'s verdict against each HAProxy config (compare) in the
+    throughput scenarios that have a target (THROUGHPUT_TARGETS), – in the others."""
+    lines = [
+        "| scenario | test | " + " | ".join(label[c] for c in cols) + " | "
+        + (f"{label[tg]} / {label[ratio_to]} (per round) | " if ratio_to else "")
+        + " | ".join(f"{label[tg]} vs {label[h]}" for h in HAPROXY_CONFIGS) + " |",
+        "|---|---|" + "---:|" * (len(cols) + bool(ratio_to)) + "---|" * len(HAPROXY_CONFIGS),
     ]
-    for sid, test in THROUGHPUT_TARGETS:
-        st = {tg: stats_of(list(per_round(results, sid, test, tg, "rps").values()))
-              for tg in TARGETS}
-        if not st["proxy"]["n"]:
+    for sid, test in keys:
+        rps = {c: per_round(results, sid, test, c, "rps") for c in set(cols) | {tg, ratio_to}
+               if c}
+        st = {c: stats_of(list(v.values())) for c, v in rps.items()}
+        if not st[tg]["n"]:
             continue
+        ratio = ([fmt_stats(stats_of(paired(rps[tg], rps[ratio_to],
+                                            lambda a, b: a / b if b else NAN)), 2)]
+                 if ratio_to else [])
+        verdicts = [f"**{compare(st[tg], st[h]) or '–'}**"
+                    if (sid, test) in THROUGHPUT_TARGETS else "–" for h in HAPROXY_CONFIGS]
         lines.append(f"| {SHORT[sid]} | {test} | "
-                     + " | ".join(fmt_stats(st[tg]) for tg in TARGETS) + " | "
-                     + " | ".join(f"**{compare(st['proxy'], st[h]) or '–'}**"
-                                  for h in HAPROXY_CONFIGS) + " |")
+                     + " | ".join([fmt_stats(st[c]) for c in cols] + ratio + verdicts) + " |")
     return lines
 
 
@@ -2300,15 +2514,18 @@ def latency_spread_lines(results):
     return lines
 
 
-def cpu_ratio_lines(results):
-    """CPU per million requests, proxy over each HAProxy config, per round."""
+def cpu_ratio_lines(results, tg="proxy", vs=HAPROXY_CONFIGS, label=LABEL):
+    """CPU per million requests, `tg` over each target of `vs` (the HAProxy configs), per
+    round, in every scenario `tg` ran in."""
     lines = [
         "",
-        "Proxy / HAProxy CPU per million requests, per round (same round's runs): median "
-        "[95 % bootstrap interval of the median] (min – max).",
+        f"CPU per million requests of {label[tg]} over that of "
+        + ", of ".join(label[v] for v in vs[:-1]) + (" and of " if len(vs) > 1 else "")
+        + label[vs[-1]] + ", per round (same round's runs): median [95 % bootstrap interval "
+        "of the median] (min – max).",
         "",
-        "| scenario | " + " | ".join(f"proxy / {LABEL[h]}" for h in HAPROXY_CONFIGS) + " |",
-        "|---|" + "---:|" * len(HAPROXY_CONFIGS),
+        "| scenario | " + " | ".join(f"{label[tg]} / {label[v]}" for v in vs) + " |",
+        "|---|" + "---:|" * len(vs),
     ]
     for sid in ("c50_p1", "c50_p16", "c1_lat", "c50_16k", "churn"):
         # One redis-benchmark run per scenario, target and round: its first test's row
@@ -2317,12 +2534,12 @@ def cpu_ratio_lines(results):
         for r in results:
             if r["scenario"] == sid:
                 cpu_of.setdefault(r["target"], {}).setdefault(r["round"], r["cpu_per_m"])
-        if not cpu_of.get("proxy"):
+        if not cpu_of.get(tg):
             continue
         lines.append(f"| {SHORT[sid]} | " + " | ".join(
-            fmt_stats(stats_of(paired(cpu_of["proxy"], cpu_of.get(h, {}),
+            fmt_stats(stats_of(paired(cpu_of[tg], cpu_of.get(v, {}),
                                       lambda p, x: p / x if x else NAN)), 2)
-            for h in HAPROXY_CONFIGS) + " |")
+            for v in vs) + " |")
     return lines
 
 
@@ -2563,6 +2780,14 @@ def write_tls_report(out_dir, info, tls, binary, repo):
         f.write("\n".join(head + tls_lines(tls)[1:] + [""]))
 
 
+def uring_state(args):
+    """None when the io_uring proxy was left out (--uring 0), else why it was not measured
+    ("" when it was, or when no rounds ran)."""
+    if not args.uring:
+        return None
+    return args.uring_error or ""
+
+
 def proxy_build(args, info):
     """Which binary was measured, for the report."""
     if os.path.abspath(args.bin) == os.path.join(args.repo, "target/release/redis-failover-proxy"):
@@ -2773,7 +2998,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
     """latest.md, latest.csv and summary.md: every section that ran (a run with --rounds 0
     has no throughput, latency or CPU tables), the targets' table first."""
     os.makedirs(out_dir, exist_ok=True)
-    targets = target_rows(results, fences, args.quick)
+    uring = uring_state(args)
+    targets = target_rows(results, fences, args.quick, uring)
     # Long format: one row per (scenario, test, target, round, metric).
     with open(os.path.join(out_dir, "latest.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -2793,6 +3019,12 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
             for k in ("seconds", "busy_pct", "ours_pct", "other_pct", "steal_pct"):
                 w.writerow(["noise", p["phase"], "", "", k, f"{p[k]:.3f}"])
         w.writerows(target_csv_rows(targets))
+        if uring is not None:
+            w.writerow(["uring", "", URING_TARGET, "", "available", int(not uring)])
+            if uring:
+                w.writerow(["uring", "", URING_TARGET, "", "unavailable_reason", uring])
+            if args.uring_fds is not None:
+                w.writerow(["uring", "", URING_TARGET, "", "io_uring_fds", args.uring_fds])
         for sid, target, k, v in timeline_rows(timeline):
             w.writerow([sid, "", target, "", k, v])
         if tls:
@@ -2810,12 +3042,20 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
         f"{args.rounds} round(s), targets interleaved per scenario (direct, proxy, HAProxy, "
         "HAProxy (tuned)"
         + ("; in c=50 P=1 and P=16 also proxy (pinned) and HAProxy (cpu-map)"
-           if any(r["target"] in PINNED_TARGETS for r in results) else "") + ")",
+           if any(r["target"] in PINNED_TARGETS for r in results) else "")
+        + ("; in every scenario also proxy (io_uring)"
+           if any(r["target"] == URING_TARGET for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
         f"{info['os']}, kernel {info['kernel']}",
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
         f"- proxy: {proxy_build(args, info)}, default `[runtime]` (one session thread per CPU, not pinned, "
         "`yield_before_sleep` on)",
+        *([] if uring is None else [
+            "- proxy (io_uring): the same binary and config plus `[runtime] engine = "
+            "\"io_uring\"`: " + (f"not measured ({uring})" if uring else
+                                   "not started (no rounds)" if args.uring_fds is None else
+                                   f"{args.uring_fds} io_uring instance(s) open after its "
+                                   "start")]),
         "- HAProxy: the canonical config for Sentinel setups (`option tcp-check`, `PING`, "
         "`info replication` / `role:master`, `QUIT`; `check inter 1s`), default nbthread. "
         "HAProxy (tuned): the same with `check inter "
@@ -2837,7 +3077,8 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
     if results:
         lines += throughput_lines(results, cpu, scen, vals, headline,
                                   getattr(args, "pinned_note", None),
-                                  getattr(args, "failed_runs", ()), args.quick)
+                                  getattr(args, "failed_runs", ()), args.quick, uring,
+                                  args.uring_fds)
     if tls:
         lines += [""] + tls_lines(tls)
     if idle:
@@ -2904,6 +3145,9 @@ def main():
     ap.add_argument("--pinned", type=int, choices=(0, 1), default=1,
                     help="also run the proxy with pinned threads and HAProxy with cpu-map "
                          "in " + " and ".join(PINNED_SCENARIOS))
+    ap.add_argument("--uring", type=int, choices=(0, 1), default=1,
+                    help="also run the proxy with `[runtime] engine = \"io_uring\"` in every "
+                         "scenario of the rounds")
     ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
     ap.add_argument("--tls", type=int, choices=(0, 1), default=1,
                     help="the TLS scenario: mutual TLS to the master, direct vs proxy vs HAProxy")
@@ -2911,6 +3155,9 @@ def main():
                     help="rounds of the TLS scenario (default: --rounds; 0 = skip)")
     args = ap.parse_args()
     os.environ["RFP_BENCH_WORK"] = args.work
+    # Set by single_master_steps: why the io_uring proxy was not measured (None: it was, or
+    # it did not run) and how many io_uring fds it held after its start.
+    args.uring_error, args.uring_fds = None, None
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 7)
     args.tls_rounds = args.tls_rounds if args.tls_rounds is not None else args.rounds
     args.fence = args.fence if args.fence is not None else ([100] if args.quick
@@ -3028,7 +3275,29 @@ def single_master_steps(procs, args, scen, noise):
         ports_p, pid_p, args.pinned_note = start_pinned(procs, args, master_port, sent_port)
         ports.update(ports_p)
         pid_of.update(pid_p)
+    uring_p = None
+    if args.uring and args.rounds > 0:
+        ports[URING_TARGET], uring_p, args.uring_error, args.uring_fds = start_uring(
+            procs, args, sent_port)
+        pid_of[URING_TARGET] = uring_p.pid if uring_p else None
     results, cpu = [], {}
+
+    def drop_uring(reason):
+        """The io_uring proxy failed or fell back to epoll: stop it, drop its rows so far, and
+        go on with the others."""
+        args.uring_error = reason
+        log(f"{URING_TARGET}: {reason}; its rows so far are dropped")
+        procs.stop(URING_TARGET)
+        drop_target(results, cpu, URING_TARGET)
+
+    def uring_exited(when):
+        """Drops the io_uring proxy if it has exited (before procs.check_alive ends the run
+        for it)."""
+        if uring_p and not args.uring_error and uring_p.poll() is not None:
+            drop_uring(f"proxy (io_uring) failed: exited with status {uring_p.returncode} "
+                       f"{when}: " + last_log_line(os.path.join(args.work, f"{URING_TARGET}.log"),
+                                                   args.work))
+
     # Runs of HAProxy (tuned) that failed: with `fall 1` and a 250 ms check timeout, one slow
     # check on a saturated machine takes the master out and `shutdown-sessions` closes the
     # benchmark's connections. That is a result, not a reason to lose the whole run.
@@ -3038,15 +3307,25 @@ def single_master_steps(procs, args, scen, noise):
         for sid, desc, bargs, n in scen:
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
             busy = (BUSY_TARGET,) if sid in BUSY_SCENARIOS else ()
-            for tg in TARGETS + pinned + busy:
+            uring = (URING_TARGET,) if uring_p and sid in URING_SCENARIOS else ()
+            for tg in TARGETS + pinned + busy + uring:
+                uring_exited(f"in round {rnd} ({sid})")
+                if tg == URING_TARGET and args.uring_error:
+                    continue
                 procs.check_alive()
                 c0 = cpu_seconds(pid_of[tg])
                 try:
-                    rows = run_benchmark(ports[tg], bargs, n)
+                    rows = run_benchmark(ports[tg], bargs, n,
+                                         **({"timeout": URING_RUN_TIMEOUT_S}
+                                            if tg == URING_TARGET else {}))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
+                    if tg == URING_TARGET:
+                        drop_uring("proxy (io_uring) failed: redis-benchmark through it failed "
+                                   f"in round {rnd} ({sid}): {reason}")
+                        continue
                     if tg != "haproxy_tuned":
                         raise
-                    reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
                     args.failed_runs.append((rnd, sid, tg, reason))
                     log(f"round {rnd}/{args.rounds} {sid:8} {tg:14} FAILED: {reason}")
                     continue
@@ -3065,6 +3344,15 @@ def single_master_steps(procs, args, scen, noise):
         p = noise.phases[-1]
         log(f"round {rnd}: other processes {p['other_pct']:.1f} % of the machine, "
             f"steal {p['steal_pct']:.1f} %")
+    uring_exited("after the rounds")
+    if uring_p and not args.uring_error:
+        # A session thread that could not set up its ring ran on epoll: its numbers would be
+        # epoll's under the io_uring label.
+        fell_back = uring_fallback(os.path.join(args.work, f"{URING_TARGET}.log"), args.work)
+        if fell_back:
+            drop_uring(f"io_uring unavailable: the proxy fell back to epoll (`{fell_back}`)")
+    # Not needed by the idle step.
+    procs.stop(URING_TARGET)
 
     idle = {}
     if args.idle > 0:
@@ -3086,6 +3374,35 @@ def single_master_steps(procs, args, scen, noise):
                  "sentinel", "master"):
         procs.stop(name)
     return results, cpu, idle
+
+
+def start_uring(procs, args, sent_port):
+    """The proxy with `[runtime] engine = "io_uring"`: the same binary and config as proxy plus
+    URING_TOML, on ports of its own. Returns (port, Popen, None, io_uring fds) once it answers
+    and has not logged that it fell back to epoll, else (None, None, why it is not measured,
+    None) with it stopped (or never started, when the kernel refuses io_uring): a binary
+    without the engine refuses the `engine` key and exits."""
+    refused = io_uring_refused()
+    if refused:
+        reason = f"io_uring unavailable: {refused}"
+        log(f"{URING_TARGET}: not started: {reason}")
+        return None, None, reason, None
+    port, admin, p = launch_proxy(procs, args.work, args.bin, "bench", [sent_port],
+                                  name=URING_TARGET, extra_toml=URING_TOML)
+    not_ready = proxy_ready(procs, args.work, URING_TARGET, p, admin, port)
+    if not_ready:
+        reason = f"proxy (io_uring) not available: {not_ready}"
+        log(f"{URING_TARGET}: {reason}")
+        return None, None, reason, None
+    fell_back = uring_fallback(os.path.join(args.work, f"{URING_TARGET}.log"), args.work)
+    if fell_back:
+        procs.stop(URING_TARGET)
+        reason = f"io_uring unavailable: the proxy fell back to epoll (`{fell_back}`)"
+        log(f"{URING_TARGET}: {reason}")
+        return None, None, reason, None
+    fds = io_uring_fds(p.pid)
+    log(f"{URING_TARGET} :{port} (admin {admin}; engine = io_uring, {fds} io_uring fd(s))")
+    return port, p, None, fds
 
 
 def start_pinned(procs, args, master_port, sent_port):

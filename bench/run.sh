@@ -2,7 +2,7 @@
 # The benchmark: direct vs redis-failover-proxy vs HAProxy on one machine, in one run.
 #
 #   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N[,N...]]
-#                [--fence-repeats N] [--timeline 0|1] [--pinned 0|1] [--tls 0|1]
+#                [--fence-repeats N] [--timeline 0|1] [--pinned 0|1] [--uring 0|1] [--tls 0|1]
 #                [--tls-rounds N] [--out DIR]
 #
 #   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
@@ -26,6 +26,11 @@
 #   --pinned 0|1  also run the proxy with `[runtime] pin_threads = true` and HAProxy with
 #                 `cpu-map auto:1/1-N <CPUs>` in the c=50 P=1 and P=16 scenarios, in the same
 #                 rounds; a "Pinned threads" table in latest.md (default 1, also with --quick)
+#   --uring 0|1   also run the proxy with `[runtime] engine = "io_uring"` in every scenario of
+#                 the rounds, after the others; its own rows in the targets table and an
+#                 "io_uring engine" section in latest.md (default 1, also with --quick). Where
+#                 the kernel refuses io_uring, the proxy falls back to epoll or the binary has
+#                 no `engine` key, its rows read "not measured (reason)"; the run goes on
 #   --tls 0|1     mutual TLS to the master: redis-benchmark --tls direct vs the proxy (`[tls]`)
 #                 vs HAProxy (`ssl verify required`), c=50 P=1 and P=16 and c=1 latency, on a
 #                 TLS-only redis-server and sentinel; writes tls.md and tls.csv, and a "TLS"
@@ -61,13 +66,15 @@ while (($#)); do
         timeline=$2; shift ;;
     --pinned) [[ ${2:-} == [01] ]] || { echo "bench: --pinned takes 0 or 1" >&2; exit 2; }
         py_args+=(--pinned "$2"); shift ;;
+    --uring) [[ ${2:-} == [01] ]] || { echo "bench: --uring takes 0 or 1" >&2; exit 2; }
+        py_args+=(--uring "$2"); shift ;;
     --tls) [[ ${2:-} == [01] ]] || { echo "bench: --tls takes 0 or 1" >&2; exit 2; }
         tls=$2; py_args+=(--tls "$2"); shift ;;
     --tls-rounds) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
         py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,46s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,51s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
