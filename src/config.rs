@@ -1582,6 +1582,23 @@ mod tests {
     }
 
     #[test]
+    fn runtime_engine() {
+        let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
+        assert_eq!(c.runtime.engine, Engine::Epoll);
+        for (text, want) in [("epoll", Engine::Epoll), ("io_uring", Engine::IoUring)] {
+            let c = parse(&format!(
+                "[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nengine=\"{text}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.runtime.engine, want);
+            assert_eq!(want.as_str(), text);
+        }
+        let e =
+            parse("[sentinel]\naddresses=[\"a:1\"]\n[runtime]\nengine=\"uring\"\n").unwrap_err();
+        assert!(e.to_string().contains("engine"), "{e}");
+    }
+
+    #[test]
     fn runtime_busy_poll() {
         let c = parse("[sentinel]\naddresses=[\"a:1\"]\n").unwrap();
         assert_eq!(c.runtime.busy_poll, Duration::ZERO);

@@ -433,6 +433,19 @@ mod tests {
         assert_eq!(e.admin_listen, old.admin_listen);
         assert_eq!(e.runtime.threads, 2);
         assert_eq!(e.shutdown_grace, std::time::Duration::from_secs(1));
+
+        // The session engine too.
+        let ring = cfg(&format!(
+            "{BASE}[runtime]\nthreads=2\nengine=\"io_uring\"\n"
+        ));
+        let p = plan(&old, &ring);
+        assert_eq!(
+            p.needs_restart,
+            vec!["runtime.engine (epoll -> io_uring)".to_string()],
+            "{p:?}"
+        );
+        let e = effective(&old, ring);
+        assert_eq!(e.runtime.engine, crate::config::Engine::Epoll);
     }
 
     #[test]
