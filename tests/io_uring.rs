@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use support::*;
 
+/// Sessions open through the proxy when `a_failover_fences_ring_sessions` fails over.
+const N_FENCED: usize = 200;
+
 /// Why io_uring cannot be tested here, if it cannot.
 fn io_uring_unavailable() -> Option<String> {
     match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
@@ -149,7 +152,7 @@ fn a_failover_fences_ring_sessions() {
         return;
     };
     let old = t.master_port().expect("a master");
-    let mut sessions: Vec<Client> = (0..200).map(|_| Client::connect(proxy.port)).collect();
+    let mut sessions: Vec<Client> = (0..N_FENCED).map(|_| Client::connect(proxy.port)).collect();
     for c in sessions.iter_mut() {
         assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
     }
@@ -161,7 +164,8 @@ fn a_failover_fences_ring_sessions() {
             "a session to the old master stayed open"
         );
     }
-    proxy.assert_one_prompt_fence(200);
+    let ms = proxy.assert_one_prompt_fence(N_FENCED);
+    eprintln!("io_uring engine: fence of {N_FENCED} sessions took {ms:.2} ms");
     let mut c = Client::connect(proxy.port);
     assert_eq!(c.node_port().unwrap(), new);
 }

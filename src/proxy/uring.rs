@@ -619,17 +619,28 @@ impl Ring {
                 let _ = SockRef::from(m).set_linger(Some(Duration::ZERO));
             }
         }
-        if s.inflight > 0 {
-            let fds = [s.fd(Side::Client), s.fd(Side::Master)];
-            // Counted: the sockets stay open until the cancels have run, so a cancel can
-            // never name a descriptor number another session reuses.
-            s.inflight += fds.len();
-            for fd in fds {
-                let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
-                    .build()
-                    .user_data(user_data(slot, CANCEL));
-                self.push(e);
+        // Each request still in the kernel is cancelled by its user_data (a hash lookup; a
+        // cancel by descriptor walks every request of the ring, which made a fence of 1,000
+        // sessions take 37-46 ms instead of ~25). Cancels are counted in `inflight`: the slot
+        // and its sockets stay until they have run, so none can hit a reused slot.
+        let mut targets = Vec::with_capacity(4);
+        for dir in [Dir::C2m, Dir::M2c] {
+            let d = &s.dirs[dir as usize];
+            if matches!(d.recv, Recv::Armed | Recv::Pausing) {
+                targets.push(user_data(slot, RECV + dir as u64));
             }
+            if d.sending {
+                targets.push(user_data(slot, SEND + dir as u64));
+            }
+        }
+        s.inflight += targets.len();
+        for target in &targets {
+            let e = opcode::AsyncCancel::new(*target)
+                .build()
+                .user_data(user_data(slot, CANCEL));
+            self.push(e);
+        }
+        if !targets.is_empty() {
             self.kick.notify_one();
         }
         self.maybe_closed(slot);
