@@ -189,8 +189,9 @@ fn a_client_that_does_not_read_cannot_starve_the_others() {
         "+OK"
     );
     let rss_before = rss_kib(proxy.pid());
-    // Four clients ask for 16 MiB each and do not read.
-    let mut stalled: Vec<std::net::TcpStream> = (0..4)
+    // Forty clients ask for 16 MiB each and do not read: together they could hold every
+    // buffer of the thread's pool (128) many times over if a full destination kept them.
+    let mut stalled: Vec<std::net::TcpStream> = (0..40)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
             s.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n").unwrap();
@@ -204,11 +205,13 @@ fn a_client_that_does_not_read_cannot_starve_the_others() {
         assert_eq!(other.cmd(&["SET", "small", &v]).unwrap(), "+OK");
         assert_eq!(other.cmd(&["GET", "small"]).unwrap(), v);
     }
+    // What each stalled session holds is what the kernel received before its pause landed.
     let rss_stalled = rss_kib(proxy.pid());
     assert!(
-        rss_stalled < rss_before + 16 * 1024,
-        "4 stalled 16 MiB replies grew the proxy from {rss_before} to {rss_stalled} KiB"
+        rss_stalled < rss_before + 128 * 1024,
+        "40 stalled 16 MiB replies grew the proxy from {rss_before} to {rss_stalled} KiB"
     );
+    eprintln!("40 stalled 16 MiB replies: proxy RSS {rss_before} -> {rss_stalled} KiB");
     // Now they read: every byte arrives.
     let header = format!("${}\r\n", big.len());
     for s in stalled.iter_mut() {

@@ -161,6 +161,10 @@ impl Workers {
                     // `Workers` is gone).
                     let _ = rt.block_on(stop_rx);
                     rt.shutdown_timeout(Duration::from_secs(1));
+                    // The ring's sessions were dropped with the runtime: their sockets close
+                    // now, before the thread says it exited.
+                    #[cfg(target_os = "linux")]
+                    super::uring::uninstall();
                     let _ = exited_tx.send(());
                 })?;
             let (handle, on_ring) = ready_rx
