@@ -7,17 +7,18 @@
 //! Per session thread: a ring set up with `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1 or later:
 //! completions are processed only when this thread asks, in batches), an eventfd the kernel
 //! signals when completions wait (registered with the thread's tokio reactor, so the thread
-//! still sleeps in one place), and a pool of receive buffers the kernel picks from when data
-//! arrives (provided buffers): an idle session holds no buffer, only one armed `recv` per
-//! direction. A direction is `recv` into a pool buffer, then `send` of those bytes to the
-//! other side (again for the rest after a short send), then the buffer goes back to the pool
-//! and the `recv` is armed again. The driver task submits what sessions queued and handles
-//! completions in one `io_uring_enter` per pass.
+//! still sleeps in one place), and a registered ring of receive buffers the kernel picks from
+//! when data arrives: an idle session holds no buffer, only one multishot `recv` per direction.
+//! Received chunks are sent on in order, one send per direction at a time; sends never wait in
+//! the kernel, and a destination that is full gets the rest from the session's heap (see
+//! [`Direction`]). The driver task submits what sessions queued and handles completions in one
+//! `io_uring_enter` per pass.
 //!
-//! Closing a session cancels its requests (by descriptor) and closes the sockets once none is
-//! left in the kernel; the master's side with linger 0 when the session was fenced, as the
-//! epoll engine does. Where the ring cannot be set up (gVisor, `kernel.io_uring_disabled`, a
-//! kernel before 6.1), the session threads log it once and use epoll.
+//! Closing a session cancels its requests (each by its user_data) and closes the sockets once
+//! none is left in the kernel; the master's side with linger 0 when the session was fenced, as
+//! the epoll engine does. Where the ring cannot be set up (gVisor, `kernel.io_uring_disabled`,
+//! a seccomp profile that blocks io_uring, a kernel before 6.1), the session threads log it
+//! once and use epoll.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -39,11 +40,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::Side;
 
-/// Receive buffers per session thread, and their size. A direction holds one only from the
-/// moment its `recv` completes until everything received was sent on, so the pool bounds how
-/// many directions can be mid-transfer at once, not how many sessions there are; a `recv`
-/// that finds the pool empty waits until a buffer comes back. 128 × 32 KiB = 4 MiB per thread
-/// (a 16 KiB value and its header arrive in one buffer).
+/// Receive buffers per session thread, and their size. A direction holds pool buffers only
+/// while its chunks wait to be sent (at most [`MAX_QUEUED`] and what the kernel receives
+/// before a pause lands; a full destination moves them to the session's heap), so the pool
+/// bounds how many directions can be mid-transfer at once, not how many sessions there are; a
+/// `recv` that finds the pool empty waits until a buffer comes back. 128 × 32 KiB = 4 MiB per
+/// thread (a 16 KiB value and its header arrive in one buffer).
 const BUFFERS: u16 = 128;
 const BUF_LEN: usize = 32 * 1024;
 /// The buffer group the pool is registered as (a buffer ring: the kernel takes buffers from
