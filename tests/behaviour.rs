@@ -398,20 +398,8 @@ fn values_of_every_size_arrive_intact() {
         1 << 20,
         8 << 20,
     ];
-    let value = |n: usize, salt: usize| -> String {
-        (0..n)
-            .map(|i| (b'a' + ((i * 7 + salt) % 26) as u8) as char)
-            .collect()
-    };
     for round in 0..2 {
-        for (i, &n) in sizes.iter().enumerate() {
-            let v = value(n, i + round);
-            let k = format!("size:{n}");
-            assert_eq!(c.cmd(&["SET", &k, &v]).unwrap(), "+OK", "SET of {n} bytes");
-            assert_eq!(c.cmd(&["GET", &k]).unwrap(), v, "GET of {n} bytes");
-            // A small request right after a large one, and the other way round.
-            assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
-        }
+        assert_values_round_trip(&mut c, &sizes, round);
     }
 }
 

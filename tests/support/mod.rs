@@ -577,6 +577,21 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// SET then GET a value of each size in `sizes` through `c` (bytes depend on the size's
+/// index and `salt`, so a value from another round or size cannot pass), then a PING: a small
+/// request right after a large one, and the other way round.
+pub fn assert_values_round_trip(c: &mut Client, sizes: &[usize], salt: usize) {
+    for (i, &n) in sizes.iter().enumerate() {
+        let v: String = (0..n)
+            .map(|b| (b'a' + ((b * 7 + i + salt) % 26) as u8) as char)
+            .collect();
+        let k = format!("size:{n}");
+        assert_eq!(c.cmd(&["SET", &k, &v]).unwrap(), "+OK", "SET of {n} bytes");
+        assert_eq!(c.cmd(&["GET", &k]).unwrap(), v, "GET of {n} bytes");
+        assert_eq!(c.cmd(&["PING"]).unwrap(), "+PONG");
+    }
+}
+
 /// One command on a fresh connection.
 pub fn redis_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
     redis_cmd_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), args)
