@@ -38,7 +38,9 @@ HAPROXY_CONFIGS = ("haproxy", "haproxy_tuned")
 LABEL = {"direct": "direct", "proxy": "proxy", "haproxy": "HAProxy",
          "haproxy_tuned": "HAProxy (tuned)", "proxy_pinned": "proxy (pinned)",
          "haproxy_pinned": "HAProxy (cpu-map)", "proxy_busy": "proxy (busy_poll)",
-         "proxy_uring": "proxy (io_uring)"}
+         "proxy_uring": "proxy (io_uring)", "direct_hp": "direct (halt polling)",
+         "proxy_hp": "proxy (halt polling)", "haproxy_hp": "HAProxy (halt polling)",
+         "haproxy_tuned_hp": "HAProxy (tuned, halt polling)"}
 # HAProxy (tuned): checks 4x as often, one failed check takes a server out and one passed
 # check brings it in, sessions of a server marked down are closed (so clients reconnect to
 # the new master instead of staying on the old one), and `balance first` sends every client
@@ -66,6 +68,16 @@ URING_FALLBACK = ("io_uring", "falling back to epoll")
 # A redis-benchmark run through it that takes longer (the longest full run takes ~8 s here)
 # counts as failed, so that a stalled engine costs minutes, not 10 per run.
 URING_RUN_TIMEOUT_S = 120
+# The c=1 scenario is timed per request by `timeline rtt` (bench/timeline): redis-benchmark's
+# percentiles come from a histogram with ~8 µs steps there, too coarse for a 15 µs target.
+# With --haltpoll 1, on a KVM guest whose halt polling is off (HALT_POLL_PARAM reads 0), the
+# c=1 scenario runs once more per round with it on (HALT_POLL_NS, the kernel's default) for
+# these targets (same processes and ports as their base), then it is set back: how much of
+# the added latency is the vCPU's halt and wakeup rather than the middle box.
+HALT_POLL_PARAM = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+HALT_POLL_NS = 200_000
+HALT_POLL_TARGETS = {"direct_hp": "direct", "proxy_hp": "proxy", "haproxy_hp": "haproxy",
+                     "haproxy_tuned_hp": "haproxy_tuned"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # How long a proxy that may refuse its config (proxy_ready) may take to become ready.
 PROXY_READY_S = 30
@@ -619,15 +631,70 @@ def scenarios(quick):
     ]
 
 
+def run_rtt(tool, port, n, timeout=600):
+    """`timeline rtt` through `port`: one client, `n` GETs each timed alone. Rows as
+    run_benchmark's (one, test GET)."""
+    argv = [tool, "rtt", "--target", f"{HOST}:{port}", "--requests", str(n),
+            "--warmup", str(max(1, min(1000, n // 10)))]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return parse_bench_csv(r.stdout, argv)
+
+
+def halt_poll_state():
+    """(value, None) where this guest's halt polling can be switched on for the c=1 pass
+    (HALT_POLL_PARAM exists, reads 0, is writable), else (value or None, why not)."""
+    try:
+        with open(HALT_POLL_PARAM) as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return None, f"no {HALT_POLL_PARAM} (not a KVM guest with cpuidle-haltpoll)"
+    if value != 0:
+        return value, (f"halt polling already on ({HALT_POLL_PARAM} = {value}): every run "
+                       "of this report had it")
+    if not os.access(HALT_POLL_PARAM, os.W_OK):
+        return value, f"{HALT_POLL_PARAM} is not writable here"
+    return value, None
+
+
+def set_halt_poll(ns):
+    with open(HALT_POLL_PARAM, "w") as f:
+        f.write(str(ns))
+
+
+def switch_halt_poll(args, on):
+    """Switches the guest's halt polling on (HALT_POLL_NS) or back off (0, what it was). A
+    marker in the work dir lets bench/run.sh switch it off if this driver is killed."""
+    marker = os.path.join(args.work, "halt-poll-on")
+    if on:
+        open(marker, "w").close()
+    set_halt_poll(HALT_POLL_NS if on else 0)
+    args.halt_poll_set = on
+    if not on:
+        os.unlink(marker)
+
+
+def restore_halt_poll(args):
+    """Sets the guest's halt polling back to what it was (0) if this run switched it on."""
+    if getattr(args, "halt_poll_set", False):
+        switch_halt_poll(args, False)
+
+
 def run_benchmark(port, args, n, timeout=600):
     argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-n", str(n), "--csv", *args]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    rows = [l for l in r.stdout.splitlines() if l.startswith('"')]
+    return parse_bench_csv(r.stdout, argv)
+
+
+def parse_bench_csv(stdout, argv):
+    """Rows of `redis-benchmark --csv` (or `timeline rtt`, same columns)."""
+    rows = [l for l in stdout.splitlines() if l.startswith('"')]
     parsed = list(csv.reader(rows))
     if not parsed or parsed[0][0] != "test":
-        raise RuntimeError(f"unexpected redis-benchmark output: {r.stdout!r}")
+        raise RuntimeError(f"unexpected output of {argv[0]}: {stdout!r}")
     header = parsed[0]
     out = []
     for row in parsed[1:]:
@@ -1829,6 +1896,7 @@ def machine(repo):
         "os": os_name,
         "mem_gib": mem_gib,
         "kernel": platform.release(),
+        "halt_poll": halt_poll_state()[0],
         "redis": sh(["redis-server", "--version"]).split(" sha=")[0],
         "haproxy": sh(["haproxy", "-v"]).splitlines()[0] if sh(["haproxy", "-v"]) else "?",
         "commit": sh(["git", "-C", repo, "describe", "--always", "--dirty"]),
@@ -2006,6 +2074,38 @@ def write_timeline_report(out_dir, info, runs, binary, repo):
         f.write("\n".join(head + timeline_lines(runs)[1:]))
 
 
+def halt_poll_lines(results, cpu, vals, note):
+    """The c=1 scenario again with the guest's halt polling on, next to the same rounds'
+    runs without it; or why it did not run."""
+    tgs = tuple(HALT_POLL_TARGETS)
+    lines = ["", "## Guest halt polling (same run): the c=1 scenario with "
+             f"`guest_halt_poll_ns` = {HALT_POLL_NS:,}", ""]
+    if not any(r["target"] in tgs for r in results):
+        return lines + [f"Not run: {note}."]
+    base = tuple(HALT_POLL_TARGETS.values())
+    lines += [
+        "On a KVM guest an idle vCPU halts, and waking it (an interrupt from the host) takes "
+        "tens of microseconds. With `cpuidle-haltpoll`, the guest polls for up to "
+        "`guest_halt_poll_ns` before it halts; this machine boots with it at 0 (off). Each round "
+        f"ran the c=1 scenario once more with it at {HALT_POLL_NS:,} ns (the kernel's "
+        "default), through the same processes, then set it back to 0. A machine setting, not "
+        "the proxy's: it changes direct's latency as much as the middle boxes'. What a middle "
+        "box adds with it on is closer to its own work: two more loopback deliveries and two "
+        "more wakeups that no longer halt the vCPU. Medians over the rounds.",
+        "",
+        "Halt polling off (the runs above):",
+        "",
+        *c1_median_lines(vals, base),
+        "",
+        "Halt polling on:",
+        "",
+        *c1_median_lines(vals, tgs),
+        "",
+        *rps_cpu_lines(vals, cpu, (("c1_lat", "GET"),), base + tgs, base[1:] + tgs[1:]),
+    ]
+    return lines
+
+
 def busy_lines(results, cpu, vals):
     """The proxy with busy polling next to the default proxy and HAProxy: c=1 latency, and
     requests/s and CPU at c=50 P=1 (the price)."""
@@ -2097,8 +2197,8 @@ def uring_lines(results, cpu, scen, vals, error, fds, quick):
 
 
 def c1_median_lines(vals, tgs, label=LABEL):
-    """c=1 GET: median p50 and p99 of each of `tgs` (direct first) and what each adds to
-    direct's."""
+    """c=1 GET: median p50 and p99 of each of `tgs` (the direct one first) and what each adds
+    to that one's."""
     lines = [
         "| c=1 GET (ms) | " + " | ".join(label[tg] for tg in tgs) + " | "
         + " | ".join(f"{label[tg]} added" for tg in tgs[1:]) + " |",
@@ -2107,7 +2207,7 @@ def c1_median_lines(vals, tgs, label=LABEL):
     for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
         m = {tg: med(vals("c1_lat", "GET", tg, key)) for tg in tgs}
         lines.append(f"| {name} | " + " | ".join(f"{m[tg]:.3f}" for tg in tgs) + " | "
-                     + " | ".join(fmt_signed(m[tg] - m["direct"], 3) for tg in tgs[1:]) + " |")
+                     + " | ".join(fmt_signed(m[tg] - m[tgs[0]], 3) for tg in tgs[1:]) + " |")
     return lines
 
 
@@ -2156,7 +2256,7 @@ def pinned_lines(results, cpu, scen, vals, note):
 
 
 def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, failed_runs=(),
-                     quick=False, uring=None, uring_fds=None):
+                     quick=False, uring=None, uring_fds=None, halt_poll_note=None):
     """The throughput, c=1 latency and CPU tables (and, if they ran, the pinned variants',
     busy polling's and, unless `uring` is None, the io_uring engine's after the throughput
     table); fills `headline` with the ratios."""
@@ -2194,9 +2294,15 @@ def throughput_lines(results, cpu, scen, vals, headline, pinned_note=None, faile
         lines += busy_lines(results, cpu, vals)
     if uring is not None:
         lines += uring_lines(results, cpu, scen, vals, uring, uring_fds, quick)
+    lines += halt_poll_lines(results, cpu, vals, halt_poll_note)
     lines += [
         "",
-        "## Latency at c=1 (ms, redis-benchmark percentiles)",
+        "## Latency at c=1 (ms)",
+        "",
+        "One client, one connection, `GET` of a 3-byte value, 30,000 requests after 1,000 "
+        "unmeasured ones, each timed alone from its send to its whole reply (`timeline rtt`, "
+        "bench/timeline/): percentiles at microsecond resolution (redis-benchmark's histogram "
+        "has ~8 µs steps at these latencies). Medians over the rounds.",
         "",
         "| percentile | " + " | ".join(LABEL[tg] for tg in TARGETS) + " | "
         + " | ".join(f"{LABEL[tg]} added" for tg in mids) + " |",
@@ -2351,7 +2457,9 @@ def target_rows(results, fences, quick, uring=None):
     # to say when the target has no rounds: `missing` = (verdict, reason), or None to leave
     # its rows out then.
     # 1. Added latency at c=1.
-    def c1_rows(tg, suffix, who, missing):
+    def c1_rows(tg, suffix, who, missing, base="direct", peer=lambda hap: hap):
+        """`base`: the direct target of the same runs; `peer(hap)`: the target standing for
+        HAProxy config `hap` in them."""
         if not rnd(tg, "p50_ms"):
             if missing:
                 add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who}", "–",
@@ -2361,18 +2469,19 @@ def target_rows(results, fences, quick, uring=None):
                         f"c=1 GET: added p99 of {who} − {LABEL[hap]}'s (per round)", "–", "≤ 0",
                         *missing, vs=hap)
             return
-        st = stats_of(paired(rnd(tg, "p50_ms"), rnd("direct", "p50_ms"), lambda p, d: p - d))
-        add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who} ({LABEL[tg]} − direct, "
-            "per round)", fmt_stats(st, 3, signed=True, minmax=False) + " ms",
+        st = stats_of(paired(rnd(tg, "p50_ms"), rnd(base, "p50_ms"), lambda p, d: p - d))
+        add(f"c1_added_p50{suffix}", f"c=1 GET: added p50 of {who} ({LABEL[tg]} − "
+            f"{LABEL[base]}, per round)", fmt_stats(st, 3, signed=True, minmax=False) + " ms",
             f"≤ {ADDED_P50_MAX_MS} ms", *at_most(st, ADDED_P50_MAX_MS), st=st)
         for hap in HAPROXY_CONFIGS:
-            what = f"c=1 GET: added p99 of {who} − {LABEL[hap]}'s (per round)"
-            if not rnd(hap, "p99_ms"):
+            what = f"c=1 GET: added p99 of {who} − {LABEL[peer(hap)]}'s (per round)"
+            if not rnd(peer(hap), "p99_ms"):
                 add(f"c1_added_p99{suffix}_vs_{hap}", what, "–", "≤ 0", *no_rounds, vs=hap)
                 continue
             # Direct's p99 of the round cancels: the proxy's added minus HAProxy's added is
             # the proxy's p99 minus HAProxy's p99 of the same round.
-            st = stats_of(paired(rnd(tg, "p99_ms"), rnd(hap, "p99_ms"), lambda p, h: p - h))
+            st = stats_of(paired(rnd(tg, "p99_ms"), rnd(peer(hap), "p99_ms"),
+                                 lambda p, h: p - h))
             verdict, reason = at_most(st, 0.0)
             reason = {"interval straddles the target": "tie: interval includes 0",
                       "interval above the target": f"{LABEL[tg]}'s p99 higher"}.get(reason,
@@ -2428,6 +2537,9 @@ def target_rows(results, fences, quick, uring=None):
             "default)", None)
     if uring is not None:
         c1_rows(URING_TARGET, "_uring", "the proxy with `engine = \"io_uring\"`", uring_missing)
+    c1_rows("proxy_hp", "_haltpoll", "the proxy with the guest's halt polling on (a machine "
+            f"setting: `guest_halt_poll_ns` = {HALT_POLL_NS // 1000} µs, the kernel's default; "
+            "not the proxy's)", None, base="direct_hp", peer=lambda hap: hap + "_hp")
     rps_rows("proxy", "", no_rounds)
     if uring is not None:
         rps_rows(URING_TARGET, "_uring", uring_missing)
@@ -2496,9 +2608,8 @@ def latency_spread_lines(results):
     lines = [
         "",
         "Added latency per round (ms; a target's percentile minus direct's in the same round), "
-        "median [95 % bootstrap interval of the median] (min – max). redis-benchmark's "
-        "percentiles come from a histogram with 8 µs steps at these latencies, so each added "
-        "value is a multiple of about 0.008 ms.",
+        "median [95 % bootstrap interval of the median] (min – max); percentiles of "
+        "`timeline rtt`, every request timed alone, to the microsecond.",
         "",
         "| | " + " | ".join(LABEL[tg] for tg in mids) + " |",
         "|---|" + "---:|" * len(mids),
@@ -3046,7 +3157,10 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
         + ("; in every scenario also proxy (io_uring)"
            if any(r["target"] == URING_TARGET for r in results) else "") + ")",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gib']:.0f} GiB, "
-        f"{info['os']}, kernel {info['kernel']}",
+        f"{info['os']}, kernel {info['kernel']}; guest halt polling: "
+        + ("none (no cpuidle-haltpoll)" if info["halt_poll"] is None
+           else f"`guest_halt_poll_ns` = {info['halt_poll']:,}"
+           + (" (off: every idle vCPU halts)" if info["halt_poll"] == 0 else "")),
         f"- {info['redis']}; {info['haproxy']}; redis-benchmark (single-threaded) on the same host",
         f"- proxy: {proxy_build(args, info)}, default `[runtime]` (one session thread per CPU, not pinned, "
         "`yield_before_sleep` on)",
@@ -3078,7 +3192,7 @@ def write_report(out_dir, args, info, info_end, results, cpu, idle, scen, fences
         lines += throughput_lines(results, cpu, scen, vals, headline,
                                   getattr(args, "pinned_note", None),
                                   getattr(args, "failed_runs", ()), args.quick, uring,
-                                  args.uring_fds)
+                                  args.uring_fds, args.halt_poll_note)
     if tls:
         lines += [""] + tls_lines(tls)
     if idle:
@@ -3148,7 +3262,12 @@ def main():
     ap.add_argument("--uring", type=int, choices=(0, 1), default=1,
                     help="also run the proxy with `[runtime] engine = \"io_uring\"` in every "
                          "scenario of the rounds")
-    ap.add_argument("--timeline-bin", help="the `timeline` binary (bench/timeline/)")
+    ap.add_argument("--timeline-bin", required=True,
+                    help="the `timeline` binary (bench/timeline/): the failover timeline's "
+                    "load and plot, and the c=1 scenario's client (`timeline rtt`)")
+    ap.add_argument("--haltpoll", type=int, choices=(0, 1), default=1,
+                    help="where the guest's halt polling is off and can be switched: the c=1 "
+                    "scenario once more per round with it on")
     ap.add_argument("--tls", type=int, choices=(0, 1), default=1,
                     help="the TLS scenario: mutual TLS to the master, direct vs proxy vs HAProxy")
     ap.add_argument("--tls-rounds", type=int,
@@ -3165,8 +3284,11 @@ def main():
     args.fence_repeats = max(1, args.fence_repeats if args.fence_repeats is not None
                              else (1 if args.quick else 3))
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
-    if args.timeline and not args.timeline_bin:
-        sys.exit("bench: --timeline 1 needs --timeline-bin (bench/run.sh builds it)")
+    # Whether the c=1 scenario also runs with the guest's halt polling on, and why not.
+    args.halt_poll_value, why_not = halt_poll_state()
+    args.halt_poll_pass = bool(args.haltpoll and not why_not and args.rounds > 0)
+    args.halt_poll_note = why_not if args.haltpoll else "--haltpoll 0"
+    args.halt_poll_set = False
     # A middle box holds 2 fds per session; where the fd limit cannot hold the requested
     # count (this container's hard limit is 20,000, not raisable), open as many as fit and
     # say so in the report.
@@ -3240,6 +3362,7 @@ def main():
         if tls and tls.get("error"):
             sys.exit(f"bench: the TLS scenario failed: {tls['error']}")
     finally:
+        restore_halt_poll(args)
         procs.stop()
 
 
@@ -3280,6 +3403,8 @@ def single_master_steps(procs, args, scen, noise):
         ports[URING_TARGET], uring_p, args.uring_error, args.uring_fds = start_uring(
             procs, args, sent_port)
         pid_of[URING_TARGET] = uring_p.pid if uring_p else None
+    for tg, base in HALT_POLL_TARGETS.items():
+        ports[tg], pid_of[tg] = ports[base], pid_of[base]
     results, cpu = [], {}
 
     def drop_uring(reason):
@@ -3308,16 +3433,23 @@ def single_master_steps(procs, args, scen, noise):
             pinned = PINNED_TARGETS if args.pinned and sid in PINNED_SCENARIOS else ()
             busy = (BUSY_TARGET,) if sid in BUSY_SCENARIOS else ()
             uring = (URING_TARGET,) if uring_p and sid in URING_SCENARIOS else ()
-            for tg in TARGETS + pinned + busy + uring:
+            halt_poll = (tuple(HALT_POLL_TARGETS)
+                         if sid == "c1_lat" and args.halt_poll_pass else ())
+            for tg in TARGETS + pinned + busy + uring + halt_poll:
                 uring_exited(f"in round {rnd} ({sid})")
                 if tg == URING_TARGET and args.uring_error:
                     continue
                 procs.check_alive()
+                if tg in HALT_POLL_TARGETS and not args.halt_poll_set:
+                    switch_halt_poll(args, True)
                 c0 = cpu_seconds(pid_of[tg])
                 try:
-                    rows = run_benchmark(ports[tg], bargs, n,
-                                         **({"timeout": URING_RUN_TIMEOUT_S}
-                                            if tg == URING_TARGET else {}))
+                    if sid == "c1_lat":
+                        rows = run_rtt(args.timeline_bin, ports[tg], n)
+                    else:
+                        rows = run_benchmark(ports[tg], bargs, n,
+                                             **({"timeout": URING_RUN_TIMEOUT_S}
+                                                if tg == URING_TARGET else {}))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     reason = str(e).replace(args.work.rstrip("/") + "/", "")[-300:]
                     if tg == URING_TARGET:
@@ -3340,6 +3472,7 @@ def single_master_steps(procs, args, scen, noise):
                     + ", ".join(f"{r['test']} {r['rps']:,.0f}/s p50 {r['p50_ms']}ms"
                                 for r in rows)
                     + f", cpu {cpm:.2f}s/M")
+            restore_halt_poll(args)
         noise.add(f"round {rnd}", snap, noise.snap())
         p = noise.phases[-1]
         log(f"round {rnd}: other processes {p['other_pct']:.1f} % of the machine, "

@@ -3,7 +3,7 @@
 #
 #   bench/run.sh [--quick] [--keep] [--rounds N] [--idle N] [--fence N[,N...]]
 #                [--fence-repeats N] [--timeline 0|1] [--pinned 0|1] [--uring 0|1] [--tls 0|1]
-#                [--tls-rounds N] [--out DIR]
+#                [--tls-rounds N] [--haltpoll 0|1] [--out DIR]
 #
 #   --quick       1 round, tiny request counts, 500 idle sessions, one short timeline; writes
 #                 to target/bench-quick/ unless --out is given (the committed results are
@@ -22,7 +22,7 @@
 #   --timeline 0|1  failover timeline: SET traffic through the proxy with and without its hold
 #                 and through HAProxy across a SENTINEL FAILOVER and a kill -9 of the master
 #                 (quick: the SENTINEL FAILOVER only); writes timeline.md and timeline-*.svg
-#                 (default 1; builds bench/timeline/)
+#                 (default 1)
 #   --pinned 0|1  also run the proxy with `[runtime] pin_threads = true` and HAProxy with
 #                 `cpu-map auto:1/1-N <CPUs>` in the c=50 P=1 and P=16 scenarios, in the same
 #                 rounds; a "Pinned threads" table in latest.md (default 1, also with --quick)
@@ -37,6 +37,11 @@
 #                 section in latest.md (default 1, also with --quick)
 #   --tls-rounds N  rounds of the TLS scenario (default: --rounds; 0 = skip). Only the TLS
 #                 scenario: --rounds 0 --idle 0 --fence 0 --timeline 0 --tls-rounds 5
+#   --haltpoll 0|1  on a KVM guest whose halt polling is off (guest_halt_poll_ns = 0, e.g.
+#                 Firecracker), run the c=1 scenario once more per round with it on (200 us,
+#                 the kernel's default) through direct, proxy and both HAProxies, then switch
+#                 it back off: how much of the added latency is the vCPU's halt and wakeup.
+#                 Needs root; skipped (and said why) elsewhere (default 1)
 #   --out DIR     where latest.md, latest.csv, summary.md (the targets' table), the timeline
 #                 and the tls files go (default bench/results/). A run of only the timeline
 #                 (--rounds 0 --idle 0 --fence 0) or only the TLS scenario leaves latest.md,
@@ -47,7 +52,9 @@
 # HAProxy on free loopback ports in a temp dir, and stops them all on exit (also on Ctrl-C).
 # RFP_BENCH_BIN=PATH uses that proxy binary instead of building one (the smoke test does). A
 # binary that refuses the TLS scenario's config (no `[tls]` support) or does not get ready is
-# reported there as "proxy: not available (reason)"; the rest of the run goes on.
+# reported there as "proxy: not available (reason)"; the rest of the run goes on. Builds
+# bench/timeline/ (its own crate): the failover timeline's load and plot, and `timeline rtt`,
+# the client of the c=1 scenario (every request timed alone, microsecond resolution).
 # See bench/README.md for what each scenario measures.
 set -euo pipefail
 
@@ -70,11 +77,13 @@ while (($#)); do
         py_args+=(--uring "$2"); shift ;;
     --tls) [[ ${2:-} == [01] ]] || { echo "bench: --tls takes 0 or 1" >&2; exit 2; }
         tls=$2; py_args+=(--tls "$2"); shift ;;
+    --haltpoll) [[ ${2:-} == [01] ]] || { echo "bench: --haltpoll takes 0 or 1" >&2; exit 2; }
+        py_args+=(--haltpoll "$2"); shift ;;
     --tls-rounds) [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
         py_args+=("$1" "$2"); shift ;;
     --out) [[ $# -ge 2 ]] || { echo "bench: --out needs a value" >&2; exit 2; }
         out=$2; shift ;;
-    -h | --help) sed -n '2,51s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,59s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -105,13 +114,12 @@ fi
 [[ -x $bin ]] || { echo "bench: no proxy binary at $bin" >&2; exit 1; }
 py_args+=(--timeline "$timeline")
 
-# The timeline's load generator and plotter: a crate of its own (own workspace and lock
-# file), so it adds nothing to the proxy's dependencies; built even with RFP_BENCH_BIN.
-if ((timeline)); then
-    CARGO_TARGET_DIR=$ROOT/target/bench-timeline \
-        cargo build --release --locked --quiet --manifest-path "$ROOT/bench/timeline/Cargo.toml"
-    py_args+=(--timeline-bin "$ROOT/target/bench-timeline/release/timeline")
-fi
+# The timeline's load generator and plotter, and the c=1 scenario's client (`timeline rtt`):
+# a crate of its own (own workspace and lock file), so it adds nothing to the proxy's
+# dependencies; built even with RFP_BENCH_BIN.
+CARGO_TARGET_DIR=$ROOT/target/bench-timeline \
+    cargo build --release --locked --quiet --manifest-path "$ROOT/bench/timeline/Cargo.toml"
+py_args+=(--timeline-bin "$ROOT/target/bench-timeline/release/timeline")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rfp-bench.XXXXXX")
 py_pid=""
@@ -122,6 +130,11 @@ cleanup() {
     set +e
     if [[ -n $py_pid ]] && kill -TERM "$py_pid" 2>/dev/null; then
         wait "$py_pid" 2>/dev/null
+    fi
+    # The guest's halt polling, if the driver switched it on for its c=1 pass and was killed
+    # before it could switch it back off (--haltpoll).
+    if [[ -e $work/halt-poll-on ]]; then
+        echo 0 >/sys/module/haltpoll/parameters/guest_halt_poll_ns
     fi
     # Whatever the driver started and could not stop itself (e.g. it was killed -9).
     if [[ -r $work/pids ]]; then

@@ -3,18 +3,22 @@
 //! - `timeline load`: request/response clients against several middle boxes at once, counting
 //!   successes and failures per 100 ms, so one forced failover can be seen through all of them.
 //! - `timeline plot`: an SVG of such a run, with the failover's events marked.
+//! - `timeline rtt`: one client's round-trip times through one target, timed per request (the
+//!   c=1 latency scenario, at a finer resolution than redis-benchmark's histogram).
 
 use std::process::ExitCode;
 
 mod args;
 mod load;
 mod plot;
+mod rtt;
 
 const USAGE: &str = "\
 usage:
   timeline load --target NAME=HOST:PORT... --clients N --duration SECS --out FILE.csv
                 [--summary FILE.csv] [--acked FILE.csv] [--interval-ms MS] [--timeout-ms MS]
   timeline plot --csv FILE.csv --events FILE.csv --out FILE.svg [--lost FILE.csv] [--title TEXT]
+  timeline rtt --target HOST:PORT [--requests N] [--warmup N]
 
 load: per target, N connections, each sending `SET rfp:timeline:TARGET:CLIENT:SEQ SEQ` (a key
 per write) and waiting for the reply (no pipelining), at most one request per --interval-ms
@@ -26,6 +30,10 @@ at once and `ready UNIX_MS` when every target has answered.
   --summary  per target: totals, the longest time without a successful reply (all clients;
              worst client), the first and last failure, failures by kind
   --acked    every acknowledged write: `target,client,seq,unix_ms`
+
+rtt: one connection, `SET rfp:rtt xxx`, then --warmup (default 1000) and --requests (default
+30000) `GET rfp:rtt`, each timed alone from send to the whole reply; prints a CSV row like
+`redis-benchmark --csv` (rps, mean, p50, p99 in ms) at microsecond resolution.
 
 plot: one panel per target: successes per 100 ms as a line, failures as crosses, and a dashed
 vertical line per event.
@@ -40,11 +48,12 @@ fn main() -> ExitCode {
     let result = match argv.first().map(String::as_str) {
         Some("load") => load::Options::parse(&argv[1..]).and_then(load::run),
         Some("plot") => plot::Options::parse(&argv[1..]).and_then(plot::run),
+        Some("rtt") => rtt::Options::parse(&argv[1..]).and_then(rtt::run),
         Some("-h" | "--help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        _ => Err(format!("expected `load` or `plot`\n\n{USAGE}")),
+        _ => Err(format!("expected `load`, `plot` or `rtt`\n\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
