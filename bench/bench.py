@@ -2416,6 +2416,16 @@ def compare(a, b):
     return "tie"
 
 
+def rounds_ahead(a, b):
+    """" (ahead in k of n rounds)": in how many of the rounds both ran `a` (per round) was
+    above `b` in the same round. Not a verdict: the same runs seen in pairs, which a drift
+    of the whole machine between rounds does not blur."""
+    both = [r for r in a if r in b]
+    if not both:
+        return ""
+    return f" (ahead in {sum(a[r] > b[r] for r in both)} of {len(both)} rounds)"
+
+
 def at_most(st, limit):
     """(verdict, reason) for "at most `limit`": met when the whole interval is at or below."""
     if not st["n"]:
@@ -2564,7 +2574,10 @@ def spread_lines(results, quick):
         "",
         "Each cell: median [95 % bootstrap interval of the median] (min – max over the rounds), "
         "requests/s. **won** only when the proxy's interval lies wholly above that HAProxy "
-        "config's, **lost** when wholly below, otherwise **tie** (the intervals overlap)."
+        "config's, **lost** when wholly below, otherwise **tie** (the intervals overlap). "
+        "\"ahead in k of n rounds\": the same runs in pairs (each round's proxy run against "
+        "that round's HAProxy run), which a drift of the whole machine between rounds does not "
+        "blur; shown, not used for the verdict."
         + (" Quick run: too few requests and rounds, verdicts meaningless." if quick else ""),
         "",
     ] + verdict_table(results, "proxy", TARGETS, THROUGHPUT_TARGETS)
@@ -2591,6 +2604,7 @@ def verdict_table(results, tg, cols, keys, ratio_to=None, label=LABEL):
                                             lambda a, b: a / b if b else NAN)), 2)]
                  if ratio_to else [])
         verdicts = [f"**{compare(st[tg], st[h]) or '–'}**"
+                    + rounds_ahead(rps[tg], per_round(results, sid, test, h, "rps"))
                     if (sid, test) in THROUGHPUT_TARGETS else "–" for h in HAPROXY_CONFIGS]
         lines.append(f"| {SHORT[sid]} | {test} | "
                      + " | ".join([fmt_stats(st[c]) for c in cols] + ratio + verdicts) + " |")
