@@ -3107,11 +3107,15 @@ def noise_lines(noise):
         "|---|---:|---:|---:|---:|---:|",
     ]
     for p in noise.phases:
-        flag = (p["other_pct"] > NOISE_OTHER_MAX_PCT or p["steal_pct"] > NOISE_STEAL_MAX_PCT)
+        # The figure above its threshold in bold.
+        other = f"{max(p['other_pct'], 0):.1f} %"
+        steal = f"{p['steal_pct']:.1f} %"
+        if p["other_pct"] > NOISE_OTHER_MAX_PCT:
+            other = f"**{other}**"
+        if p["steal_pct"] > NOISE_STEAL_MAX_PCT:
+            steal = f"**{steal}**"
         lines.append(f"| {p['phase']} | {p['seconds']:.0f} | {p['busy_pct']:.1f} % | "
-                     f"{p['ours_pct']:.1f} % | "
-                     + ("**" if flag else "") + f"{max(p['other_pct'], 0):.1f} %"
-                     + ("**" if flag else "") + f" | {p['steal_pct']:.1f} % |")
+                     f"{p['ours_pct']:.1f} % | {other} | {steal} |")
     (o, op), (st, sp) = noise.worst("other_pct"), noise.worst("steal_pct")
     lines += ["", f"Max: other processes {max(o, 0):.1f} % ({op}), steal {st:.1f} % ({sp}). "
                   "CPU counts have clock-tick resolution (10 ms), so short rounds read coarse."]
