@@ -86,7 +86,8 @@ pub fn run(o: Options) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&o.target, TIMEOUT)
         .map_err(|e| format!("connect {}: {e}", o.target))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 256];
     round_trip(&mut s, &command(&["SET", KEY, VALUE]), b"+OK\r\n", &mut buf)?;
     let get = command(&["GET", KEY]);
