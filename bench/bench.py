@@ -3303,7 +3303,7 @@ def main():
                              else (1 if args.quick else 3))
     args.idle = args.idle if args.idle is not None else (500 if args.quick else 10_000)
     # Whether the c=1 scenario also runs with the guest's halt polling on, and why not.
-    args.halt_poll_value, why_not = halt_poll_state()
+    _, why_not = halt_poll_state()
     args.halt_poll_pass = bool(args.haltpoll and not why_not and args.rounds > 0)
     args.halt_poll_note = why_not if args.haltpoll else "--haltpoll 0"
     args.halt_poll_set = False
