@@ -1,5 +1,6 @@
 //! `--flag value` pairs: every option of both subcommands takes exactly one value.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
 pub struct Args {
@@ -33,6 +34,14 @@ impl Args {
     /// The last value given for `flag`, if any.
     pub fn opt(&self, flag: &str) -> Option<&str> {
         self.all(flag).pop()
+    }
+
+    /// `addr` (HOST:PORT) resolved to its first address; errors name `flag`.
+    pub fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
+        addr.to_socket_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| format!("{flag}: cannot resolve {addr:?}"))
     }
 
     pub fn req(&self, flag: &str) -> Result<&str, String> {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::args::Args;
+use crate::resp;
 
 /// Width of one row of the CSV, and of one point of the plot.
 pub const BUCKET_MS: u64 = 100;
@@ -61,11 +62,7 @@ impl Options {
                     "--target: names must be unique, non-empty, without commas: {name:?}"
                 ));
             }
-            let addr = addr
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut it| it.next())
-                .ok_or_else(|| format!("--target: cannot resolve {addr:?}"))?;
+            let addr = Args::resolve("--target", addr)?;
             targets.push((name.to_string(), addr));
         }
         if targets.is_empty() {
@@ -389,7 +386,7 @@ async fn client(run: Arc<Run>, target: usize, addr: SocketAddr, prefix: String) 
         seq += 1;
         let value = seq.to_string();
         cmd.clear();
-        encode_set(&mut cmd, &format!("{prefix}:{value}"), &value);
+        resp::encode(&mut cmd, &["SET", &format!("{prefix}:{value}"), &value]);
         let deadline = (sent + run.timeout).min(run.end);
         let outcome = match timeout_at(deadline, request(&mut conn, addr, &cmd, &mut reply)).await {
             // The run ended while this request was in flight: neither a success nor a failure.
@@ -473,14 +470,6 @@ async fn request(
     }
 }
 
-/// `SET key value` as a RESP array.
-fn encode_set(out: &mut Vec<u8>, key: &str, value: &str) {
-    out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-    for arg in [key, value] {
-        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-}
-
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -496,12 +485,5 @@ mod tests {
         assert_eq!(longest_gap(&[], 500), (500, 0, 500, true));
         assert_eq!(longest_gap(&[10, 20, 300, 310], 400), (280, 20, 300, false));
         assert_eq!(longest_gap(&[10, 20], 400), (380, 20, 400, true));
-    }
-
-    #[test]
-    fn set_is_a_resp_array() {
-        let mut v = Vec::new();
-        encode_set(&mut v, "k:1", "42");
-        assert_eq!(v, b"*3\r\n$3\r\nSET\r\n$3\r\nk:1\r\n$2\r\n42\r\n");
     }
 }

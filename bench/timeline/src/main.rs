@@ -11,6 +11,7 @@ use std::process::ExitCode;
 mod args;
 mod load;
 mod plot;
+mod resp;
 mod rtt;
 
 const USAGE: &str = "\
