@@ -634,12 +634,8 @@ def scenarios(quick):
 def run_rtt(tool, port, n, timeout=600):
     """`timeline rtt` through `port`: one client, `n` GETs each timed alone. Rows as
     run_benchmark's (one, test GET)."""
-    argv = [tool, "rtt", "--target", f"{HOST}:{port}", "--requests", str(n),
-            "--warmup", str(max(1, min(1000, n // 10)))]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return parse_bench_csv(r.stdout, argv)
+    return run_csv_tool([tool, "rtt", "--target", f"{HOST}:{port}", "--requests", str(n),
+                         "--warmup", str(max(1, min(1000, n // 10)))], timeout)
 
 
 def halt_poll_state():
@@ -658,18 +654,14 @@ def halt_poll_state():
     return value, None
 
 
-def set_halt_poll(ns):
-    with open(HALT_POLL_PARAM, "w") as f:
-        f.write(str(ns))
-
-
 def switch_halt_poll(args, on):
     """Switches the guest's halt polling on (HALT_POLL_NS) or back off (0, what it was). A
     marker in the work dir lets bench/run.sh switch it off if this driver is killed."""
     marker = os.path.join(args.work, "halt-poll-on")
     if on:
         open(marker, "w").close()
-    set_halt_poll(HALT_POLL_NS if on else 0)
+    with open(HALT_POLL_PARAM, "w") as f:
+        f.write(str(HALT_POLL_NS if on else 0))
     args.halt_poll_set = on
     if not on:
         os.unlink(marker)
@@ -677,20 +669,22 @@ def switch_halt_poll(args, on):
 
 def restore_halt_poll(args):
     """Sets the guest's halt polling back to what it was (0) if this run switched it on."""
-    if getattr(args, "halt_poll_set", False):
+    if args.halt_poll_set:
         switch_halt_poll(args, False)
 
 
 def run_benchmark(port, args, n, timeout=600):
-    argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-n", str(n), "--csv", *args]
+    return run_csv_tool(["redis-benchmark", "-h", HOST, "-p", str(port), "-n", str(n), "--csv",
+                         *args], timeout)
+
+
+def run_csv_tool(argv, timeout):
+    """Runs `redis-benchmark --csv` or `timeline rtt` (the same columns) and returns its rows;
+    a failed run or output without the header raises RuntimeError."""
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return parse_bench_csv(r.stdout, argv)
-
-
-def parse_bench_csv(stdout, argv):
-    """Rows of `redis-benchmark --csv` (or `timeline rtt`, same columns)."""
+    stdout = r.stdout
     rows = [l for l in stdout.splitlines() if l.startswith('"')]
     parsed = list(csv.reader(rows))
     if not parsed or parsed[0][0] != "test":
